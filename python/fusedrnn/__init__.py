@@ -1,0 +1,12 @@
+"""fusedrnn: fused recurrent-network kernels with drop-in torch.nn layers."""
+
+from . import backends, ops
+from .backends import available_backends, recurrence
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "recurrence", "available_backends", "backends", "ops",
+]

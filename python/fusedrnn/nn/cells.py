@@ -1,0 +1,178 @@
+"""Drop-in ``RNNCell``, ``LSTMCell`` and ``GRUCell``: one step of the recurrence op.
+
+They subclass their torch.nn namesakes (parameters, init, repr, state_dict are torch.nn's) and
+run the step as a length-1 call of ``fusedrnn.backends.recurrence``, so a cell and its layer
+share one implementation per backend.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import backends
+
+
+class _FusedCellMixin:
+    backend: str = "auto"
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = backends.check_backend(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", "auto")
+
+    def _mode(self) -> str:
+        if isinstance(self, nn.LSTMCell):
+            return "LSTM"
+        if isinstance(self, nn.GRUCell):
+            return "GRU"
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+
+    def _step(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """x [B, I], states ([B, H],) or ([B, H], [B, H]) -> (h [B, H], c [B, H] | None)."""
+        mode = self._mode()
+        if x.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
+            )
+        for i, s in enumerate(states):
+            if s.size(0) != x.size(0):
+                raise RuntimeError(
+                    f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {s.size(0)}"
+                )
+            if s.dim() != 2 or s.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
+                    f"expected {self.hidden_size}"
+                )
+        for name, t in (("input", x), *((f"hx[{i}]", s) for i, s in enumerate(states))):
+            if t.dtype != self.weight_ih.dtype:
+                raise RuntimeError(
+                    f"{type(self).__name__}: expected {name} dtype {self.weight_ih.dtype} "
+                    f"(the weights' dtype), got {t.dtype}"
+                )
+        xw = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)  # [1, B, G*H]
+        c0 = states[1] if mode == "LSTM" else None
+        _, h, c = backends.recurrence(
+            mode, xw, self.weight_hh, self.bias_hh, states[0], c0, backend=self.backend
+        )
+        return h, c
+
+    def _unbatched_check(self, input: Tensor) -> bool:
+        if input.dim() not in (1, 2):
+            raise ValueError(
+                f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead"
+            )
+        return input.dim() == 2
+
+
+class _SingleStateCell(_FusedCellMixin):
+    """Forward of RNNCell and GRUCell (one state tensor)."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        is_batched = self._unbatched_check(input)
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(
+                f"{type(self).__name__}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead"
+            )
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                             device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        h, _ = self._step(input, (hx,))
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_SingleStateCell, nn.RNNCell):
+    r"""Drop-in :class:`torch.nn.RNNCell`: h' = act(W_ih x + b_ih + W_hh h + b_hh).
+
+    Args:
+        input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None:
+            as :class:`torch.nn.RNNCell`.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Inputs ``input`` [B, I] or [I], ``hx`` [B, H] or [H] or None; returns h' of hx's shape.
+
+    Example::
+
+        >>> cell = fusedrnn.RNNCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+
+class GRUCell(_SingleStateCell, nn.GRUCell):
+    r"""Drop-in :class:`torch.nn.GRUCell` (gates r, z, n as torch.nn).
+
+    Args:
+        input_size, hidden_size, bias=True, device=None, dtype=None: as torch.nn.GRUCell.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Inputs ``input`` [B, I] or [I], ``hx`` [B, H] or [H] or None; returns h'.
+
+    Example::
+
+        >>> cell = fusedrnn.GRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+
+class LSTMCell(_FusedCellMixin, nn.LSTMCell):
+    r"""Drop-in :class:`torch.nn.LSTMCell` (gates i, f, g, o as torch.nn).
+
+    Args:
+        input_size, hidden_size, bias=True, device=None, dtype=None: as torch.nn.LSTMCell.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Inputs ``input`` [B, I] or [I], ``hx`` = (h [B, H], c [B, H]) or None;
+    returns (h', c').
+
+    Example::
+
+        >>> cell = fusedrnn.LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        is_batched = self._unbatched_check(input)
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = self._step(input, tuple(hx))
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))

@@ -1,0 +1,223 @@
+"""Drop-in ``RNN``, ``LSTM`` and ``GRU`` layers.
+
+They subclass their torch.nn namesakes, so construction, parameters (names, shapes, order,
+initialisation), ``state_dict``, ``repr`` and the constructor's checks are torch.nn's own. Only
+``forward`` differs: every layer and direction is one call of the recurrence op
+(``fusedrnn.backends.recurrence``) on the chosen backend, with the input projection done as one
+GEMM over all steps outside it. Stacking, directions, dropout between layers and packing are
+plain PyTorch here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import backends
+
+
+class _FusedRNNMixin:
+    """The forward pass shared by RNN, LSTM and GRU; ``mode`` selects the cell."""
+
+    backend: str = "auto"
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = backends.check_backend(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", "auto")
+
+    # -- the layer stack -------------------------------------------------------------------
+
+    def _layer_params(self, layer: int, direction: int):
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, read at call time so a
+        replaced or in-place-modified weight (or functional_call) takes effect."""
+        sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda n: getattr(self, n + sfx, None)  # noqa: E731
+        w_hr = get("weight_hr") if self.proj_size > 0 else None
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
+
+    def _run(self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None):
+        """x [T, B, I] time-major, h0 [L*D, B, H_out], c0 [L*D, B, H] | None.
+
+        Returns y [T, B, D*H_out], h_n [L*D, B, H_out], c_n [L*D, B, H] | None.
+        """
+        num_dirs = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(num_dirs):
+                idx = layer * num_dirs + d
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d)
+                xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], one GEMM over all steps
+                y, h, c = backends.recurrence(
+                    self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
+                    lengths, d == 1, w_hr, backend=self.backend,
+                )
+                outs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = outs[0] if num_dirs == 1 else torch.cat(outs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, p=self.dropout, training=True)
+        return x, torch.stack(h_n, 0), (torch.stack(c_n, 0) if c0 is not None else None)
+
+    # -- torch.nn's forward, with its checks and messages ----------------------------------
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        is_lstm = self.mode == "LSTM"
+        num_dirs = 2 if self.bidirectional else 1
+        h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        orig_input = input
+        is_batched, batch_dim = True, 0 if self.batch_first else 1
+        lengths = None
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+        else:
+            batch_sizes, sorted_indices, unsorted_indices = None, None, None
+            if input.dim() not in (2, 3):
+                tail = "D instead" if self.mode in ("LSTM", "GRU") else "D tensor instead"
+                name = "RNN" if self.mode.startswith("RNN") else self.mode
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}{tail}")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            if hx is not None:
+                hx = self._check_hx_dims(hx, is_batched)
+        if hx is None:
+            zeros = lambda n: torch.zeros(  # noqa: E731
+                self.num_layers * num_dirs, max_batch_size, n, dtype=input.dtype,
+                device=input.device,
+            )
+            hx = (zeros(h_out), zeros(self.hidden_size)) if is_lstm else zeros(h_out)
+        self.check_forward_args(input, hx, batch_sizes)
+        hx = self.permute_hidden(hx, sorted_indices)
+        h0, c0 = hx if is_lstm else (hx, None)
+
+        if batch_sizes is not None:
+            # Packed rows are in sorted order, so padding keeps that order and hx (already
+            # permuted by sorted_indices) lines up with it.
+            x, lengths = pad_packed_sequence(PackedSequence(input, batch_sizes))
+            lengths = lengths.to(x.device)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
+            if x.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        y, h_n, c_n = self._run(x, h0, c0, lengths)
+        hidden = (h_n, c_n) if is_lstm else h_n
+
+        if batch_sizes is not None:
+            data = pack_padded_sequence(y, lengths.cpu(), enforce_sorted=True).data
+            out = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+            return out, self.permute_hidden(hidden, unsorted_indices)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(batch_dim)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
+        return y, hidden
+
+    def _check_hx_dims(self, hx, is_batched: bool):
+        want = 3 if is_batched else 2
+        kind = "batched 3-D" if is_batched else "unbatched 2-D"
+        if self.mode == "LSTM":
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+            return hx if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx.dim() != want:
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
+            )
+        return hx if is_batched else hx.unsqueeze(1)
+
+
+class RNN(_FusedRNNMixin, nn.RNN):
+    r"""Drop-in :class:`torch.nn.RNN` (Elman, tanh or relu) on fusedrnn's recurrence op.
+
+    h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+
+    Args:
+        input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None:
+            exactly as :class:`torch.nn.RNN`.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Inputs: ``input`` [T, B, I] (or [B, T, I] with batch_first, [T, I] unbatched, or a
+    PackedSequence) and ``hx`` [L*D, B, H] or None.
+    Returns: ``output`` [T, B, D*H] (same form as the input), ``h_n`` [L*D, B, H].
+
+    Example::
+
+        >>> rnn = fusedrnn.RNN(10, 20, num_layers=2)
+        >>> out, h_n = rnn(torch.randn(5, 3, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+
+class LSTM(_FusedRNNMixin, nn.LSTM):
+    r"""Drop-in :class:`torch.nn.LSTM` on fusedrnn's recurrence op.
+
+    Gates (i, f, g, o); c_t = f * c_{t-1} + i * g; h_t = o * tanh(c_t), projected by
+    ``weight_hr`` when ``proj_size > 0``.
+
+    Args:
+        input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, proj_size=0, device=None, dtype=None: exactly as
+            :class:`torch.nn.LSTM`.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Inputs: ``input`` [T, B, I] (batch_first, unbatched or PackedSequence as torch.nn) and
+    ``(h_0 [L*D, B, H_out], c_0 [L*D, B, H])`` or None.
+    Returns: ``output`` [T, B, D*H_out], ``(h_n, c_n)``.
+
+    Example::
+
+        >>> lstm = fusedrnn.LSTM(10, 20, batch_first=True, bidirectional=True)
+        >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+
+class GRU(_FusedRNNMixin, nn.GRU):
+    r"""Drop-in :class:`torch.nn.GRU` on fusedrnn's recurrence op.
+
+    Gates (r, z, n); n_t = tanh(W_in x_t + b_in + r * (W_hn h_{t-1} + b_hn));
+    h_t = (1 - z) * n_t + z * h_{t-1}.
+
+    Args:
+        input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None: exactly as :class:`torch.nn.GRU`.
+        backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+
+    Returns: ``output`` [T, B, D*H], ``h_n`` [L*D, B, H].
+
+    Example::
+
+        >>> gru = fusedrnn.GRU(10, 20)
+        >>> out, h_n = gru(torch.randn(5, 3, 10))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
