@@ -1,0 +1,195 @@
+// The pointwise equations of every recurrent cell, once, for the CPU loop and the CUDA kernels.
+//
+// Framework-free on purpose: no torch, no std:: math, only <cmath>, so that nvcc can compile the
+// same functions into device code (HOST_DEVICE) and the CPU backend can inline them into its
+// parallel loops. Everything here works on ONE hidden unit j of ONE batch row b:
+//
+//   x[g]   input-side pre-activation of gate g at unit j: xw[t, b, g*H + j] (b_ih included)
+//   hh[g]  recurrent pre-activation of gate g at unit j: (W_hh h_prev + b_hh)[b, g*H + j]
+//          (kept apart from x because GRU's n gate needs r * (W_hn h + b_hn))
+//
+// Gate order is torch.nn's: LSTM (i, f, g, o), GRU (r, z, n). Callers load bf16/half values and
+// cast them to float before calling; arithmetic runs in T = float or double.
+//
+// Forward  <cell>_fwd(x, hh, h_prev, c_prev, &h, &c, saved)
+//   h       new hidden state at unit j (LSTM: o * tanh(c), BEFORE the optional projection)
+//   c       new cell state (LSTM only; others leave it untouched)
+//   saved   kSaved[cell] values that backward needs besides the states (see each cell)
+// Backward <cell>_bwd(dh, dc, saved, h, h_prev, c_prev, c, dx, &dhh_last, &dh_prev, &dc_prev)
+//   dh, dc  gradient w.r.t. the new h (unprojected) and the new c at unit j
+//   dx[g]   gradient w.r.t. x[g] (= w.r.t. hh[g] for every gate except GRU's n)
+//   dhh_last  gradient w.r.t. hh[G-1]: GRU's n gate gives dx[2] * r, the other cells dx[G-1]
+//   dh_prev   the part of dL/dh_prev that does NOT go through W_hh (GRU: dh * z, else 0)
+//   dc_prev   dL/dc_prev (LSTM only)
+// The recurrent part of dL/dh_prev (dhh @ W_hh) and the weight gradients are GEMMs done by the
+// caller.
+#pragma once
+
+#include <cmath>
+
+#ifdef __CUDACC__
+#define HOST_DEVICE __host__ __device__
+#else
+#define HOST_DEVICE
+#endif
+
+namespace fusedrnn {
+
+// Overloads instead of std::exp / std::tanh: nvcc device code cannot call std:: math, and the C
+// names keep float arithmetic in float (::exp on a float would silently run in double).
+HOST_DEVICE inline float fr_exp(float x) { return ::expf(x); }
+HOST_DEVICE inline double fr_exp(double x) { return ::exp(x); }
+HOST_DEVICE inline float fr_tanh(float x) { return ::tanhf(x); }
+HOST_DEVICE inline double fr_tanh(double x) { return ::tanh(x); }
+
+template <typename T>
+HOST_DEVICE inline T fr_sigmoid(T x) {
+  return T(1) / (T(1) + fr_exp(-x));
+}
+
+// relu written so that NaN propagates like torch.relu (NaN < 0 is false).
+template <typename T>
+HOST_DEVICE inline T fr_relu(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+// Number of gate blocks G and of saved activations per unit, per cell.
+enum class Cell { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+HOST_DEVICE constexpr int num_gates(Cell c) {
+  return c == Cell::LSTM ? 4 : (c == Cell::GRU ? 3 : 1);
+}
+HOST_DEVICE constexpr int num_saved(Cell c) {
+  return (c == Cell::LSTM || c == Cell::GRU) ? 4 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elman RNN: h = act(x + hh). Nothing saved: the derivative is a function of h itself.
+
+template <typename T>
+HOST_DEVICE inline void rnn_tanh_fwd(const T* x, const T* hh, T /*h_prev*/, T /*c_prev*/, T* h,
+                                     T* /*c*/, T* /*saved*/) {
+  *h = fr_tanh(x[0] + hh[0]);
+}
+
+template <typename T>
+HOST_DEVICE inline void rnn_tanh_bwd(T dh, T /*dc*/, const T* /*saved*/, T h, T /*h_prev*/,
+                                     T /*c_prev*/, T /*c*/, T* dx, T* dhh_last, T* dh_prev,
+                                     T* /*dc_prev*/) {
+  dx[0] = dh * (T(1) - h * h);
+  *dhh_last = dx[0];
+  *dh_prev = T(0);
+}
+
+template <typename T>
+HOST_DEVICE inline void rnn_relu_fwd(const T* x, const T* hh, T /*h_prev*/, T /*c_prev*/, T* h,
+                                     T* /*c*/, T* /*saved*/) {
+  *h = fr_relu(x[0] + hh[0]);
+}
+
+template <typename T>
+HOST_DEVICE inline void rnn_relu_bwd(T dh, T /*dc*/, const T* /*saved*/, T h, T /*h_prev*/,
+                                     T /*c_prev*/, T /*c*/, T* dx, T* dhh_last, T* dh_prev,
+                                     T* /*dc_prev*/) {
+  // torch's threshold_backward: zero gradient where the output is <= 0
+  dx[0] = h > T(0) ? dh : T(0);
+  *dhh_last = dx[0];
+  *dh_prev = T(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM: c = sigmoid(f) c_prev + sigmoid(i) tanh(g); h = sigmoid(o) tanh(c).
+// saved = the activated gates (i, f, g, o); backward also needs c_prev and c (the caller keeps
+// the cell states of every step).
+
+template <typename T>
+HOST_DEVICE inline void lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T c_prev, T* h, T* c,
+                                 T* saved) {
+  const T i = fr_sigmoid(x[0] + hh[0]);
+  const T f = fr_sigmoid(x[1] + hh[1]);
+  const T g = fr_tanh(x[2] + hh[2]);
+  const T o = fr_sigmoid(x[3] + hh[3]);
+  const T c_new = f * c_prev + i * g;
+  *c = c_new;
+  *h = o * fr_tanh(c_new);
+  saved[0] = i;
+  saved[1] = f;
+  saved[2] = g;
+  saved[3] = o;
+}
+
+template <typename T>
+HOST_DEVICE inline void lstm_bwd(T dh, T dc, const T* saved, T /*h*/, T /*h_prev*/, T c_prev,
+                                 T c, T* dx, T* dhh_last, T* dh_prev, T* dc_prev) {
+  const T i = saved[0], f = saved[1], g = saved[2], o = saved[3];
+  const T tc = fr_tanh(c);  // recomputed: one tanh is cheaper than saving another [T, B, H]
+  const T dct = dc + dh * o * (T(1) - tc * tc);
+  dx[0] = dct * g * i * (T(1) - i);
+  dx[1] = dct * c_prev * f * (T(1) - f);
+  dx[2] = dct * i * (T(1) - g * g);
+  dx[3] = dh * tc * o * (T(1) - o);
+  *dhh_last = dx[3];
+  *dh_prev = T(0);
+  *dc_prev = dct * f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU: r = sigmoid(x_r + hh_r); z = sigmoid(x_z + hh_z); n = tanh(x_n + r * hh_n);
+//      h = (1 - z) n + z h_prev.
+// saved = (r, z, n, hh_n): hh_n (= W_hn h_prev + b_hn) is needed for dr and is not recoverable
+// from the activations.
+
+template <typename T>
+HOST_DEVICE inline void gru_fwd(const T* x, const T* hh, T h_prev, T /*c_prev*/, T* h, T* /*c*/,
+                                T* saved) {
+  const T r = fr_sigmoid(x[0] + hh[0]);
+  const T z = fr_sigmoid(x[1] + hh[1]);
+  const T n = fr_tanh(x[2] + r * hh[2]);
+  *h = (T(1) - z) * n + z * h_prev;
+  saved[0] = r;
+  saved[1] = z;
+  saved[2] = n;
+  saved[3] = hh[2];
+}
+
+template <typename T>
+HOST_DEVICE inline void gru_bwd(T dh, T /*dc*/, const T* saved, T /*h*/, T h_prev, T /*c_prev*/,
+                                T /*c*/, T* dx, T* dhh_last, T* dh_prev, T* /*dc_prev*/) {
+  const T r = saved[0], z = saved[1], n = saved[2], hn = saved[3];
+  const T dn = dh * (T(1) - z) * (T(1) - n * n);  // w.r.t. the pre-activation of n
+  dx[0] = dn * hn * r * (T(1) - r);
+  dx[1] = dh * (h_prev - n) * z * (T(1) - z);
+  dx[2] = dn;
+  *dhh_last = dn * r;
+  *dh_prev = dh * z;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compile-time dispatch for loops written once for every cell (CPU time loop, CUDA launchers).
+
+template <Cell C>
+struct CellOps;
+
+#define FUSEDRNN_CELL_OPS(CELL, FWD, BWD)                                               \
+  template <>                                                                           \
+  struct CellOps<Cell::CELL> {                                                          \
+    static constexpr int G = num_gates(Cell::CELL);                                     \
+    static constexpr int S = num_saved(Cell::CELL);                                     \
+    template <typename T>                                                               \
+    HOST_DEVICE static void fwd(const T* x, const T* hh, T h_prev, T c_prev, T* h, T* c, \
+                                T* saved) {                                             \
+      FWD(x, hh, h_prev, c_prev, h, c, saved);                                          \
+    }                                                                                   \
+    template <typename T>                                                               \
+    HOST_DEVICE static void bwd(T dh, T dc, const T* saved, T h, T h_prev, T c_prev, T c, \
+                                T* dx, T* dhh_last, T* dh_prev, T* dc_prev) {           \
+      BWD(dh, dc, saved, h, h_prev, c_prev, c, dx, dhh_last, dh_prev, dc_prev);         \
+    }                                                                                   \
+  };
+
+FUSEDRNN_CELL_OPS(RNN_TANH, rnn_tanh_fwd, rnn_tanh_bwd)
+FUSEDRNN_CELL_OPS(RNN_RELU, rnn_relu_fwd, rnn_relu_bwd)
+FUSEDRNN_CELL_OPS(LSTM, lstm_fwd, lstm_bwd)
+FUSEDRNN_CELL_OPS(GRU, gru_fwd, gru_bwd)
+#undef FUSEDRNN_CELL_OPS
+
+}  // namespace fusedrnn
