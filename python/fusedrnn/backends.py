@@ -36,9 +36,9 @@ _warned: set[tuple[str, str]] = set()
 def _load(name: str) -> tuple[ModuleType | None, str | None]:
     try:
         mod = importlib.import_module(_MODULES[name])
-    except ImportError as e:  # the backend's Python side itself is missing or broken
-        return None, f"backend {name!r} could not be imported: {e}"
-    return mod, mod.unavailable()
+        return mod, mod.unavailable()
+    except Exception as e:  # the backend's Python side is missing or broken: say why, go on
+        return None, f"backend {name!r} could not be loaded: {type(e).__name__}: {e}"
 
 
 def check_backend(name) -> str:
