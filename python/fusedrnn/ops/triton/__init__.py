@@ -1,0 +1,91 @@
+"""The Triton backend: fused persistent forward and BPTT kernels for RNN, LSTM and GRU.
+
+Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
+``recurrence(...)``. Launchers without autograd: ``<cell>_fwd`` / ``<cell>_bwd`` (and the
+mode-generic ``rnn_fwd`` / ``rnn_bwd`` in ``launch.py``). Design, paths and the performance model:
+``docs/triton_backend.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton  # noqa: F401
+
+    _IMPORT_ERROR = None
+except ImportError as e:  # the package still imports; unavailable() says why
+    _IMPORT_ERROR = e
+
+if _IMPORT_ERROR is None:
+    from .autograd import FusedRecurrence
+    from .launch import interpreting, plan, rnn_bwd, rnn_fwd
+
+
+def unavailable() -> str | None:
+    """None when Triton is importable, else the reason and how to fix it."""
+    if _IMPORT_ERROR is not None:
+        return f"triton is not importable ({_IMPORT_ERROR}); install it with `pip install triton`"
+    return None
+
+
+def supports(device: torch.device) -> bool:
+    """CUDA tensors; CPU tensors only under TRITON_INTERPRET=1 (the interpreter, for tests)."""
+    if _IMPORT_ERROR is not None:
+        return False
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
+    """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
+
+    Args:
+        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        xw: [T, B, G*H] input projection (bias_ih included); float32, bfloat16 or float16.
+        w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
+        lengths: [B] int64 | None; reverse: run each sequence from its end.
+        w_hr: [P, H] | None, LSTM projection (resident path only, see docs).
+    Returns:
+        (y [T, B, P], h_T [B, P], c_T [B, H] | None), differentiable in every tensor input.
+
+    Example:
+        >>> y, h, c = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
+    """
+    from ..reference import check_contract
+
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    if xw.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"triton backend: xw dtype must be float32, bfloat16 or float16, got {xw.dtype}")
+    if not supports(xw.device):
+        raise RuntimeError(f"triton backend: tensors must be on a CUDA device (or CPU under "
+                           f"TRITON_INTERPRET=1), got {xw.device}")
+    if lengths is not None:
+        if lengths.numel() and int(lengths.max()) > xw.shape[0]:
+            raise ValueError(f"lengths must be <= T={xw.shape[0]}, got max {int(lengths.max())}")
+        lengths = lengths.to(xw.device)
+    return FusedRecurrence.apply(mode, _contig(xw), _contig(w_hh), _contig(b_hh), _contig(h0), _contig(c0),
+                                 lengths, bool(reverse), _contig(w_hr))
+
+
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
+def _cell(mode):
+    def fwd(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None, save=True):
+        return rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
+
+    def bwd(saved, w_hh, dy, dh_T, dc_T=None, lengths=None, reverse=False, w_hr=None):
+        return rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths, reverse, w_hr)
+
+    fwd.__doc__ = f"Forward launcher for {mode}: see ``launch.rnn_fwd``."
+    bwd.__doc__ = f"Backward launcher for {mode}: see ``launch.rnn_bwd``."
+    return fwd, bwd
+
+
+if _IMPORT_ERROR is None:
+    rnn_tanh_fwd, rnn_tanh_bwd = _cell("RNN_TANH")
+    rnn_relu_fwd, rnn_relu_bwd = _cell("RNN_RELU")
+    lstm_fwd, lstm_bwd = _cell("LSTM")
+    gru_fwd, gru_bwd = _cell("GRU")

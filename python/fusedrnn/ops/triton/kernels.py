@@ -1,0 +1,322 @@
+"""The fused time loops: one forward and one backward kernel shared by every cell.
+
+Each program owns ``BB`` batch columns and ``BU`` hidden units (all ``G`` gates of them). It
+loads its slice of ``w_hh`` once, before the time loop, so the weights stay on chip for all
+steps; per step it multiplies by the previous state and runs the cell's pointwise math
+(``cells.py``, the only per-cell code) on ``[units, batch]`` tiles.
+
+Two ways to get the full previous state each step (constexpr ``SPLIT``):
+
+* ``SPLIT=False`` (resident): one program holds every unit (``BU = HP``), so the state never
+  leaves registers and no synchronisation is needed.
+* ``SPLIT=True``: the units are spread over ``tl.num_programs(1)`` programs. Each step they
+  exchange the state through global memory (forward: h in a ping-pong buffer; backward: the
+  gate gradients of the step just done). With ``SYNC=True`` a grid barrier separates the steps
+  inside one persistent launch (all programs must be co-resident: the launcher keeps the grid
+  within the SM count); with ``SYNC=False`` the launcher runs one step per launch and the
+  kernel boundary is the barrier (fallback for sizes whose weights do not fit on chip).
+
+Shapes (kernel view): xw [T, B, G*H], w [G*H, P], w_hr [P, H], states h [B, P], c [B, H];
+P = H without projection. HP/PP are H/P padded to powers of two; padded lanes load zeros.
+"""
+
+import triton
+import triton.language as tl
+
+from .cells import cell_bwd, cell_fwd
+
+
+@triton.jit
+def _grid_barrier(counter, target):
+    """Wait until ``target`` arrivals: bar.sync, a gpu-scope release add, an acquire spin."""
+    tl.debug_barrier()  # every thread's stores of this step are issued before the release
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()  # no thread reads the exchanged state before the acquire
+
+
+@triton.jit
+def _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr):
+    """A [len(rows), len(cols)] tile ptr[rows * srow + cols * scol], zero where masked, as DT."""
+    offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
+    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(DT)
+
+
+@triton.jit
+def _store_tile(ptr, rows, cols, rmask, cmask, srow, scol, val):
+    offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def rnn_fwd_kernel(
+    xw, w, b, w_hr, h0, c_in, lengths,  # inputs (c_in may alias c_out)
+    y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
+    act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
+    hbuf, counter,  # SPLIT only: h ping-pong [2, B, P] fp32, barrier counters [n_bblocks] i32
+    T, B, H, P, s0, s_end,  # runs steps s0 .. s_end-1 of the sequence
+    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
+    HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
+    SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
+    DOT_T: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_u = tl.program_id(1)
+    GH = G * H
+    offs_b = pid_b * BB + tl.arange(0, BB)  # [BB] batch columns
+    mb = offs_b < B
+    offs_u = pid_u * BU + tl.arange(0, BU)  # [BU] own cell units
+    mu = offs_u < H
+    offs_o = pid_u * BO + tl.arange(0, BO)  # [BO] own output units (== own cell units unless proj)
+    mo = offs_o < P
+    offs_k = tl.arange(0, PP)  # [PP] the whole previous state, K of the recurrent product
+    mk = offs_k < P
+
+    # the recurrent weights, loaded once and kept for all T steps: gate g, own units, all K
+    w0 = _load_tile(w, 0 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)  # [BU, PP]
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if G > 1:
+        w1 = _load_tile(w, 1 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
+        w2 = _load_tile(w, 2 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
+    if G > 3:
+        w3 = _load_tile(w, 3 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
+    b0 = tl.zeros([BU, 1], tl.float32)
+    b1 = b0
+    b2 = b0
+    b3 = b0
+    if HAS_BIAS:
+        b0 = tl.load(b + 0 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]  # [BU, 1]
+        if G > 1:
+            b1 = tl.load(b + 1 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+            b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 3:
+            b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+    whr = w0
+    if HAS_PROJ:
+        offs_hk = tl.arange(0, HP)
+        whr = _load_tile(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T)  # [PP, HP]
+
+    if SPLIT:
+        h = tl.zeros([BO, BB], tl.float32)  # read from hbuf every step
+    else:
+        h = _load_tile(h0, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+    c = tl.zeros([BU, BB], tl.float32)
+    if HAS_C:
+        c = _load_tile(c_in, offs_u, offs_b, mu, mb, 1, H, tl.float32)  # [BU, BB]
+    if HAS_LEN:
+        lens = tl.load(lengths + offs_b, mask=mb, other=0)[None, :]  # [1, BB]
+    else:
+        lens = tl.where(mb, T, 0)[None, :]
+
+    for s in range(s0, s_end):
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        t = t.to(tl.int64)
+        if SPLIT:
+            if SYNC:
+                if s > 0:
+                    _grid_barrier(counter + pid_b, s * tl.num_programs(1))
+            cur = hbuf + (s % 2) * B * P
+            h_full = _load_tile(cur, offs_k, offs_b, mk, mb, 1, P, tl.float32)  # [PP, BB]
+            h_own = _load_tile(cur, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+        else:
+            h_full = h
+            h_own = h
+        hd = h_full.to(DOT_T)
+        xt = xw + t * B * GH
+        a0 = _load_tile(xt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)  # [BU, BB]
+        r0 = tl.dot(w0, hd, input_precision=PREC) + b0  # [BU, BB]
+        a1 = a0
+        a2 = a0
+        a3 = a0
+        r1 = r0
+        r2 = r0
+        r3 = r0
+        if G > 1:
+            a1 = _load_tile(xt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
+            a2 = _load_tile(xt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
+            r1 = tl.dot(w1, hd, input_precision=PREC) + b1
+            r2 = tl.dot(w2, hd, input_precision=PREC) + b2
+        if G > 3:
+            a3 = _load_tile(xt + 3 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
+            r3 = tl.dot(w3, hd, input_precision=PREC) + b3
+        out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
+        if HAS_PROJ:
+            h_new = tl.dot(whr, out.to(DOT_T), input_precision=PREC)  # [PP, BB]
+        else:
+            h_new = out
+        live = t < lens  # [1, BB]
+        if SAVE:
+            _store_tile(hprev + t * B * P, offs_o, offs_b, mo, mb, 1, P, h_own)
+            at = act + t * B * (NA * H)
+            _store_tile(at + 0 * H, offs_u, offs_b, mu, mb, 1, NA * H, e0)
+            if NA > 1:
+                _store_tile(at + 1 * H, offs_u, offs_b, mu, mb, 1, NA * H, e1)
+                _store_tile(at + 2 * H, offs_u, offs_b, mu, mb, 1, NA * H, e2)
+                _store_tile(at + 3 * H, offs_u, offs_b, mu, mb, 1, NA * H, e3)
+            if HAS_C:
+                _store_tile(cprev + t * B * H, offs_u, offs_b, mu, mb, 1, H, c)
+        c = tl.where(live, c_new, c)
+        h = tl.where(live, h_new, h_own)
+        _store_tile(y + t * B * P, offs_o, offs_b, mo, mb, 1, P, tl.where(live, h_new, 0.0))
+        if SPLIT:
+            _store_tile(hbuf + ((s + 1) % 2) * B * P, offs_o, offs_b, mo, mb, 1, P, h)
+    _store_tile(h_out, offs_o, offs_b, mo, mb, 1, P, h)
+    if HAS_C:
+        _store_tile(c_out, offs_u, offs_b, mu, mb, 1, H, c)
+
+
+@triton.jit
+def rnn_bwd_kernel(
+    w, w_hr, dy, act, hprev, cprev, lengths,  # dy [T, B, P]; saved tensors as in the forward
+    dxw, drec, dhtot,  # fp32 out: [T, B, G*H] grads of xw and (GRU only) of W_hh h + b_hh; [T, B, P]
+    r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
+    counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32
+    T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
+    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
+    HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
+    SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
+    HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
+):
+    # Backward step s handles forward time t. dh_t = W_hh^T drec_{next} + R, where drec_next was
+    # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
+    # program's own remainder (dy, GRU's z * dh, or the pass-through of a finished sequence).
+    pid_b = tl.program_id(0)
+    pid_u = tl.program_id(1)
+    GH = G * H
+    offs_b = pid_b * BB + tl.arange(0, BB)  # [BB]
+    mb = offs_b < B
+    offs_u = pid_u * BU + tl.arange(0, BU)  # [BU] own cell units
+    mu = offs_u < H
+    offs_o = pid_u * BO + tl.arange(0, BO)  # [BO] own output units
+    mo = offs_o < P
+    offs_k = tl.arange(0, HP)  # [HP] every cell unit, K of the transposed product
+    mk = offs_k < H
+
+    # W_g^T restricted to own output units: [BO, HP], loaded once
+    wt0 = _load_tile(w + 0 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
+    wt1 = wt0
+    wt2 = wt0
+    wt3 = wt0
+    if G > 1:
+        wt1 = _load_tile(w + 1 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
+        wt2 = _load_tile(w + 2 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
+    if G > 3:
+        wt3 = _load_tile(w + 3 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
+    whrt = wt0
+    if HAS_PROJ:
+        offs_p = tl.arange(0, PP)
+        whrt = _load_tile(w_hr, offs_k, offs_p, mk, offs_p < P, 1, H, DOT_T)  # [HP, PP]
+
+    R = _load_tile(r_state, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+    dc = tl.zeros([BU, BB], tl.float32)
+    if HAS_C:
+        dc = _load_tile(dc_state, offs_u, offs_b, mu, mb, 1, H, tl.float32)  # [BU, BB]
+    d0 = tl.zeros([BU, BB], tl.float32)  # resident mode: last step's recurrent gate grads
+    d1 = d0
+    d2 = d0
+    d3 = d0
+    if HAS_LEN:
+        lens = tl.load(lengths + offs_b, mask=mb, other=0)[None, :]  # [1, BB]
+    else:
+        lens = tl.where(mb, T, 0)[None, :]
+    dsrc = dxw
+    if MODE == 3:
+        dsrc = drec
+
+    for s in range(s0, s_end):
+        if REVERSE:
+            t = s
+        else:
+            t = T - 1 - s
+        t = t.to(tl.int64)
+        dh = R
+        if s > 0:
+            if SPLIT:
+                if SYNC:
+                    _grid_barrier(counter + pid_b, s * tl.num_programs(1))
+                if REVERSE:
+                    tn = t - 1
+                else:
+                    tn = t + 1
+                base = dsrc + tn * B * GH
+                f0 = _load_tile(base + 0 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)  # [HP, BB]
+                f1 = f0
+                f2 = f0
+                f3 = f0
+                if G > 1:
+                    f1 = _load_tile(base + 1 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
+                    f2 = _load_tile(base + 2 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
+                if G > 3:
+                    f3 = _load_tile(base + 3 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
+            else:
+                f0 = d0
+                f1 = d1
+                f2 = d2
+                f3 = d3
+            dh += tl.dot(wt0, f0.to(DOT_T), input_precision=PREC)  # [BO, BB]
+            if G > 1:
+                dh += tl.dot(wt1, f1.to(DOT_T), input_precision=PREC)
+                dh += tl.dot(wt2, f2.to(DOT_T), input_precision=PREC)
+            if G > 3:
+                dh += tl.dot(wt3, f3.to(DOT_T), input_precision=PREC)
+        if s < T:
+            live = t < lens  # [1, BB]
+            dy_t = _load_tile(dy + t * B * P, offs_o, offs_b, mo, mb, 1, P, tl.float32)
+            dh_tot = dh + tl.where(live, dy_t, 0.0)  # [BO, BB] grad of h_t
+            if HAS_PROJ:
+                _store_tile(dhtot + t * B * P, offs_o, offs_b, mo, mb, 1, P,
+                            tl.where(live, dh_tot, 0.0))
+                dm = tl.dot(whrt, dh_tot.to(DOT_T), input_precision=PREC)  # [HP, BB]
+            else:
+                dm = dh_tot
+            at = act + t * B * (NA * H)
+            e0 = _load_tile(at + 0 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)  # [BU, BB]
+            e1 = e0
+            e2 = e0
+            e3 = e0
+            if NA > 1:
+                e1 = _load_tile(at + 1 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
+                e2 = _load_tile(at + 2 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
+                e3 = _load_tile(at + 3 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
+            cp = dc
+            if HAS_C:
+                cp = _load_tile(cprev + t * B * H, offs_u, offs_b, mu, mb, 1, H, tl.float32)
+            hp = dm
+            if MODE == 3:
+                hp = _load_tile(hprev + t * B * P, offs_u, offs_b, mu, mb, 1, P, tl.float32)
+            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp, hp)
+            xt = dxw + t * B * GH
+            d0 = tl.where(live, q0, 0.0)
+            _store_tile(xt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x0, 0.0))
+            if G > 1:
+                d1 = tl.where(live, q1, 0.0)
+                d2 = tl.where(live, q2, 0.0)
+                _store_tile(xt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x1, 0.0))
+                _store_tile(xt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x2, 0.0))
+            if G > 3:
+                d3 = tl.where(live, q3, 0.0)
+                _store_tile(xt + 3 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x3, 0.0))
+            if MODE == 3:
+                rt = drec + t * B * GH
+                _store_tile(rt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, d0)
+                _store_tile(rt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, d1)
+                _store_tile(rt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, d2)
+                R = tl.where(live, dhd, dh_tot)
+            else:
+                R = tl.where(live, 0.0, dh_tot)
+            dc = tl.where(live, dcp, dc)
+        else:
+            _store_tile(dh0, offs_o, offs_b, mo, mb, 1, P, dh)
+            if HAS_C:
+                _store_tile(dc0, offs_u, offs_b, mu, mb, 1, H, dc)
+    _store_tile(r_state, offs_o, offs_b, mo, mb, 1, P, R)
+    if HAS_C:
+        _store_tile(dc_state, offs_u, offs_b, mu, mb, 1, H, dc)
