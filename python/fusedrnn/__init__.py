@@ -10,3 +10,4 @@ __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
     "recurrence", "available_backends", "backends", "ops",
 ]
+from . import diagnostics, models, training  # noqa: E402  (issue 8: toolkit)
