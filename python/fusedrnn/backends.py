@@ -82,7 +82,14 @@ def resolve(name: str, device: torch.device) -> ModuleType:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               backend: str = "auto"):
-    """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend."""
+               backend: str = "auto", recurrent_grad_clip: float | None = None):
+    """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend.
+
+    ``recurrent_grad_clip`` clamps the gradient carried back through the recurrence at every
+    step (see ``recurrence_ref``); None (the default) leaves every backend's results untouched.
+    """
     mod = resolve(backend, xw.device)
-    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
+    if recurrent_grad_clip is None:
+        return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
+    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                          recurrent_grad_clip=recurrent_grad_clip)

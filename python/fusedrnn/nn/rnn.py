@@ -16,25 +16,32 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import backends
+from ..ops.reference import check_clip
 
 
 class _FusedRNNMixin:
     """The forward pass shared by RNN, LSTM and GRU; ``mode`` selects the cell."""
 
     backend: str = "auto"
+    recurrent_grad_clip: float | None = None
 
-    def _set_backend(self, backend: str) -> None:
+    def _set_backend(self, backend: str, recurrent_grad_clip: float | None = None) -> None:
         self.backend = backends.check_backend(backend)
+        check_clip(recurrent_grad_clip)
+        self.recurrent_grad_clip = recurrent_grad_clip
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.recurrent_grad_clip is not None:
+            s += f", recurrent_grad_clip={self.recurrent_grad_clip}"
         return s
 
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("recurrent_grad_clip", None)
 
     # -- the layer stack -------------------------------------------------------------------
 
@@ -62,6 +69,7 @@ class _FusedRNNMixin:
                 y, h, c = backends.recurrence(
                     self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
+                    recurrent_grad_clip=self.recurrent_grad_clip,
                 )
                 outs.append(y)
                 h_n.append(h)
@@ -156,6 +164,8 @@ class RNN(_FusedRNNMixin, nn.RNN):
         batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None:
             exactly as :class:`torch.nn.RNN`.
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+        recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
+            through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
 
     Inputs: ``input`` [T, B, I] (or [B, T, I] with batch_first, [T, I] unbatched, or a
     PackedSequence) and ``hx`` [L*D, B, H] or None.
@@ -167,9 +177,9 @@ class RNN(_FusedRNNMixin, nn.RNN):
         >>> out, h_n = rnn(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend)
+        self._set_backend(backend, recurrent_grad_clip)
 
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
@@ -183,6 +193,8 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         bidirectional=False, proj_size=0, device=None, dtype=None: exactly as
             :class:`torch.nn.LSTM`.
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+        recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
+            through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
 
     Inputs: ``input`` [T, B, I] (batch_first, unbatched or PackedSequence as torch.nn) and
     ``(h_0 [L*D, B, H_out], c_0 [L*D, B, H])`` or None.
@@ -194,9 +206,9 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend)
+        self._set_backend(backend, recurrent_grad_clip)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
@@ -209,6 +221,8 @@ class GRU(_FusedRNNMixin, nn.GRU):
         input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, device=None, dtype=None: exactly as :class:`torch.nn.GRU`.
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
+        recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
+            through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
 
     Returns: ``output`` [T, B, D*H], ``h_n`` [L*D, B, H].
 
@@ -218,6 +232,6 @@ class GRU(_FusedRNNMixin, nn.GRU):
         >>> out, h_n = gru(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend)
+        self._set_backend(backend, recurrent_grad_clip)

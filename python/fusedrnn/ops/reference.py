@@ -72,9 +72,39 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """The op contract for any ``mode`` in ``RNN_TANH, RNN_RELU, LSTM, GRU`` (see module doc)."""
+class _ClampGrad(torch.autograd.Function):
+    """Identity forward; clamps the gradient passing back through it to [-clip, clip]."""
+
+    @staticmethod
+    def forward(ctx, x, clip):
+        ctx.clip = clip
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp(-ctx.clip, ctx.clip), None
+
+
+def check_clip(recurrent_grad_clip) -> None:
+    if recurrent_grad_clip is not None and not (
+        isinstance(recurrent_grad_clip, (int, float)) and recurrent_grad_clip > 0
+    ):
+        raise ValueError(
+            f"recurrent_grad_clip must be None or a positive number, got {recurrent_grad_clip!r}"
+        )
+
+
+def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
+                   recurrent_grad_clip=None):
+    """The op contract for any ``mode`` in ``RNN_TANH, RNN_RELU, LSTM, GRU`` (see module doc).
+
+    ``recurrent_grad_clip`` (None or > 0): in backward, the gradient a (live) step sends back to
+    its input state h_{t-1} (and c_{t-1}) is clamped elementwise to [-clip, clip] before it is
+    added to the gradient arriving from y_{t-1} (FlashRNN's ``gradient_recurrent_clipval``).
+    None leaves autograd untouched.
+    """
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_clip(recurrent_grad_clip)
     out_dtype = xw.dtype
     acc = compute_dtype(out_dtype)
     step = STEPS[mode]
@@ -90,7 +120,13 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
         lengths = lengths.to(xw.device)
     ys: list[Tensor | None] = [None] * T
     for t in range(T - 1, -1, -1) if reverse else range(T):
-        h_new, c_new = step(xw[t], h, c, w_hh, b_hh, w_hr)
+        if recurrent_grad_clip is None:
+            h_new, c_new = step(xw[t], h, c, w_hh, b_hh, w_hr)
+        else:
+            clip = float(recurrent_grad_clip)
+            h_in = _ClampGrad.apply(h, clip)
+            c_in = None if c is None else _ClampGrad.apply(c, clip)
+            h_new, c_new = step(xw[t], h_in, c_in, w_hh, b_hh, w_hr)
         if lengths is None:
             h, c, ys[t] = h_new, c_new, h_new
         else:
