@@ -219,3 +219,35 @@ def test_gradcheck_and_gradgradcheck(backend, kind):
     inputs = (x, *params.values())
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+class _Tagger(torch.nn.Module):
+    """A small sequence tagger of the kind users already have, built on torch.nn.LSTM."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 6)
+        self.rnn = torch.nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, tokens):
+        return self.head(self.rnn(self.emb(tokens))[0])
+
+
+def test_swap_into_existing_model_with_old_state_dict(backend):
+    torch.manual_seed(0)
+    old = _Tagger().double()
+    state = old.state_dict()
+    new = _Tagger().double()
+    new.rnn = fusedrnn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True,
+                            dtype=torch.float64, backend=backend)
+    new.load_state_dict(state, strict=True)
+    tokens = torch.randint(0, 20, (3, 9))
+    outs, grads = [], []
+    for m in (old, new):
+        out = m(tokens)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), list(m.parameters())))
+    torch.testing.assert_close(outs[1], outs[0], **TOL[torch.float64])
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(b, a, **TOL[torch.float64])
