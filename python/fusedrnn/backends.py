@@ -57,8 +57,19 @@ def available_backends() -> list[str]:
     return [n for n in _MODULES if _load(n)[1] is None]
 
 
+_resolved: dict[tuple[str, str], ModuleType] = {}
+
+
 def resolve(name: str, device: torch.device) -> ModuleType:
     """The backend module that runs tensors on ``device`` for the requested ``name``."""
+    key = (name, device.type)
+    mod = _resolved.get(key)
+    if mod is None:  # resolved once per (name, device type): this sits on every forward
+        mod = _resolved[key] = _resolve(name, device)
+    return mod
+
+
+def _resolve(name: str, device: torch.device) -> ModuleType:
     if name == "auto":
         for cand in _AUTO.get(device.type, ()):
             mod, why = _load(cand)
