@@ -1,0 +1,89 @@
+// The __global__ wrappers and their launch templates. Each kernel is one thread per element:
+// it computes (b, j) from its block and thread index and calls the HOST_DEVICE body in
+// pointwise.cuh. nvcc only.
+#pragma once
+
+#include "pointwise.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+
+// 32 consecutive units of one row per warp (coalesced [B, H] accesses), 8 rows per block, as
+// Haste's pointwise kernels do.
+constexpr int kBlockX = 32, kBlockY = 8;
+// grid.y is limited to 65535 blocks
+constexpr int64_t kMaxRows = int64_t(65535) * kBlockY;
+
+inline dim3 grid_for(int64_t rows, int64_t cols) {
+  return dim3(static_cast<unsigned>((cols + kBlockX - 1) / kBlockX),
+              static_cast<unsigned>((rows + kBlockY - 1) / kBlockY));
+}
+
+// Thread coordinates shared by every wrapper: row b (batch), column j (unit).
+#define FUSEDRNN_THREAD_ELEMENT(rows, cols)                               \
+  const int64_t j = int64_t(blockIdx.x) * kBlockX + threadIdx.x;          \
+  const int64_t b = int64_t(blockIdx.y) * kBlockY + threadIdx.y;          \
+  if (b >= (rows) || j >= (cols)) return;
+
+template <Cell C, typename S>
+__global__ void __launch_bounds__(kBlockX * kBlockY) pointwise_fwd_kernel(const FwdStep<S> a) {
+  FUSEDRNN_THREAD_ELEMENT(a.B, a.H)
+  fwd_element<C, S>(a, b, j);
+}
+
+template <Cell C, typename A>
+__global__ void __launch_bounds__(kBlockX * kBlockY) pointwise_bwd_kernel(const BwdStep<A> a) {
+  FUSEDRNN_THREAD_ELEMENT(a.B, a.H)
+  bwd_element<C, A>(a, b, j);
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kBlockX * kBlockY) proj_fwd_kernel(const ProjFwdStep<S> a) {
+  FUSEDRNN_THREAD_ELEMENT(a.B, a.P)
+  proj_fwd_element<S>(a, b, j);
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kBlockX * kBlockY) proj_bwd_kernel(const ProjBwdStep<A> a) {
+  FUSEDRNN_THREAD_ELEMENT(a.B, a.P)
+  proj_bwd_element<A>(a, b, j);
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kBlockX * kBlockY) clamp_kernel(const ClampStep<A> a) {
+  FUSEDRNN_THREAD_ELEMENT(a.B, a.N)
+  clamp_element<A>(a, b, j);
+}
+
+#undef FUSEDRNN_THREAD_ELEMENT
+
+// Launch `kernel` over a [rows, cols] grid; empty problems launch nothing.
+template <typename Args>
+cudaError_t launch_grid(void (*kernel)(const Args), const Args& a, int64_t rows, int64_t cols,
+                        cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  if (rows > kMaxRows) return cudaErrorInvalidConfiguration;
+  kernel<<<grid_for(rows, cols), dim3(kBlockX, kBlockY), 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// The per-cell launchers of launchers.h and their explicit instantiations.
+#define FUSEDRNN_DEFINE_CELL_LAUNCHERS(name, CELL)                                          \
+  template <typename S>                                                                     \
+  cudaError_t name##_fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream) {              \
+    return launch_grid(pointwise_fwd_kernel<Cell::CELL, S>, a, a.B, a.H, stream);           \
+  }                                                                                         \
+  template <typename A>                                                                     \
+  cudaError_t name##_bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream) {              \
+    return launch_grid(pointwise_bwd_kernel<Cell::CELL, A>, a, a.B, a.H, stream);           \
+  }                                                                                         \
+  template cudaError_t name##_fwd_pointwise<float>(const FwdStep<float>&, cudaStream_t);    \
+  template cudaError_t name##_fwd_pointwise<double>(const FwdStep<double>&, cudaStream_t);  \
+  template cudaError_t name##_fwd_pointwise<__nv_bfloat16>(const FwdStep<__nv_bfloat16>&,  \
+                                                           cudaStream_t);                   \
+  template cudaError_t name##_fwd_pointwise<__half>(const FwdStep<__half>&, cudaStream_t);  \
+  template cudaError_t name##_bwd_pointwise<float>(const BwdStep<float>&, cudaStream_t);    \
+  template cudaError_t name##_bwd_pointwise<double>(const BwdStep<double>&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,133 @@
+// Framework-free interface of the CUDA kernels: argument structs and launchers.
+//
+// Only the CUDA runtime types and cells.h are used here, so the torch glue (loop.cpp, compiled by
+// the host compiler), the .cu files (nvcc) and the host emulation used by the CPU tests
+// (tests/cuda_emu/) all include this one header. Every launcher runs ONE step of the recurrence
+// on `stream` and returns the launch status; it never synchronizes.
+//
+// Storage vs compute dtype: `S` is the dtype of the big per-step tensors the caller owns (xw, y:
+// float, double, __nv_bfloat16, __half); `A = acc_t<S>` is the dtype of the arithmetic and of
+// everything the loop keeps (states, GEMM results, saved activations): double for double, float
+// otherwise. The backward kernels run entirely in `A`.
+//
+// Layouts are row-major and contiguous. Gate g of unit j sits at column g*H + j (torch.nn order).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fusedrnn/cells.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+template <typename S>
+using acc_t = typename std::conditional<std::is_same<S, double>::value, double, float>::type;
+
+// One forward step t (a time index, not a loop counter: `reverse` is already folded into t).
+// Row b is live when lengths == nullptr or t < lengths[b]; a dead row keeps its state, writes
+// y = 0 and, for LSTM, cs[t] = c_prev so that backward reads a consistent c_prev.
+template <typename S>
+struct FwdStep {
+  using A = acc_t<S>;
+  int64_t B = 0, H = 0, Ho = 0;        // batch, hidden size, output width (P if projected)
+  int64_t t = 0;                       // time index of this step
+  const int64_t* lengths = nullptr;    // [B] or nullptr
+  const S* xw = nullptr;               // [T, B, G*H]
+  const A* hh = nullptr;               // [B, G*H]  W_hh h_prev + b_hh of this step
+  A* h = nullptr;                      // [B, H]    state, updated in place (not with projection)
+  A* c = nullptr;                      // [B, H]    LSTM cell state, updated in place
+  S* y = nullptr;                      // [T, B, Ho] (not written with projection)
+  A* saved = nullptr;                  // [T, B, num_saved*H] or nullptr when the cell saves none
+  A* cs = nullptr;                     // [T, B, H] LSTM cell state of every step
+  A* hr = nullptr;                     // [T, B, H] unprojected h (o * tanh c) when projecting
+};
+
+// After the projection GEMM hp = hr[t] @ W_hr^T: live rows take hp as state and output, dead
+// rows keep their state and output 0.
+template <typename S>
+struct ProjFwdStep {
+  using A = acc_t<S>;
+  int64_t B = 0, P = 0, t = 0;
+  const int64_t* lengths = nullptr;    // [B] or nullptr
+  const A* hp = nullptr;               // [B, P]
+  A* h = nullptr;                      // [B, P] state
+  S* y = nullptr;                      // [T, B, P]
+};
+
+// One backward step t. The caller keeps dh (and dc) over reversed time; the kernel writes the
+// gate gradients of step t and leaves in dh only the part of dL/dh_prev that does not go
+// through W_hh (the caller then adds dgh[t] @ W_hh with one GEMM).
+template <typename A>
+struct BwdStep {
+  int64_t T = 0, B = 0, H = 0, Ho = 0, t = 0;
+  bool reverse = false;
+  A clip = A(0);                       // > 0: clamp dc_prev to [-clip, clip] (recurrent_grad_clip)
+  const int64_t* lengths = nullptr;    // [B] or nullptr
+  const A* dy = nullptr;               // [T, B, Ho] or nullptr (unused with projection)
+  const A* dr = nullptr;               // [B, H] dL/d(unprojected h) of the step, projection only
+  A* dh = nullptr;                     // [B, Ho] carried dL/dh (not written with projection)
+  A* dc = nullptr;                     // [B, H]  carried dL/dc (LSTM)
+  const A* saved = nullptr;            // [T, B, num_saved*H]
+  const A* y = nullptr;                // [T, B, Ho] outputs = states of the live steps
+  const A* h0 = nullptr;               // [B, Ho]
+  const A* cs = nullptr;               // [T, B, H] (LSTM)
+  const A* c0 = nullptr;               // [B, H] or nullptr (zeros)
+  A* dxw = nullptr;                    // [T, B, G*H] gradient of the input-side pre-activations
+  A* dgh = nullptr;                    // [T, B, G*H] recurrent side (GRU); == dxw for the others
+  A* dg_first = nullptr;               // [B, G*H] dgh of each row's first processed step
+};
+
+// Projection, backward, before the pointwise step: dhp[t] = dh + dy[t] on live rows (0 on dead
+// rows), and the carry restarts at 0 on live rows.
+template <typename A>
+struct ProjBwdStep {
+  int64_t B = 0, P = 0, t = 0;
+  const int64_t* lengths = nullptr;
+  const A* dy = nullptr;               // [T, B, P] or nullptr
+  A* dh = nullptr;                     // [B, P]
+  A* dhp = nullptr;                    // [T, B, P]
+};
+
+// recurrent_grad_clip after the step's GEMM: clamp dh[b] to [-clip, clip] on live rows only
+// (a dead row is not a step; its carry passes through untouched).
+template <typename A>
+struct ClampStep {
+  int64_t B = 0, N = 0, t = 0;
+  A clip = A(0);
+  const int64_t* lengths = nullptr;
+  A* dh = nullptr;                     // [B, N]
+};
+
+// Per-cell launchers (defined in rnn.cu, lstm.cu, gru.cu; S in float, double, __nv_bfloat16,
+// __half; A in float, double).
+#define FUSEDRNN_DECLARE_CELL_LAUNCHERS(name)                                      \
+  template <typename S>                                                            \
+  cudaError_t name##_fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream);      \
+  template <typename A>                                                            \
+  cudaError_t name##_bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream);
+
+FUSEDRNN_DECLARE_CELL_LAUNCHERS(rnn_tanh)
+FUSEDRNN_DECLARE_CELL_LAUNCHERS(rnn_relu)
+FUSEDRNN_DECLARE_CELL_LAUNCHERS(lstm)
+FUSEDRNN_DECLARE_CELL_LAUNCHERS(gru)
+#undef FUSEDRNN_DECLARE_CELL_LAUNCHERS
+
+// Cell-independent launchers (common.cu).
+template <typename S>
+cudaError_t proj_fwd_commit(const ProjFwdStep<S>& a, cudaStream_t stream);
+template <typename A>
+cudaError_t proj_bwd_prepare(const ProjBwdStep<A>& a, cudaStream_t stream);
+template <typename A>
+cudaError_t clamp_live_rows(const ClampStep<A>& a, cudaStream_t stream);
+
+// cudaGetErrorString, behind this interface so that the glue needs no CUDA runtime symbol of
+// its own (the host emulation supplies its own definition).
+const char* launch_error_string(cudaError_t err);
+
+}  // namespace cuda
+}  // namespace fusedrnn

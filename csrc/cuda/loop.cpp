@@ -1,0 +1,333 @@
+// Forward and backward time loops of the CUDA backend (see loop.h): per step one GEMM for the
+// recurrent pre-activations (at::addmm into a preallocated buffer) and one pointwise launch.
+#include "loop.h"
+
+#include <c10/core/DeviceGuard.h>
+
+#include <atomic>
+#include <limits>
+#include <string>
+
+#include "launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+namespace {
+
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+std::atomic<bool> g_poison{false};
+
+// at::empty, NaN-filled while the test hook is on, so an element a kernel forgets to write shows
+// up in the results
+Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  Tensor t = at::empty(sizes, opts);
+  if (g_poison.load(std::memory_order_relaxed))
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+Cell parse_mode(c10::string_view mode) {
+  if (mode == "RNN_TANH") return Cell::RNN_TANH;
+  if (mode == "RNN_RELU") return Cell::RNN_RELU;
+  if (mode == "LSTM") return Cell::LSTM;
+  if (mode == "GRU") return Cell::GRU;
+  TORCH_CHECK(false, "fusedrnn (cuda): mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, got '",
+              std::string(mode), "'");
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "fusedrnn (cuda): launching ", what, " failed: ",
+              launch_error_string(err));
+}
+
+template <typename S>
+void fwd_pointwise(Cell cell, const FwdStep<S>& a, cudaStream_t s) {
+  cudaError_t err = cudaSuccess;
+  switch (cell) {
+    case Cell::RNN_TANH: err = rnn_tanh_fwd_pointwise<S>(a, s); break;
+    case Cell::RNN_RELU: err = rnn_relu_fwd_pointwise<S>(a, s); break;
+    case Cell::LSTM: err = lstm_fwd_pointwise<S>(a, s); break;
+    case Cell::GRU: err = gru_fwd_pointwise<S>(a, s); break;
+  }
+  check_launch(err, "the forward pointwise kernel");
+}
+
+template <typename A>
+void bwd_pointwise(Cell cell, const BwdStep<A>& a, cudaStream_t s) {
+  cudaError_t err = cudaSuccess;
+  switch (cell) {
+    case Cell::RNN_TANH: err = rnn_tanh_bwd_pointwise<A>(a, s); break;
+    case Cell::RNN_RELU: err = rnn_relu_bwd_pointwise<A>(a, s); break;
+    case Cell::LSTM: err = lstm_bwd_pointwise<A>(a, s); break;
+    case Cell::GRU: err = gru_bwd_pointwise<A>(a, s); break;
+  }
+  check_launch(err, "the backward pointwise kernel");
+}
+
+template <typename S>
+S* ptr(const Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<S*>(t.data_ptr()) : nullptr;
+}
+
+at::ScalarType acc_type(at::ScalarType dt) { return dt == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_tensor(const char* name, const Tensor& t, const Tensor& xw, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == xw.device(), "fusedrnn (cuda): ", name, " must be on ", xw.device(),
+              " like xw, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == xw.scalar_type(), "fusedrnn (cuda): ", name,
+              " must have dtype ", xw.scalar_type(), " like xw, got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, "fusedrnn (cuda): ", name, " must have shape ", shape,
+              ", got ", t.sizes());
+}
+
+// Lengths on the tensors' device as int64, or an undefined tensor.
+Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
+  if (!given(lengths)) return Tensor();
+  TORCH_CHECK(lengths->scalar_type() == at::kLong, "fusedrnn (cuda): lengths must be int64, got ",
+              lengths->scalar_type());
+  TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "fusedrnn (cuda): lengths must have "
+              "shape (", B, ",), got ", lengths->sizes());
+  return lengths->to(like.device()).contiguous();
+}
+
+template <typename S>
+Tensors6 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
+                      const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
+                      const OptTensor& w_hr, cudaStream_t stream) {
+  using A = acc_t<S>;
+  const int G = num_gates(cell), NS = num_saved(cell);
+  const bool lstm = cell == Cell::LSTM, proj = given(w_hr);
+  const int64_t T = xw_in.size(0), B = xw_in.size(1), GH = xw_in.size(2), H = GH / G;
+  const int64_t Ho = h0.size(1);
+  const auto acc = acc_type(xw_in.scalar_type());
+  const auto opts = xw_in.options().dtype(acc);
+
+  const Tensor xw = xw_in.contiguous();
+  const Tensor w_hh_t = w_hh.to(acc).t();                        // [H_out, G*H]
+  const Tensor bias = given(b_hh) ? b_hh->to(acc) : Tensor();     // [G*H]
+  const Tensor w_hr_t = proj ? w_hr->to(acc).t() : Tensor();      // [H, P]
+  Tensor h = h0.to(acc, false, /*copy=*/true).contiguous();       // [B, H_out] state
+  Tensor c = lstm ? (given(c0) ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
+                  : at::empty({0}, opts);                         // [B, H]
+  Tensor y = alloc({T, B, Ho}, xw.options());
+  Tensor saved = alloc({NS ? T : 0, B, NS * H}, opts);
+  Tensor cs = alloc({lstm ? T : 0, B, H}, opts);
+  Tensor hr = alloc({proj ? T : 0, B, H}, opts);
+  Tensor hh = alloc({B, GH}, opts);                               // W_hh h + b_hh of the step
+  Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();             // projected h of the step
+
+  FwdStep<S> a;
+  a.B = B; a.H = H; a.Ho = Ho;
+  a.lengths = ptr<const int64_t>(len);
+  a.xw = ptr<const S>(xw);
+  a.hh = ptr<const A>(hh);
+  a.h = proj ? nullptr : ptr<A>(h);
+  a.c = lstm ? ptr<A>(c) : nullptr;
+  a.y = proj ? nullptr : ptr<S>(y);
+  a.saved = NS ? ptr<A>(saved) : nullptr;
+  a.cs = lstm ? ptr<A>(cs) : nullptr;
+  a.hr = proj ? ptr<A>(hr) : nullptr;
+  ProjFwdStep<S> p;
+  p.B = B; p.P = Ho; p.lengths = a.lengths;
+  p.hp = proj ? ptr<const A>(hp) : nullptr;
+  p.h = ptr<A>(h);
+  p.y = ptr<S>(y);
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    if (bias.defined())
+      at::addmm_out(hh, bias, h, w_hh_t);
+    else
+      at::mm_out(hh, h, w_hh_t);
+    a.t = t;
+    fwd_pointwise<S>(cell, a, stream);
+    if (proj) {
+      at::mm_out(hp, hr[t], w_hr_t);
+      p.t = t;
+      check_launch(proj_fwd_commit<S>(p, stream), "the projection commit kernel");
+    }
+  }
+  const auto dt = xw.scalar_type();
+  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr};
+}
+
+template <typename A>
+Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
+                       const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
+                       const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
+                       const OptTensor& w_hr, double clip, const Tensor& y_in,
+                       const Tensor& saved, const Tensor& cs, const Tensor& hr,
+                       cudaStream_t stream) {
+  const int G = num_gates(cell);
+  const bool lstm = cell == Cell::LSTM, gru = cell == Cell::GRU, proj = given(w_hr);
+  const int64_t T = y_in.size(0), B = y_in.size(1), Ho = y_in.size(2), GH = w_hh.size(0);
+  const int64_t H = GH / G;
+  const auto dt = y_in.scalar_type();
+  const auto acc = acc_type(dt);
+  const auto opts = y_in.options().dtype(acc);
+  auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
+
+  const Tensor dy = given(dy_in) ? prep(*dy_in) : Tensor();      // [T, B, H_out]
+  const Tensor y = prep(y_in);                                    // [T, B, H_out]
+  const Tensor w = prep(w_hh);                                    // [G*H, H_out]
+  const Tensor h0a = prep(h0);                                    // [B, H_out]
+  const Tensor c0a = given(c0) ? prep(*c0) : Tensor();            // [B, H]
+  const Tensor w_hr_a = proj ? prep(*w_hr) : Tensor();            // [P, H]
+  Tensor dh = given(dh_T) ? dh_T->to(acc, false, true).contiguous() : at::zeros({B, Ho}, opts);
+  Tensor dc = lstm ? (given(dc_T) ? dc_T->to(acc, false, true).contiguous()
+                                  : at::zeros({B, H}, opts))
+                   : Tensor();
+  Tensor dxw = alloc({T, B, GH}, opts);
+  Tensor dgh = gru ? alloc({T, B, GH}, opts) : dxw;               // recurrent-side gate grads
+  Tensor dg_first = at::zeros({B, GH}, opts);                     // rows whose h_prev is h0
+  Tensor dhp = proj ? alloc({T, B, Ho}, opts) : Tensor();         // dL/dh (projected) per step
+  Tensor dr = proj ? alloc({B, H}, opts) : Tensor();              // dL/d(o * tanh c) of a step
+
+  BwdStep<A> a;
+  a.T = T; a.B = B; a.H = H; a.Ho = Ho; a.reverse = reverse; a.clip = A(clip);
+  a.lengths = ptr<const int64_t>(len);
+  a.dy = proj ? nullptr : ptr<const A>(dy);
+  a.dr = proj ? ptr<const A>(dr) : nullptr;
+  a.dh = ptr<A>(dh);
+  a.dc = lstm ? ptr<A>(dc) : nullptr;
+  a.saved = ptr<const A>(saved);
+  a.y = ptr<const A>(y);
+  a.h0 = ptr<const A>(h0a);
+  a.cs = lstm ? ptr<const A>(cs) : nullptr;
+  a.c0 = ptr<const A>(c0a);
+  a.dxw = ptr<A>(dxw);
+  a.dgh = ptr<A>(dgh);
+  a.dg_first = ptr<A>(dg_first);
+  ProjBwdStep<A> p;
+  p.B = B; p.P = Ho; p.lengths = a.lengths;
+  p.dy = ptr<const A>(dy);
+  p.dh = ptr<A>(dh);
+  p.dhp = ptr<A>(dhp);
+  ClampStep<A> q;
+  q.B = B; q.N = Ho; q.clip = A(clip); q.lengths = a.lengths; q.dh = ptr<A>(dh);
+
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    if (proj) {
+      p.t = t;
+      check_launch(proj_bwd_prepare<A>(p, stream), "the projection gradient kernel");
+      at::mm_out(dr, dhp[t], w_hr_a);                             // [B, H]
+    }
+    a.t = t;
+    bwd_pointwise<A>(cell, a, stream);
+    dh.addmm_(dgh[t], w);                                         // dh_prev += dgh W_hh
+    if (clip > 0) {
+      q.t = t;
+      check_launch(clamp_live_rows<A>(q, stream), "the gradient clamp kernel");
+    }
+  }
+
+  // dW_hh = sum over live (t, b) of dgh[t, b]^T h_prev(t, b): one GEMM over the rows whose
+  // h_prev is a y row (dead rows have dgh = 0; a reversed sequence's first step meets the zero
+  // y row of step len), plus one over the rows that started from h0.
+  Tensor d_w_hh = at::zeros({GH, Ho}, opts);
+  if (T > 1) {
+    const Tensor g = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
+    const Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    d_w_hh.addmm_(g.reshape({(T - 1) * B, GH}).t(), hp.reshape({(T - 1) * B, Ho}));
+  }
+  d_w_hh.addmm_(dg_first.t(), h0a);
+  const auto out_opts = y_in.options();
+  Tensor d_b_hh = given(b_hh) ? dgh.sum({0, 1}).to(dt) : at::empty({0}, out_opts);
+  Tensor d_w_hr = proj ? at::mm(dhp.reshape({T * B, Ho}).t(), hr.reshape({T * B, H})).to(dt)
+                       : at::empty({0}, out_opts);
+  Tensor dc0 = given(c0) ? dc.to(dt) : at::empty({0}, out_opts);
+  return {dxw.to(dt), d_w_hh.to(dt), d_b_hh, dh.to(dt), dc0, d_w_hr};
+}
+
+}  // namespace
+
+void set_debug_poison(bool on) { g_poison.store(on); }
+
+Tensors6 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+                        const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
+                        const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
+                        double grad_clip, cudaStream_t stream) {
+  (void)grad_clip;  // a backward-only option; in the schema so that autograd sees it
+  const Cell cell = parse_mode(mode);
+  const int64_t G = num_gates(cell);
+  TORCH_CHECK(xw.dim() == 3, "fusedrnn (cuda): xw must be 3-D [T, B, G*H], got shape ",
+              xw.sizes());
+  const auto dt = xw.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+              "fusedrnn (cuda): xw must be float32, float64, bfloat16 or float16, got ", dt);
+  const int64_t B = xw.size(1), GH = xw.size(2);
+  TORCH_CHECK(GH % G == 0, "fusedrnn (cuda): xw.size(-1) must be a multiple of ", G, " for ",
+              std::string(mode), ", got ", GH);
+  const int64_t H = GH / G;
+  const bool proj = given(w_hr);
+  TORCH_CHECK(!proj || cell == Cell::LSTM, "fusedrnn (cuda): w_hr (projection) is only "
+              "supported for LSTM, got mode ", std::string(mode));
+  TORCH_CHECK(!proj || w_hr->dim() == 2, "fusedrnn (cuda): w_hr must be 2-D [P, ", H, "], got ",
+              w_hr->sizes());
+  const int64_t Ho = proj ? w_hr->size(0) : H;
+  if (proj) check_tensor("w_hr", *w_hr, xw, {Ho, H});
+  check_tensor("w_hh", w_hh, xw, {GH, Ho});
+  check_tensor("h0", h0, xw, {B, Ho});
+  if (given(b_hh)) check_tensor("b_hh", *b_hh, xw, {GH});
+  if (given(c0)) {
+    TORCH_CHECK(cell == Cell::LSTM, "fusedrnn (cuda): c0 is only used by LSTM, got mode ",
+                std::string(mode));
+    check_tensor("c0", *c0, xw, {B, H});
+  }
+  const c10::DeviceGuard guard(xw.device());
+  const Tensor len = device_lengths(lengths, xw, B);
+  switch (dt) {
+    case at::kFloat:
+      return forward_loop<float>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+    case at::kDouble:
+      return forward_loop<double>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+    case at::kBFloat16:
+      return forward_loop<__nv_bfloat16>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr,
+                                         stream);
+    default:
+      return forward_loop<__half>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+  }
+}
+
+Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
+                        const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
+                        const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
+                        bool reverse, const OptTensor& w_hr, double grad_clip, const Tensor& y,
+                        const Tensor& saved, const Tensor& cs, const Tensor& hr,
+                        cudaStream_t stream) {
+  const Cell cell = parse_mode(mode);
+  const int64_t G = num_gates(cell), NS = num_saved(cell);
+  TORCH_CHECK(y.dim() == 3, "fusedrnn (cuda): y must be 3-D [T, B, H_out], got ", y.sizes());
+  const int64_t T = y.size(0), B = y.size(1), Ho = y.size(2), H = w_hh.size(0) / G;
+  TORCH_CHECK(grad_clip >= 0, "fusedrnn (cuda): grad_clip must be >= 0 (0: no clipping), got ",
+              grad_clip);
+  check_tensor("w_hh", w_hh, y, {G * H, Ho});
+  check_tensor("h0", h0, y, {B, Ho});
+  if (given(dy)) check_tensor("dy", *dy, y, {T, B, Ho});
+  if (given(dh_T)) check_tensor("dh_T", *dh_T, y, {B, Ho});
+  if (given(dc_T) && cell == Cell::LSTM) check_tensor("dc_T", *dc_T, y, {B, H});
+  const auto acc = acc_type(y.scalar_type());
+  TORCH_CHECK(saved.scalar_type() == acc && saved.numel() == (NS ? T * B * NS * H : 0),
+              "fusedrnn (cuda): saved must be ", acc, " [T, B, ", NS * H, "], got ",
+              saved.scalar_type(), " ", saved.sizes());
+  TORCH_CHECK(cell != Cell::LSTM || (cs.scalar_type() == acc && cs.numel() == T * B * H),
+              "fusedrnn (cuda): cs must be ", acc, " [T, B, ", H, "], got ", cs.sizes());
+  TORCH_CHECK(!given(w_hr) || (hr.scalar_type() == acc && hr.numel() == T * B * H),
+              "fusedrnn (cuda): hr must be ", acc, " [T, B, ", H, "], got ", hr.sizes());
+  const c10::DeviceGuard guard(y.device());
+  const Tensor len = device_lengths(lengths, y, B);
+  const OptTensor dc_lstm = cell == Cell::LSTM ? dc_T : OptTensor();
+  if (acc == at::kDouble)
+    return backward_loop<double>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
+                                 grad_clip, y, saved.contiguous(), cs.contiguous(),
+                                 hr.contiguous(), stream);
+  return backward_loop<float>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
+                              grad_clip, y, saved.contiguous(), cs.contiguous(), hr.contiguous(),
+                              stream);
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

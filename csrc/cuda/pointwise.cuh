@@ -1,0 +1,164 @@
+// Per-element bodies of the CUDA kernels: index math, masking, dtype conversion, and ONE call
+// into cells.h. No cell equation is written here (tests/test_cuda_backend.py checks that).
+//
+// Everything is HOST_DEVICE and free of CUDA-only syntax, so that the same functions run inside
+// the __global__ wrappers (kernels.cuh) and in the host emulation that the CPU tests build
+// (tests/cuda_emu/), which is how the index math is tested without a GPU.
+#pragma once
+
+#include "launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+HOST_DEVICE inline float to_acc(float v) { return v; }
+HOST_DEVICE inline double to_acc(double v) { return v; }
+HOST_DEVICE inline float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+HOST_DEVICE inline float to_acc(__half v) { return __half2float(v); }
+
+template <typename S>
+HOST_DEVICE inline S from_acc(acc_t<S> v);
+template <>
+HOST_DEVICE inline float from_acc<float>(float v) { return v; }
+template <>
+HOST_DEVICE inline double from_acc<double>(double v) { return v; }
+template <>
+HOST_DEVICE inline __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+HOST_DEVICE inline __half from_acc<__half>(float v) { return __float2half_rn(v); }
+
+// The reference's masking rule: row b takes part in step t iff t < lengths[b] (a negative length
+// never does, one beyond T always does).
+HOST_DEVICE inline bool is_live(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Number of steps row b runs: min(max(lengths[b], 0), T).
+HOST_DEVICE inline int64_t run_length(const int64_t* lengths, int64_t T, int64_t b) {
+  if (lengths == nullptr) return T;
+  const int64_t l = lengths[b];
+  return l < 0 ? 0 : (l > T ? T : l);
+}
+
+template <typename A>
+HOST_DEVICE inline A clamp_abs(A v, A clip) {
+  return v > clip ? clip : (v < -clip ? -clip : v);
+}
+
+// Forward, unit j of row b at step a.t.
+template <Cell C, typename S>
+HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
+  using A = acc_t<S>;
+  using Ops = CellOps<C>;
+  constexpr int G = Ops::G, NS = Ops::S;
+  constexpr bool kLstm = C == Cell::LSTM;
+  const int64_t H = a.H, GH = G * a.H;
+  const int64_t row = a.t * a.B + b;  // row of the [T, B, ...] tensors
+  const bool live = is_live(a.lengths, a.t, b);
+  const bool proj = a.hr != nullptr;
+
+  A x[G], g[G], out[NS > 0 ? NS : 1];
+  for (int k = 0; k < G; ++k) {
+    x[k] = to_acc(a.xw[row * GH + k * H + j]);
+    g[k] = a.hh[b * GH + k * H + j];
+  }
+  const A h_prev = proj ? A(0) : a.h[b * H + j];
+  const A c_prev = kLstm ? a.c[b * H + j] : A(0);
+  A h_new, c_new = c_prev;
+  Ops::fwd(x, g, h_prev, c_prev, &h_new, &c_new, out);
+  // saved is written on dead rows too: finite values, never read, no uninitialized memory
+  for (int k = 0; k < NS; ++k) a.saved[row * NS * H + k * H + j] = out[k];
+  if (kLstm) {
+    a.cs[row * H + j] = live ? c_new : c_prev;
+    if (live) a.c[b * H + j] = c_new;
+  }
+  if (proj) {
+    a.hr[row * H + j] = live ? h_new : A(0);
+  } else {
+    if (live) a.h[b * H + j] = h_new;
+    a.y[row * H + j] = from_acc<S>(live ? h_new : A(0));
+  }
+}
+
+// Projection commit, element k of row b.
+template <typename S>
+HOST_DEVICE inline void proj_fwd_element(const ProjFwdStep<S>& a, int64_t b, int64_t k) {
+  using A = acc_t<S>;
+  const bool live = is_live(a.lengths, a.t, b);
+  const A v = a.hp[b * a.P + k];
+  if (live) a.h[b * a.P + k] = v;
+  a.y[(a.t * a.B + b) * a.P + k] = from_acc<S>(live ? v : A(0));
+}
+
+// Backward, unit j of row b at step a.t.
+template <Cell C, typename A>
+HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
+  using Ops = CellOps<C>;
+  constexpr int G = Ops::G, NS = Ops::S;
+  constexpr bool kLstm = C == Cell::LSTM;
+  const int64_t H = a.H, GH = G * a.H, Ho = a.Ho, t = a.t;
+  const int64_t row = t * a.B + b;
+  const bool proj = a.dr != nullptr;
+  A* dx_out = a.dxw + row * GH;
+  A* dg_out = a.dgh + row * GH;
+  if (!is_live(a.lengths, t, b)) {
+    // past the end: no gradient into this step; dh and dc pass through unchanged
+    for (int k = 0; k < G; ++k) dx_out[k * H + j] = A(0);
+    if (a.dgh != a.dxw)
+      for (int k = 0; k < G; ++k) dg_out[k * H + j] = A(0);
+    return;
+  }
+  // the previous step in processing order, or -1 where the state came from h0/c0
+  int64_t tp;
+  if (a.reverse)
+    tp = t + 1 < run_length(a.lengths, a.T, b) ? t + 1 : -1;
+  else
+    tp = t - 1;
+  const A h_prev = proj ? A(0) : (tp >= 0 ? a.y[(tp * a.B + b) * Ho + j] : a.h0[b * Ho + j]);
+  A c_prev = A(0), c = A(0), dc = A(0);
+  if (kLstm) {
+    if (tp >= 0) c_prev = a.cs[(tp * a.B + b) * H + j];
+    else if (a.c0 != nullptr) c_prev = a.c0[b * H + j];
+    c = a.cs[row * H + j];
+    dc = a.dc[b * H + j];
+  }
+  const A dh_in = proj ? a.dr[b * H + j]
+                       : a.dh[b * Ho + j] + (a.dy != nullptr ? a.dy[row * Ho + j] : A(0));
+  const A h = proj ? A(0) : a.y[row * Ho + j];
+
+  A saved[NS > 0 ? NS : 1], dx[G], dhh_last, dh_direct = A(0), dc_prev = A(0);
+  for (int k = 0; k < NS; ++k) saved[k] = a.saved[row * NS * H + k * H + j];
+  Ops::bwd(dh_in, dc, saved, h, h_prev, c_prev, c, dx, &dhh_last, &dh_direct, &dc_prev);
+
+  for (int k = 0; k < G; ++k) dx_out[k * H + j] = dx[k];
+  // recurrent-side gradient: equal to dx except in the last block (GRU's n: dx * r)
+  if (a.dgh != a.dxw) {
+    for (int k = 0; k < G - 1; ++k) dg_out[k * H + j] = dx[k];
+    dg_out[(G - 1) * H + j] = dhh_last;
+  }
+  if (tp < 0) {
+    for (int k = 0; k < G - 1; ++k) a.dg_first[b * GH + k * H + j] = dx[k];
+    a.dg_first[b * GH + (G - 1) * H + j] = dhh_last;
+  }
+  if (kLstm) a.dc[b * H + j] = a.clip > A(0) ? clamp_abs(dc_prev, a.clip) : dc_prev;
+  if (!proj) a.dh[b * Ho + j] = dh_direct;
+}
+
+template <typename A>
+HOST_DEVICE inline void proj_bwd_element(const ProjBwdStep<A>& a, int64_t b, int64_t k) {
+  const int64_t i = b * a.P + k, row = (a.t * a.B + b) * a.P + k;
+  if (!is_live(a.lengths, a.t, b)) {
+    a.dhp[row] = A(0);
+    return;
+  }
+  a.dhp[row] = a.dh[i] + (a.dy != nullptr ? a.dy[row] : A(0));
+  a.dh[i] = A(0);
+}
+
+template <typename A>
+HOST_DEVICE inline void clamp_element(const ClampStep<A>& a, int64_t b, int64_t k) {
+  if (is_live(a.lengths, a.t, b)) a.dh[b * a.N + k] = clamp_abs(a.dh[b * a.N + k], a.clip);
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

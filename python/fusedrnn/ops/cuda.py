@@ -1,0 +1,164 @@
+"""The CUDA C++ backend: per step one cuBLAS GEMM (``at::addmm``) and one fused pointwise kernel.
+
+Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
+``recurrence(...)``. The kernels are ``csrc/cuda/*.cu`` (framework-free, calling the cell
+equations of ``csrc/include/fusedrnn/cells.h``), the time loops ``csrc/cuda/loop.cpp``, and the
+torch registration ``csrc/cuda/glue.cpp``; together they build ``fusedrnn._C_cuda``, which
+defines the custom ops ``fusedrnn::cuda_recurrence_fwd`` / ``cuda_recurrence_bwd``. This module
+adds their fake (meta) implementations and the autograd formula. Design and the compile report:
+``docs/cuda_backend.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cells import GATES
+from .reference import check_clip, check_contract
+
+_SAVED = {"RNN_TANH": 0, "RNN_RELU": 0, "LSTM": 4, "GRU": 4}
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+try:
+    from .. import _C_cuda  # noqa: F401  registers the fusedrnn::cuda_* ops
+
+    _LOAD_ERROR = None
+except ImportError as e:
+    _LOAD_ERROR = e
+
+
+def unavailable() -> str | None:
+    """None when the CUDA extension is loaded and a GPU is visible, else why not and the fix."""
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None); "
+                "the cuda backend needs a CUDA build of torch, then `pip install "
+                "--no-build-isolation -e .` with nvcc on PATH to build fusedrnn._C_cuda")
+    if _LOAD_ERROR is not None:
+        return (f"the CUDA extension fusedrnn._C_cuda is not built ({_LOAD_ERROR}); rebuild with "
+                "`pip install --no-build-isolation -e .` with nvcc on PATH (or CUDA_HOME set)")
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+def supports(device: torch.device) -> bool:
+    """CUDA tensors only."""
+    return torch.device(device).type == "cuda"
+
+
+def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
+               recurrent_grad_clip=None):
+    """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the CUDA C++ kernels.
+
+    Args:
+        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        xw: [T, B, G*H] input projection (bias_ih included); float32, float64, bfloat16 or
+            float16 (arithmetic in float32, float64 for float64).
+        w_hh: [G*H, H_out]; b_hh: [G*H] | None; h0: [B, H_out]; c0: [B, H] | None (LSTM).
+        lengths: [B] int64 | None (any device); reverse: run each sequence from its end.
+        w_hr: [P, H] | None, LSTM projection (H_out = P).
+        recurrent_grad_clip: None or > 0, clamps the gradient each live step sends back to its
+            input state (see ``recurrence_ref``).
+    Returns:
+        (y [T, B, H_out], h_T [B, H_out], c_T [B, H] | None), differentiable in every tensor
+        input.
+
+    Example:
+        >>> y, h_T, c_T = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
+    """
+    if not supports(xw.device):
+        raise RuntimeError(f"cuda backend: xw must be a CUDA tensor, got device {xw.device}")
+    why = unavailable()
+    if why is not None:
+        raise RuntimeError(f"cuda backend is not available: {why}")
+    return _recurrence("fusedrnn", mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                       recurrent_grad_clip)
+
+
+def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
+    """``recurrence`` on the ops of ``namespace`` (the host emulation's in the CPU tests)."""
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_clip(clip)
+    if xw.dtype not in _DTYPES:
+        raise TypeError(f"cuda backend: xw dtype must be one of {_DTYPES}, got {xw.dtype}")
+    for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr)):
+        if t is not None and t.device != xw.device:
+            raise ValueError(f"cuda backend: {name} must be on {xw.device} like xw, got {t.device}")
+    register(namespace)
+    if lengths is not None:
+        lengths = lengths.to(xw.device)
+    op = getattr(torch.ops, namespace).cuda_recurrence_fwd
+    y, h_T, c_T, _, _, _ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
+                              float(clip or 0.0))
+    return y, h_T, (c_T if mode == "LSTM" else None)
+
+
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip):
+    T, B, GH = xw.shape
+    H = GH // GATES[mode]
+    H_out = h0.shape[1]
+    acc = torch.float64 if xw.dtype == torch.float64 else torch.float32
+    S = _SAVED[mode]
+    lstm, proj = mode == "LSTM", w_hr is not None
+    return (
+        xw.new_empty(T, B, H_out),
+        xw.new_empty(B, H_out),
+        xw.new_empty(B, H) if lstm else xw.new_empty(0),
+        xw.new_empty(T if S else 0, B, S * H, dtype=acc),
+        xw.new_empty(T if lstm else 0, B, H, dtype=acc),
+        xw.new_empty(T if proj else 0, B, H, dtype=acc),
+    )
+
+
+def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, y,
+              saved, cs, hr):
+    T, B, _ = y.shape
+    GH = w_hh.shape[0]
+    empty = y.new_empty(0)
+    return (
+        y.new_empty(T, B, GH),
+        torch.empty_like(w_hh),
+        empty if b_hh is None else torch.empty_like(b_hh),
+        torch.empty_like(h0),
+        empty if c0 is None else torch.empty_like(c0),
+        empty if w_hr is None else torch.empty_like(w_hr),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip = inputs
+    y, _, _, saved, cs, hr = output
+    ctx.mode, ctx.reverse, ctx.grad_clip = mode, reverse, grad_clip
+    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr)
+
+
+def _backward_for(namespace):
+    def backward(ctx, dy, dh_T, dc_T, _d_saved, _d_cs, _d_hr):
+        w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr = ctx.saved_tensors
+        op = getattr(torch.ops, namespace).cuda_recurrence_bwd
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = op(
+            ctx.mode, dy, dh_T, dc_T if ctx.mode == "LSTM" else None, w_hh, b_hh, h0, c0,
+            lengths, ctx.reverse, w_hr, ctx.grad_clip, y, saved, cs, hr)
+        return (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
+                None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None)
+
+    return backward
+
+
+_REGISTERED: set[str] = set()
+
+
+def register(namespace: str = "fusedrnn") -> None:
+    """Attach the fake implementations and the autograd formula to ``namespace``'s
+    ``cuda_recurrence_fwd`` / ``cuda_recurrence_bwd`` (once; the ops come from C++)."""
+    if namespace in _REGISTERED:
+        return
+    fwd, bwd = f"{namespace}::cuda_recurrence_fwd", f"{namespace}::cuda_recurrence_bwd"
+    torch.library.register_fake(fwd)(_fwd_fake)
+    torch.library.register_fake(bwd)(_bwd_fake)
+    torch.library.register_autograd(fwd, _backward_for(namespace), setup_context=_setup_context)
+    _REGISTERED.add(namespace)
+
+
+if _LOAD_ERROR is None:
+    register("fusedrnn")
