@@ -35,7 +35,28 @@ def extensions():
         extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    exts = [ext]
+    # fusedrnn._C_cuda: the CUDA backend (csrc/cuda: the .cu kernels, the loops and the torch
+    # glue), only when torch has CUDA and nvcc is found; otherwise a CPU-only build, no error.
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if torch.version.cuda and CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        from torch.utils.cpp_extension import CUDAExtension
+
+        cuda_dir = os.path.join(ROOT, "csrc", "cuda")
+        cuda_sources = sorted(
+            os.path.relpath(p, ROOT)
+            for p in glob.glob(os.path.join(cuda_dir, "*.cpp")) + glob.glob(os.path.join(cuda_dir, "*.cu"))
+        )
+        exts.append(CUDAExtension(
+            "fusedrnn._C_cuda",
+            cuda_sources,
+            include_dirs=[os.path.join(ROOT, "csrc", "include"), cuda_dir],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+            py_limited_api=False,
+        ))
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extensions()
