@@ -15,8 +15,10 @@ not give it: y_t is a side branch of the recurrence, so its gradient is only the
 (zero away from the loss steps). So the layer is re-run one step at a time through its public
 API, ``model(x[t:t+1], state)``, and a zero "probe" is added to the top layer's h_t before it is
 both read out and passed on; ∂L/∂probe_t is then exactly ∂L/∂h_t. For a stack of layers this is
-the top layer's state (lower layers do not depend on it, so holding them fixed loses nothing);
-for an LSTM the cell state c_t gets a probe too. ‖∂L/∂x_t‖ comes from one full-sequence call, so
+the top layer's state (lower layers do not depend on it, so holding them fixed loses nothing).
+An LSTM's cell state c_t gets a probe too, on the copy passed on to step t+1: that is the dc
+that BPTT carries between steps (the constant error carousel), without c_t's path into the same
+step's h_t (which the layer computes internally). ‖∂L/∂x_t‖ comes from one full-sequence call, so
 it also covers bidirectional layers, whose h_t has no single direction of flow (their
 ``h_grad_norm`` is None).
 
@@ -29,7 +31,7 @@ in ``eval()`` mode for a deterministic picture.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -68,9 +70,10 @@ class GradientFlow:
 
     Attributes:
         loss_steps: the steps the loss was placed at (non-negative indices).
-        x_grad_norm: [T] mean over the batch of ‖∂L/∂x_t‖.
+        x_grad_norm: [T] float64, mean over the batch of ‖∂L/∂x_t‖.
         h_grad_norm: [T] mean over the batch of ‖∂L/∂h_t‖ (top layer), None for bidirectional.
-        c_grad_norm: [T] the same for an LSTM's cell state, else None.
+        c_grad_norm: [T] for an LSTM, ‖∂L/∂c_t‖ of the cell state carried to step t+1 (see the
+            module doc), else None.
         x_decay_rate, h_decay_rate: fitted per-step factors (see ``fit_decay_rate``).
         h_step_ratio: [T-1] ‖∂L/∂h_t‖ / ‖∂L/∂h_{t+1}‖, the local decay at every step.
         label: a name for plots.
@@ -84,7 +87,6 @@ class GradientFlow:
     h_decay_rate: float = math.nan
     h_step_ratio: Tensor | None = None
     label: str = ""
-    _fit_last: int = field(default=0, repr=False)
 
     @property
     def steps(self) -> int:
@@ -220,11 +222,10 @@ def gradient_flow(
     if h_norm is not None and T > 1:
         ratio = h_norm[:-1] / h_norm[1:]
     return GradientFlow(
-        loss_steps=steps, x_grad_norm=x_norm.float(), h_grad_norm=None if h_norm is None
-        else h_norm.float(), c_grad_norm=None if c_norm is None else c_norm.float(),
+        loss_steps=steps, x_grad_norm=x_norm, h_grad_norm=h_norm, c_grad_norm=c_norm,
         x_decay_rate=fit_decay_rate(x_norm, first),
         h_decay_rate=math.nan if h_norm is None else fit_decay_rate(h_norm, first),
-        h_step_ratio=None if ratio is None else ratio.float(), label=label, _fit_last=first,
+        h_step_ratio=ratio, label=label,
     )
 
 
