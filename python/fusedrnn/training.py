@@ -41,7 +41,7 @@ def reset_state(state, mask: Tensor, batch_dim: int = 1):
         return type(state)(reset_state(s, mask, batch_dim) for s in state)
     shape = [1] * state.dim()
     shape[batch_dim] = mask.numel()
-    keep = (~mask.to(torch.bool, device=state.device)).reshape(shape)
+    keep = (~mask.to(device=state.device, dtype=torch.bool)).reshape(shape)
     return state * keep.to(state.dtype)
 
 
