@@ -11,3 +11,4 @@ __all__ = [
     "recurrence", "available_backends", "backends", "ops",
 ]
 from . import diagnostics, models, training  # noqa: E402  (issue 8: toolkit)
+from .scan import linear_scan, log_linear_scan; from .nn.minrnn import MinGRU, MinLSTM  # noqa: E402,E702  (issue 7)
