@@ -1,0 +1,262 @@
+// Backward (BPTT) of the CPU backend: a loop over the steps in reverse processing order that
+// carries dh (and dc), writes the gate gradients of every step, and after the loop the weight
+// gradients as GEMMs over all T*B rows.
+#include <ATen/Parallel.h>
+
+#include "recurrence.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+
+struct BwdArgs {
+  Tensor dy, w_hh, h0, c0, w_hr, y, saved, cs;  // compute dtype, contiguous; dy/c0/w_hr may be
+                                                // undefined
+  Lengths L;
+  bool reverse;
+  int64_t T, B, H, H_out;
+};
+
+struct BwdOut {
+  Tensor dxw;   // [T, B, G*H]  gradients of the gate pre-activations (input side)
+  Tensor dhn;   // [T, B, H]    GRU: recurrent-side gradient of n (dxw_n * r); else undefined
+  Tensor dh;    // [B, H_out]   carried dL/dh, ends as dh0
+  Tensor dc;    // [B, H]       carried dL/dc (LSTM), ends as dc0
+  Tensor dhp;   // [T, B, P]    projection: dL/dh per step (for d_w_hr)
+  Tensor r;     // [T, B, H]    projection: o * tanh(c) per step (for d_w_hr)
+};
+
+template <Cell C, typename T>
+void backward_loop(const BwdArgs& a, BwdOut& o) {
+  using Ops = CellOps<C>;
+  constexpr int G = Ops::G, S = Ops::S;
+  constexpr bool kLstm = C == Cell::LSTM, kGru = C == Cell::GRU;
+  const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
+  const bool proj = a.w_hr.defined();
+  const auto opts = o.dh.options();
+  const Lengths& L = a.L;
+  const bool masked = L.mode == LenMode::kMask;
+
+  // GRU's per-step recurrent gradient differs from dxw in the n block: gather it here so that
+  // dh_prev is one GEMM per step.
+  Tensor dgh = kGru ? alloc({B, GH}, opts) : Tensor();  // [B, 3H]
+  Tensor dr = proj ? alloc({B, H}, opts) : Tensor();    // dL/d(o * tanh c) of the step
+
+  const T* dy = a.dy.defined() ? a.dy.data_ptr<T>() : nullptr;
+  const T* y = a.y.data_ptr<T>();
+  const T* h0 = a.h0.data_ptr<T>();
+  const T* c0 = a.c0.defined() ? a.c0.data_ptr<T>() : nullptr;
+  const T* sv = S ? a.saved.data_ptr<T>() : nullptr;
+  const T* cs = kLstm ? a.cs.data_ptr<T>() : nullptr;
+  T* dxw = o.dxw.data_ptr<T>();
+  T* dhn = kGru ? o.dhn.data_ptr<T>() : nullptr;
+  T* dgh_p = kGru ? dgh.data_ptr<T>() : nullptr;
+  T* dh = o.dh.data_ptr<T>();
+  T* dc = kLstm ? o.dc.data_ptr<T>() : nullptr;
+  T* dhp = proj ? o.dhp.data_ptr<T>() : nullptr;
+  T* rr = proj ? o.r.data_ptr<T>() : nullptr;
+  T* drp = proj ? dr.data_ptr<T>() : nullptr;
+
+  for (int64_t s = TT - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? TT - 1 - s : s;
+    const int64_t nb = L.active[t];
+    // the step before t in processing order, or -1 where the state came from h0/c0
+    auto prev_step = [&](int64_t b) -> int64_t {
+      if (a.reverse) return t + 1 < L.length(b, TT) ? t + 1 : -1;
+      return t > 0 ? t - 1 : -1;
+    };
+    if (proj && nb > 0) {
+      // dL/dh of this step = carried + from y; the carry restarts at 0 on live rows
+      T* dhp_t = dhp + t * B * Ho;
+      for (int64_t b = 0; b < nb; ++b) {
+        const bool live = !masked || L.live(t, b);
+        for (int64_t k = 0; k < Ho; ++k) {
+          const int64_t i = b * Ho + k;
+          dhp_t[i] = live ? dh[i] + (dy ? dy[t * B * Ho + i] : T(0)) : T(0);
+          if (live) dh[i] = T(0);
+        }
+      }
+      Tensor dr_v = dr.narrow(0, 0, nb);
+      at::mm_out(dr_v, o.dhp[t].narrow(0, 0, nb), a.w_hr);  // [nb, H]
+    }
+    at::parallel_for(0, nb, row_grain(GH), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* dx_b = dxw + (t * B + b) * GH;
+        T* dgh_b = kGru ? dgh_p + b * GH : nullptr;
+        if (masked && !L.live(t, b)) {
+          // past the end: no gradient into this step, dh and dc pass through unchanged
+          std::fill(dx_b, dx_b + GH, T(0));
+          if (kGru) {
+            std::fill(dgh_b, dgh_b + GH, T(0));
+            std::fill(dhn + (t * B + b) * H, dhn + (t * B + b + 1) * H, T(0));
+          }
+          if (proj) std::fill(rr + (t * B + b) * H, rr + (t * B + b + 1) * H, T(0));
+          continue;
+        }
+        const int64_t tp = prev_step(b);
+        const T* svb = S ? sv + (t * B + b) * S * H : nullptr;
+        const T* yb = y + (t * B + b) * Ho;
+        const T* dyb = dy ? dy + (t * B + b) * Ho : nullptr;
+        const T* h_prev = tp >= 0 ? y + (tp * B + b) * Ho : h0 + b * Ho;
+        const T* c_prev = nullptr;
+        if (kLstm) c_prev = tp >= 0 ? cs + (tp * B + b) * H : (c0 ? c0 + b * H : nullptr);
+        const T* cb = kLstm ? cs + (t * B + b) * H : nullptr;
+        T* dhb = dh + b * Ho;
+        T* dcb = kLstm ? dc + b * H : nullptr;
+        for (int64_t j = 0; j < H; ++j) {
+          T saved[S > 0 ? S : 1], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+          for (int k = 0; k < S; ++k) saved[k] = svb[k * H + j];
+          const T dh_in = proj ? drp[b * H + j] : dhb[j] + (dyb ? dyb[j] : T(0));
+          const T cp = kLstm && c_prev ? c_prev[j] : T(0);
+          const T cn = kLstm ? cb[j] : T(0);
+          Ops::bwd(dh_in, kLstm ? dcb[j] : T(0), saved, proj ? T(0) : yb[j],
+                   proj ? T(0) : h_prev[j], cp, cn, dx, &dhh_last, &dh_direct, &dc_prev);
+          for (int k = 0; k < G; ++k) dx_b[k * H + j] = dx[k];
+          if (kGru) {
+            dgh_b[j] = dx[0];
+            dgh_b[H + j] = dx[1];
+            dgh_b[2 * H + j] = dhh_last;
+            dhn[(t * B + b) * H + j] = dhh_last;
+          }
+          if (kLstm) dcb[j] = dc_prev;
+          if (proj) rr[(t * B + b) * H + j] = saved[3] * fr_tanh(cn);  // o * tanh(c)
+          else dhb[j] = dh_direct;  // the recurrent part is added by the GEMM below
+        }
+      }
+    });
+    if (nb > 0) {
+      // dh_prev += dgates_hh @ W_hh over the live prefix
+      const Tensor dg = kGru ? dgh.narrow(0, 0, nb) : o.dxw[t].narrow(0, 0, nb);
+      o.dh.narrow(0, 0, nb).addmm_(dg, a.w_hh);
+    }
+    if (nb < B) {
+      std::fill(dxw + (t * B + nb) * GH, dxw + (t + 1) * B * GH, T(0));
+      if (kGru) std::fill(dhn + (t * B + nb) * H, dhn + (t + 1) * B * H, T(0));
+      if (proj) {
+        std::fill(rr + (t * B + nb) * H, rr + (t + 1) * B * H, T(0));
+        std::fill(dhp + (t * B + nb) * Ho, dhp + (t + 1) * B * Ho, T(0));
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_dispatch(Cell cell, const BwdArgs& a, BwdOut& o) {
+  switch (cell) {
+    case Cell::RNN_TANH: return backward_loop<Cell::RNN_TANH, T>(a, o);
+    case Cell::RNN_RELU: return backward_loop<Cell::RNN_RELU, T>(a, o);
+    case Cell::LSTM: return backward_loop<Cell::LSTM, T>(a, o);
+    case Cell::GRU: return backward_loop<Cell::GRU, T>(a, o);
+  }
+}
+
+// out [K, H_out] = sum over live (t, b) of dg[t, b]^T h_prev(t, b), as one GEMM over the rows
+// whose previous state is a y row, plus one over the rows that started from h0.
+//   dg [T, B, K] (a column block of the gate gradients, possibly strided), y [T, B, H_out]
+void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0,
+                 const Lengths& L, bool reverse) {
+  const int64_t T = dg.size(0), B = dg.size(1), K = dg.size(2), Ho = y.size(2);
+  out.zero_();
+  if (T == 0 || B == 0) return;
+  if (T > 1) {
+    // forward: step t >= 1 continues from y[t-1]; reverse: step t < T-1 from y[t+1] (for a
+    // sequence's first step t = len-1 that y row is zero, so h0 is added below instead)
+    const Tensor g = reverse ? dg.narrow(0, 0, T - 1) : dg.narrow(0, 1, T - 1);
+    const Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    out.addmm_(g.reshape({(T - 1) * B, K}).t(), hp.reshape({(T - 1) * B, Ho}));
+  }
+  // the rows whose previous state is h0: the first processed step of every sequence
+  Tensor g0;
+  if (!reverse) {
+    g0 = dg[0];
+  } else if (L.mode == LenMode::kNone) {
+    g0 = dg[T - 1];
+  } else {
+    g0 = at::zeros({B, K}, dg.options());
+    for (int64_t b = 0; b < B; ++b)
+      if (L.len[b] > 0) g0[b].copy_(dg[L.len[b] - 1][b]);
+  }
+  out.addmm_(g0.t(), h0);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
+    c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
+    const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
+    const OptTensor& lengths, bool reverse, const OptTensor& w_hr, const Tensor& y,
+    const Tensor& saved, const Tensor& cs) {
+  const Cell cell = parse_mode(mode);
+  const int64_t G = num_gates(cell), S = num_saved(cell);
+  const bool lstm = cell == Cell::LSTM;
+  const auto dt = y.scalar_type();
+  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t T = y.size(0), B = y.size(1), Ho = y.size(2), GH = w_hh.size(0), H = GH / G;
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const bool has_b = b_hh.has_value() && b_hh->defined();
+  const bool has_c0 = c0.has_value() && c0->defined();
+  auto given = [](const OptTensor& t) { return t.has_value() && t->defined(); };
+  auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
+  TORCH_CHECK(!S || (saved.dim() == 3 && saved.size(2) == S * H),
+              "fusedrnn: saved must have shape [T, B, ", S * H, "], got ", saved.sizes());
+  if (given(dy))
+    TORCH_CHECK(dy->sizes() == y.sizes(), "fusedrnn: dy must have shape ", y.sizes(), ", got ",
+                dy->sizes());
+
+  BwdArgs a;
+  a.dy = given(dy) ? prep(*dy) : Tensor();
+  a.w_hh = prep(w_hh);
+  a.h0 = prep(h0);
+  a.c0 = has_c0 ? prep(*c0) : Tensor();
+  a.w_hr = proj ? prep(*w_hr) : Tensor();
+  a.y = prep(y);
+  a.saved = saved.contiguous();
+  a.cs = cs.contiguous();
+  a.L = make_lengths(lengths, T, B);
+  a.reverse = reverse;
+  a.T = T; a.B = B; a.H = H; a.H_out = Ho;
+
+  const auto opts = a.w_hh.options();
+  BwdOut o;
+  o.dxw = alloc({T, B, GH}, opts);
+  o.dhn = cell == Cell::GRU ? alloc({T, B, H}, opts) : Tensor();
+  o.dh = given(dh_T) ? dh_T->to(acc, false, true).contiguous() : at::zeros({B, Ho}, opts);
+  o.dc = lstm ? (given(dc_T) ? dc_T->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
+              : Tensor();
+  o.dhp = proj ? alloc({T, B, Ho}, opts) : Tensor();
+  o.r = proj ? alloc({T, B, H}, opts) : Tensor();
+
+  if (acc == at::kDouble)
+    backward_dispatch<double>(cell, a, o);
+  else
+    backward_dispatch<float>(cell, a, o);
+
+  Tensor d_w_hh = alloc({GH, Ho}, opts);
+  Tensor d_b_hh = has_b ? alloc({GH}, opts) : at::empty({0}, opts);
+  if (cell == Cell::GRU) {
+    // r and z blocks share their gradient with dxw; n's recurrent side is dhn
+    const Tensor drz = o.dxw.narrow(2, 0, 2 * H);
+    weight_grad(d_w_hh.narrow(0, 0, 2 * H), drz, a.y, a.h0, a.L, reverse);
+    weight_grad(d_w_hh.narrow(0, 2 * H, H), o.dhn, a.y, a.h0, a.L, reverse);
+    if (has_b) {
+      Tensor db_rz = d_b_hh.narrow(0, 0, 2 * H), db_n = d_b_hh.narrow(0, 2 * H, H);
+      at::sum_out(db_rz, drz, {0, 1});
+      at::sum_out(db_n, o.dhn, {0, 1});
+    }
+  } else {
+    weight_grad(d_w_hh, o.dxw, a.y, a.h0, a.L, reverse);
+    if (has_b) at::sum_out(d_b_hh, o.dxw, {0, 1});
+  }
+  Tensor d_w_hr = at::empty({0}, opts);
+  if (proj) d_w_hr = at::mm(o.dhp.reshape({T * B, Ho}).t(), o.r.reshape({T * B, H}));
+  Tensor dc0 = has_c0 ? o.dc : at::empty({0}, opts);
+
+  if (dt == at::kBFloat16) {
+    return {o.dxw.to(dt), d_w_hh.to(dt), d_b_hh.to(dt), o.dh.to(dt), dc0.to(dt), d_w_hr.to(dt)};
+  }
+  return {o.dxw, d_w_hh, d_b_hh, o.dh, dc0, d_w_hr};
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

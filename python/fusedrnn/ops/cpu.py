@@ -1,0 +1,178 @@
+"""The CPU backend: the recurrence op as fused C++ time loops (``csrc/cpu``).
+
+The ladder (CONVENTIONS.md): ``torch.ops.fusedrnn.recurrence_fwd`` / ``recurrence_bwd`` (C++
+kernels, no autograd) -> fake implementations and the autograd formula registered here ->
+:func:`recurrence`, the backend's entry point used by ``fusedrnn.backends`` and the nn layers.
+
+Backend interface (see ``fusedrnn.backends``): :func:`unavailable`, :func:`supports`,
+:func:`recurrence`. Also :func:`cell_step`, a single-step inference op for streaming cells.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from .cells import GATES
+from .reference import check_contract
+
+#: saved activations per hidden unit (csrc/include/fusedrnn/cells.h num_saved)
+_SAVED = {"RNN_TANH": 0, "RNN_RELU": 0, "LSTM": 4, "GRU": 4}
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def unavailable() -> str | None:
+    """None when the C++ extension is loaded, else why not and how to build it."""
+    return _ext.extension_error()
+
+
+def supports(device: torch.device) -> bool:
+    """The CPU backend runs on CPU tensors only."""
+    return torch.device(device).type == "cpu"
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr):
+    T, B, GH = xw.shape
+    H = GH // GATES[mode]
+    H_out = w_hr.shape[0] if w_hr is not None else H
+    S, acc = _SAVED[mode], _acc(xw.dtype)
+    lstm = mode == "LSTM"
+    return (
+        xw.new_empty(T, B, H_out),
+        xw.new_empty(B, H_out),
+        xw.new_empty(B, H) if lstm else xw.new_empty(0),
+        xw.new_empty(T, B, S * H, dtype=acc) if S else xw.new_empty(0, dtype=acc),
+        xw.new_empty(T, B, H, dtype=acc) if lstm else xw.new_empty(0, dtype=acc),
+    )
+
+
+def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, saved, cs):
+    T, B, H_out = y.shape
+    GH = w_hh.shape[0]
+    H = GH // GATES[mode]
+    e = y.new_empty
+    return (
+        e(T, B, GH),
+        e(GH, H_out),
+        e(GH) if b_hh is not None else e(0),
+        e(B, H_out),
+        e(B, H) if c0 is not None else e(0),
+        e(w_hr.shape) if w_hr is not None else e(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr = inputs
+    y, _, _, saved, cs = output
+    ctx.mode, ctx.reverse = mode, reverse
+    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs)
+    ctx.mark_non_differentiable(saved, cs)
+    # gradients of unused outputs stay None instead of zero tensors the kernel would read
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy, dh_T, dc_T, _dsaved, _dcs):
+    w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs = ctx.saved_tensors
+    mode = ctx.mode
+    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
+        mode, dy, dh_T, dc_T if mode == "LSTM" else None, w_hh, b_hh, h0, c0, lengths,
+        ctx.reverse, w_hr, y, saved, cs,
+    )
+    return (
+        None, d_xw, d_w_hh,
+        d_b_hh if b_hh is not None else None,
+        dh0,
+        dc0 if c0 is not None else None,
+        None, None,
+        d_w_hr if w_hr is not None else None,
+    )
+
+
+def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
+    return h.new_empty(h.shape), h.new_empty(h.shape) if mode == "LSTM" else h.new_empty(0)
+
+
+if _ext.extension_error() is None:
+    torch.library.register_fake("fusedrnn::recurrence_fwd")(_fwd_fake)
+    torch.library.register_fake("fusedrnn::recurrence_bwd")(_bwd_fake)
+    torch.library.register_fake("fusedrnn::cell_step")(_step_fake)
+    torch.library.register_autograd(
+        "fusedrnn::recurrence_fwd", _backward, setup_context=_setup_context
+    )
+
+
+def _check(mode, tensors) -> None:
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            raise ValueError(f"backend 'cpu' needs CPU tensors, got {name} on {t.device}")
+        if name != "lengths" and t.dtype not in DTYPES:
+            raise ValueError(
+                f"backend 'cpu' supports dtypes {DTYPES}, got {name} with dtype {t.dtype}"
+            )
+
+
+def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
+    """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
+
+    Args:
+        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        xw: [T, B, G*H] input projection of every step, ``b_ih`` included.
+        w_hh: [G*H, H_out] recurrent weights (torch.nn layout and gate order).
+        b_hh: [G*H] or None.
+        h0: [B, H_out] initial hidden state (H_out = P with a projection, else H).
+        c0: [B, H] or None (LSTM only; None means zeros).
+        lengths: [B] int64 or None; steps t >= lengths[b] keep the state and output zeros.
+            Sorted (descending) lengths run only the live rows; unsorted lengths are masked.
+        reverse: run t = lengths[b]-1 .. 0 per sequence.
+        w_hr: [P, H] or None, LSTM projection.
+
+    Returns:
+        (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
+        xw, w_hh, b_hh, h0, c0 and w_hr. float32, float64 and bfloat16 (computed in float32).
+
+    Example::
+
+        >>> xw = torch.randn(5, 2, 4 * 8)
+        >>> y, h, c = recurrence("LSTM", xw, torch.randn(32, 8), None, torch.zeros(2, 8))
+    """
+    if unavailable() is not None:
+        raise RuntimeError(f"backend 'cpu' is not available: {unavailable()}")
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
+                  ("lengths", lengths), ("w_hr", w_hr)))
+    y, h_T, c_T, _, _ = torch.ops.fusedrnn.recurrence_fwd(
+        mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr
+    )
+    return y, h_T, (c_T if mode == "LSTM" else None)
+
+
+def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
+              b_hh: Tensor | None, h: Tensor, c: Tensor | None = None):
+    """One inference step of a cell, input projection included, as a single C++ op.
+
+    For streaming (one call per time step, small batch) where per-op dispatch dominates. Not
+    differentiable: use :func:`recurrence` when gradients are needed.
+
+    Args:
+        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        x: [B, I]; w_ih: [G*H, I]; b_ih: [G*H] or None; w_hh: [G*H, H]; b_hh: [G*H] or None;
+        h: [B, H]; c: [B, H] for LSTM, else None. float32 or float64, CPU.
+
+    Returns:
+        (h' [B, H], c' [B, H] or None).
+
+    Example::
+
+        >>> cell = torch.nn.LSTMCell(3, 4)
+        >>> h, c = cell_step("LSTM", torch.randn(1, 3), cell.weight_ih, cell.bias_ih,
+        ...                  cell.weight_hh, cell.bias_hh, torch.zeros(1, 4), torch.zeros(1, 4))
+    """
+    h_new, c_new = torch.ops.fusedrnn.cell_step(mode, x, w_ih, b_ih, w_hh, b_hh, h, c)
+    return h_new, (c_new if mode == "LSTM" else None)

@@ -1,0 +1,246 @@
+"""The CPU backend (csrc/cpu) against the float64 reference, over the option grid of the contract.
+
+Every test runs with the C++ NaN-poison hook on: buffers and outputs the ops allocate start as NaN,
+so an element a loop forgets to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn.ops import cpu
+from fusedrnn.ops.cells import GATES, MODES
+from fusedrnn.ops.reference import recurrence_ref
+
+from conftest import TOL
+
+pytestmark = pytest.mark.skipif(cpu.unavailable() is not None, reason=str(cpu.unavailable()))
+
+
+@pytest.fixture(autouse=True)
+def poison():
+    fusedrnn._ext._C._set_debug_poison(True)
+    yield
+    fusedrnn._ext._C._set_debug_poison(False)
+
+
+def make_lengths(kind: str, T: int, B: int):
+    if kind == "none":
+        return None
+    g = torch.Generator().manual_seed(T * 31 + B)
+    lens = torch.randint(0, T + 1, (B,), generator=g)
+    lens[0] = T  # at least one full sequence, and with B > 1 a zero length below
+    if B > 2:
+        lens[2] = 0
+    if kind == "sorted":
+        return lens.sort(descending=True).values
+    if B > 1 and bool((lens[:-1] >= lens[1:]).all()):
+        lens = lens.flip(0)  # make sure "unsorted" really is
+    return lens
+
+
+def make_inputs(mode, T, B, H, *, proj=0, bias=True, c0=True, dtype=torch.float64, seed=0):
+    """float64 leaf tensors of one op call; P = proj (0: none)."""
+    g = torch.Generator().manual_seed(seed)
+    G = GATES[mode]
+    Ho = proj or H
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
+    # weights at torch.nn's init scale (1/sqrt(fan_in)), so that float32 gradients stay O(1)
+    # and its rounding is comparable to the tolerance table
+    return dict(
+        xw=r(T, B, G * H),
+        w_hh=r(G * H, Ho, scale=Ho ** -0.5),
+        b_hh=r(G * H) if bias else None,
+        h0=r(B, Ho),
+        c0=r(B, H) if (mode == "LSTM" and c0) else None,
+        w_hr=r(proj, H, scale=H ** -0.5) if proj else None,
+    )
+
+
+def run(fn, mode, inp, lengths, reverse, dtype, upstream):
+    """Outputs and input gradients of ``fn`` on ``inp`` cast to ``dtype``; loss uses y, h_T, c_T."""
+    args = {k: (None if v is None else v.detach().to(dtype).requires_grad_()) for k, v in inp.items()}
+    y, h, c = fn(mode, args["xw"], args["w_hh"], args["b_hh"], args["h0"], args["c0"], lengths,
+                 reverse, args["w_hr"])
+    gy, gh, gc = upstream
+    loss = (y.double() * gy).sum() + (h.double() * gh).sum()
+    if c is not None:
+        loss = loss + (c.double() * gc).sum()
+    names = [k for k, v in args.items() if v is not None]
+    grads = torch.autograd.grad(loss, [args[k] for k in names])
+    outs = {"y": y, "h_T": h}
+    if c is not None:
+        outs["c_T"] = c
+    return outs, dict(zip(names, grads))
+
+
+def compare(mode, T, B, H, lengths_kind, reverse, proj, c0, bias, dtype):
+    inp = make_inputs(mode, T, B, H, proj=proj, c0=c0, bias=bias, seed=T + 7 * B + H)
+    lengths = make_lengths(lengths_kind, T, B)
+    Ho = proj or H
+    g = torch.Generator().manual_seed(1)
+    upstream = (torch.randn(T, B, Ho, generator=g, dtype=torch.float64),
+                torch.randn(B, Ho, generator=g, dtype=torch.float64),
+                torch.randn(B, H, generator=g, dtype=torch.float64))
+    ref_out, ref_grad = run(recurrence_ref, mode, inp, lengths, reverse, torch.float64, upstream)
+    out, grad = run(cpu.recurrence, mode, inp, lengths, reverse, dtype, upstream)
+    tol = TOL[dtype]
+    assert out.keys() == ref_out.keys() and grad.keys() == ref_grad.keys()
+    for k in ref_out:
+        assert out[k].dtype == dtype
+        torch.testing.assert_close(out[k].double(), ref_out[k], **tol, msg=lambda m: f"{k}: {m}")
+    for k in ref_grad:
+        torch.testing.assert_close(grad[k].double(), ref_grad[k], **tol,
+                                   msg=lambda m: f"d{k}: {m}")
+
+
+GRID = [
+    pytest.param(mode, T, B, lk, rev, id=f"{mode}-T{T}-B{B}-len_{lk}-{'rev' if rev else 'fwd'}")
+    for mode, T, B, lk, rev in itertools.product(
+        MODES, (1, 7), (1, 5), ("none", "sorted", "unsorted"), (False, True))
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("mode,T,B,lengths_kind,reverse", GRID)
+def test_parity_grid(mode, T, B, lengths_kind, reverse, dtype):
+    compare(mode, T, B, 13, lengths_kind, reverse, proj=0, c0=True, bias=True, dtype=dtype)
+
+
+LSTM_VARIANTS = [
+    pytest.param(proj, c0, bias, lk, rev,
+                 id=f"proj{proj}-c0_{c0}-bias_{bias}-len_{lk}-{'rev' if rev else 'fwd'}")
+    for proj, c0, bias, lk, rev in itertools.product(
+        (0, 5), (True, False), (True, False), ("none", "sorted", "unsorted"), (False, True))
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("proj,c0,bias,lengths_kind,reverse", LSTM_VARIANTS)
+def test_lstm_variants(proj, c0, bias, lengths_kind, reverse, dtype):
+    compare("LSTM", 6, 5, 13, lengths_kind, reverse, proj=proj, c0=c0, bias=bias, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_bias_and_wide(mode):
+    compare(mode, 9, 4, 40, "unsorted", True, proj=0, c0=False, bias=False, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_large_batch_threads(mode):
+    """Enough rows and units that at::parallel_for splits the pointwise pass across threads."""
+    compare(mode, 4, 64, 96, "sorted", False, proj=0, c0=True, bias=True, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bfloat16(mode):
+    compare(mode, 5, 3, 8, "unsorted", False, proj=0, c0=True, bias=True, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch(mode):
+    inp = make_inputs(mode, 4, 0, 6)
+    y, h, c = cpu.recurrence(mode, *(inp[k] for k in ("xw", "w_hh", "b_hh", "h0", "c0")))
+    assert y.shape == (4, 0, 6) and h.shape == (0, 6)
+    (y.sum() + h.sum()).backward()
+    assert inp["w_hh"].grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["none", "unsorted"])
+def test_gradcheck(mode, kind):
+    proj = 2 if mode == "LSTM" else 0
+    inp = make_inputs(mode, 3, 3, 3, proj=proj)
+    lengths = make_lengths(kind, 3, 3)
+    keys = [k for k, v in inp.items() if v is not None]
+
+    def f(*ts):
+        a = dict(zip(keys, ts))
+        y, h, c = cpu.recurrence(mode, a["xw"], a["w_hh"], a.get("b_hh"), a["h0"], a.get("c0"),
+                                 lengths, True, a.get("w_hr"))
+        return (y, h) if c is None else (y, h, c)
+
+    assert torch.autograd.gradcheck(f, [inp[k] for k in keys])
+
+
+def _op_args(mode, proj=0, lengths="unsorted"):
+    inp = make_inputs(mode, 4, 3, 5, proj=proj)
+    return (mode, inp["xw"], inp["w_hh"], inp["b_hh"], inp["h0"], inp["c0"],
+            make_lengths(lengths, 4, 3), True, inp["w_hr"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck_forward(mode):
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default,
+                          _op_args(mode, proj=3 if mode == "LSTM" else 0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck_backward(mode):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(mode)]
+    y, h, c, saved, cs = torch.ops.fusedrnn.recurrence_fwd(*args)
+    _, xw, w_hh, b_hh, h0, c0, lengths, rev, w_hr = args
+    bwd_args = (mode, torch.randn_like(y), torch.randn_like(h),
+                torch.randn_like(c) if mode == "LSTM" else None,
+                w_hh, b_hh, h0, c0, lengths, rev, w_hr, y, saved, cs)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cell_step_matches_torch_nn(mode, dtype):
+    torch.manual_seed(0)
+    cls = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell}.get(mode, torch.nn.RNNCell)
+    kw = {} if cls is not torch.nn.RNNCell else {"nonlinearity": mode[4:].lower()}
+    cell = cls(7, 13, dtype=dtype, **kw)
+    x, h, c = (torch.randn(3, n, dtype=dtype) for n in (7, 13, 13))
+    with torch.no_grad():
+        want = cell(x, (h, c)) if mode == "LSTM" else (cell(x, h), None)
+        got = cpu.cell_step(mode, x, cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh,
+                            h, c if mode == "LSTM" else None)
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b, **TOL[dtype])
+    torch.library.opcheck(torch.ops.fusedrnn.cell_step.default,
+                          (mode, x, cell.weight_ih.detach(), cell.bias_ih.detach(),
+                           cell.weight_hh.detach(), cell.bias_hh.detach(), h,
+                           c if mode == "LSTM" else None))
+
+
+def test_errors_name_argument():
+    inp = make_inputs("GRU", 3, 2, 4)
+    with pytest.raises(ValueError, match="dtypes.*xw.*float16"):
+        cpu.recurrence("GRU", inp["xw"].half(), inp["w_hh"].half(), None, inp["h0"].half())
+    with pytest.raises(ValueError, match="w_hh must have shape"):
+        cpu.recurrence("GRU", inp["xw"], inp["w_hh"][:, :3], None, inp["h0"])
+    with pytest.raises(RuntimeError, match="mode must be one of"):
+        torch.ops.fusedrnn.recurrence_fwd("LSTMX", inp["xw"], inp["w_hh"], None, inp["h0"],
+                                          None, None, False, None)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_torch_compile_fullgraph_op(mode):
+    inp = make_inputs(mode, 5, 3, 6, dtype=torch.float32)
+    args = {k: (None if v is None else v.detach().float().requires_grad_()) for k, v in inp.items()}
+    lengths = make_lengths("sorted", 5, 3)
+
+    def f(xw, w_hh, b_hh, h0):
+        y, h, _ = fusedrnn.recurrence(mode, torch.tanh(xw), w_hh, b_hh, h0, None, lengths,
+                                      backend="cpu")
+        return (y.square().sum() + h.sum()) * 0.5
+
+    eager = f(args["xw"], args["w_hh"], args["b_hh"], args["h0"])
+    g_eager = torch.autograd.grad(eager, [args["xw"], args["w_hh"]])
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(
+        args["xw"], args["w_hh"], args["b_hh"], args["h0"])
+    g_comp = torch.autograd.grad(compiled, [args["xw"], args["w_hh"]])
+    torch.testing.assert_close(compiled, eager, **TOL[torch.float32])
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
