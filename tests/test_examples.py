@@ -1,0 +1,43 @@
+"""Every example's --quick mode runs, prints its metric and writes its PNG (CI smoke tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "adding_problem": "adding_problem_quick.png",
+    "char_lm": "char_lm_quick.png",
+    "timeseries": "timeseries_quick.png",
+    "seq2seq_dates": "seq2seq_dates_quick.png",
+}
+
+
+def _run(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    # the examples are CPU-only; the Triton interpreter switch of conftest is not theirs
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--quick", "--out", str(out),
+         *extra],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_example_quick_mode(name, tmp_path):
+    if name == "timeseries" and importlib.util.find_spec("statsmodels") is None:
+        pytest.skip("timeseries needs the optional extra statsmodels (pip install statsmodels)")
+    proc = _run(name, tmp_path)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    metric = [line for line in proc.stdout.splitlines() if line.startswith("metric: ")]
+    assert metric and "=" in metric[0], proc.stdout[-2000:]
+    png = tmp_path / EXAMPLES[name]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / EXAMPLES[name].replace(".png", ".json")).stat().st_size > 0
