@@ -39,15 +39,57 @@ def _grid_barrier(counter, target):
 
 @triton.jit
 def _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr):
-    """A [len(rows), len(cols)] tile ptr[rows * srow + cols * scol], zero where masked, as DT."""
+    """A [len(rows), len(cols)] weight tile ptr[rows * srow + cols * scol], zero where masked."""
     offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
     return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(DT)
 
 
 @triton.jit
-def _store_tile(ptr, rows, cols, rmask, cmask, srow, scol, val):
-    offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
-    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+def _offs(rows, cols, rmask, cmask, scol):
+    """int32 offsets rows + cols * scol of a [units, batch] tile and its mask, built once.
+
+    Built before the time loop and shared by every tile of the same stride, so the loop holds a
+    few int32 tensors instead of one 64-bit pointer tensor per load and store.
+    """
+    return rows[:, None] + cols[None, :] * scol, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _ld(ptr, offs, mask):
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _st(ptr, offs, mask, val):
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_gates(base, offs, mask, H, G: tl.constexpr):
+    """The G gate tiles [HP, BB] of one step's gate gradients (unused slots repeat gate 0)."""
+    f0 = _ld(base, offs, mask)
+    f1 = f0
+    f2 = f0
+    f3 = f0
+    if G > 1:
+        f1 = _ld(base + H, offs, mask)
+        f2 = _ld(base + 2 * H, offs, mask)
+    if G > 3:
+        f3 = _ld(base + 3 * H, offs, mask)
+    return f0, f1, f2, f3
+
+
+@triton.jit
+def _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G: tl.constexpr, DOT_T: tl.constexpr,
+              PREC: tl.constexpr):
+    """sum_g W_g^T [BO, HP] @ dgate_g [HP, BB]: the part of dh_prev that goes through W_hh."""
+    acc = tl.dot(wt0, f0.to(DOT_T), input_precision=PREC)
+    if G > 1:
+        acc += tl.dot(wt1, f1.to(DOT_T), input_precision=PREC)
+        acc += tl.dot(wt2, f2.to(DOT_T), input_precision=PREC)
+    if G > 3:
+        acc += tl.dot(wt3, f3.to(DOT_T), input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -75,7 +117,7 @@ def rnn_fwd_kernel(
     offs_k = tl.arange(0, PP)  # [PP] the whole previous state, K of the recurrent product
     mk = offs_k < P
 
-    # the recurrent weights, loaded once and kept for all T steps: gate g, own units, all K
+    # the recurrent weights, loaded once and kept on chip for all T steps: gate g, own units, all K
     w0 = _load_tile(w, 0 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)  # [BU, PP]
     w1 = w0
     w2 = w0
@@ -101,13 +143,18 @@ def rnn_fwd_kernel(
         offs_hk = tl.arange(0, HP)
         whr = _load_tile(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T)  # [PP, HP]
 
+    ox, mx = _offs(offs_u, offs_b, mu, mb, GH)  # [BU, BB] tiles of xw
+    oa, _ = _offs(offs_u, offs_b, mu, mb, NA * H)  # saved activations
+    oc, _ = _offs(offs_u, offs_b, mu, mb, H)  # cell state
+    oh, mh = _offs(offs_o, offs_b, mo, mb, P)  # [BO, BB] own part of h
+    ok, mkb = _offs(offs_k, offs_b, mk, mb, P)  # [PP, BB] all of h
     if SPLIT:
         h = tl.zeros([BO, BB], tl.float32)  # read from hbuf every step
     else:
-        h = _load_tile(h0, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+        h = _ld(h0, oh, mh)  # [BO, BB]
     c = tl.zeros([BU, BB], tl.float32)
     if HAS_C:
-        c = _load_tile(c_in, offs_u, offs_b, mu, mb, 1, H, tl.float32)  # [BU, BB]
+        c = _ld(c_in, oc, mx)  # [BU, BB]
     if HAS_LEN:
         lens = tl.load(lengths + offs_b, mask=mb, other=0)[None, :]  # [1, BB]
     else:
@@ -124,14 +171,14 @@ def rnn_fwd_kernel(
                 if s > 0:
                     _grid_barrier(counter + pid_b, s * tl.num_programs(1))
             cur = hbuf + (s % 2) * B * P
-            h_full = _load_tile(cur, offs_k, offs_b, mk, mb, 1, P, tl.float32)  # [PP, BB]
-            h_own = _load_tile(cur, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+            h_full = _ld(cur, ok, mkb)  # [PP, BB]
+            h_own = _ld(cur, oh, mh)  # [BO, BB]
         else:
             h_full = h
             h_own = h
         hd = h_full.to(DOT_T)
         xt = xw + t * B * GH
-        a0 = _load_tile(xt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)  # [BU, BB]
+        a0 = _ld(xt + 0 * H, ox, mx)  # [BU, BB]
         r0 = tl.dot(w0, hd, input_precision=PREC) + b0  # [BU, BB]
         a1 = a0
         a2 = a0
@@ -140,12 +187,12 @@ def rnn_fwd_kernel(
         r2 = r0
         r3 = r0
         if G > 1:
-            a1 = _load_tile(xt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
-            a2 = _load_tile(xt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
+            a1 = _ld(xt + 1 * H, ox, mx)
+            a2 = _ld(xt + 2 * H, ox, mx)
             r1 = tl.dot(w1, hd, input_precision=PREC) + b1
             r2 = tl.dot(w2, hd, input_precision=PREC) + b2
         if G > 3:
-            a3 = _load_tile(xt + 3 * H, offs_u, offs_b, mu, mb, 1, GH, tl.float32)
+            a3 = _ld(xt + 3 * H, ox, mx)
             r3 = tl.dot(w3, hd, input_precision=PREC) + b3
         out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
         if HAS_PROJ:
@@ -154,23 +201,23 @@ def rnn_fwd_kernel(
             h_new = out
         live = t < lens  # [1, BB]
         if SAVE:
-            _store_tile(hprev + t * B * P, offs_o, offs_b, mo, mb, 1, P, h_own)
+            _st(hprev + t * B * P, oh, mh, h_own)
             at = act + t * B * (NA * H)
-            _store_tile(at + 0 * H, offs_u, offs_b, mu, mb, 1, NA * H, e0)
+            _st(at + 0 * H, oa, mx, e0)
             if NA > 1:
-                _store_tile(at + 1 * H, offs_u, offs_b, mu, mb, 1, NA * H, e1)
-                _store_tile(at + 2 * H, offs_u, offs_b, mu, mb, 1, NA * H, e2)
-                _store_tile(at + 3 * H, offs_u, offs_b, mu, mb, 1, NA * H, e3)
+                _st(at + 1 * H, oa, mx, e1)
+                _st(at + 2 * H, oa, mx, e2)
+                _st(at + 3 * H, oa, mx, e3)
             if HAS_C:
-                _store_tile(cprev + t * B * H, offs_u, offs_b, mu, mb, 1, H, c)
+                _st(cprev + t * B * H, oc, mx, c)
         c = tl.where(live, c_new, c)
         h = tl.where(live, h_new, h_own)
-        _store_tile(y + t * B * P, offs_o, offs_b, mo, mb, 1, P, tl.where(live, h_new, 0.0))
+        _st(y + t * B * P, oh, mh, tl.where(live, h_new, 0.0))
         if SPLIT:
-            _store_tile(hbuf + ((s + 1) % 2) * B * P, offs_o, offs_b, mo, mb, 1, P, h)
-    _store_tile(h_out, offs_o, offs_b, mo, mb, 1, P, h)
+            _st(hbuf + ((s + 1) % 2) * B * P, oh, mh, h)
+    _st(h_out, oh, mh, h)
     if HAS_C:
-        _store_tile(c_out, offs_u, offs_b, mu, mb, 1, H, c)
+        _st(c_out, oc, mx, c)
 
 
 @triton.jit
@@ -185,7 +232,7 @@ def rnn_bwd_kernel(
     SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
 ):
-    # Backward step s handles forward time t. dh_t = W_hh^T drec_{next} + R, where drec_next was
+    # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
     # program's own remainder (dy, GRU's z * dh, or the pass-through of a finished sequence).
     pid_b = tl.program_id(0)
@@ -215,10 +262,15 @@ def rnn_bwd_kernel(
         offs_p = tl.arange(0, PP)
         whrt = _load_tile(w_hr, offs_k, offs_p, mk, offs_p < P, 1, H, DOT_T)  # [HP, PP]
 
-    R = _load_tile(r_state, offs_o, offs_b, mo, mb, 1, P, tl.float32)  # [BO, BB]
+    ox, mx = _offs(offs_u, offs_b, mu, mb, GH)  # [BU, BB] own gate tiles
+    oa, _ = _offs(offs_u, offs_b, mu, mb, NA * H)  # saved activations
+    oc, _ = _offs(offs_u, offs_b, mu, mb, H)  # cell state
+    oh, mh = _offs(offs_o, offs_b, mo, mb, P)  # [BO, BB] own part of dh
+    ok, mkb = _offs(offs_k, offs_b, mk, mb, GH)  # [HP, BB] every unit's gate grads
+    R = _ld(r_state, oh, mh)  # [BO, BB]
     dc = tl.zeros([BU, BB], tl.float32)
     if HAS_C:
-        dc = _load_tile(dc_state, offs_u, offs_b, mu, mb, 1, H, tl.float32)  # [BU, BB]
+        dc = _ld(dc_state, oc, mx)  # [BU, BB]
     d0 = tl.zeros([BU, BB], tl.float32)  # resident mode: last step's recurrent gate grads
     d1 = d0
     d2 = d0
@@ -231,92 +283,83 @@ def rnn_bwd_kernel(
     if MODE == 3:
         dsrc = drec
 
-    for s in range(s0, s_end):
+    s_last = tl.minimum(s_end, T)
+    for s in range(s0, s_last):
         if REVERSE:
             t = s
+            tn = t - 1
         else:
             t = T - 1 - s
+            tn = t + 1
         t = t.to(tl.int64)
-        dh = R
-        if s > 0:
-            if SPLIT:
-                if SYNC:
+        if SPLIT:
+            if SYNC:
+                if s > 0:
                     _grid_barrier(counter + pid_b, s * tl.num_programs(1))
-                if REVERSE:
-                    tn = t - 1
-                else:
-                    tn = t + 1
-                base = dsrc + tn * B * GH
-                f0 = _load_tile(base + 0 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)  # [HP, BB]
-                f1 = f0
-                f2 = f0
-                f3 = f0
-                if G > 1:
-                    f1 = _load_tile(base + 1 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
-                    f2 = _load_tile(base + 2 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
-                if G > 3:
-                    f3 = _load_tile(base + 3 * H, offs_k, offs_b, mk, mb, 1, GH, tl.float32)
-            else:
-                f0 = d0
-                f1 = d1
-                f2 = d2
-                f3 = d3
-            dh += tl.dot(wt0, f0.to(DOT_T), input_precision=PREC)  # [BO, BB]
-            if G > 1:
-                dh += tl.dot(wt1, f1.to(DOT_T), input_precision=PREC)
-                dh += tl.dot(wt2, f2.to(DOT_T), input_precision=PREC)
-            if G > 3:
-                dh += tl.dot(wt3, f3.to(DOT_T), input_precision=PREC)
-        if s < T:
-            live = t < lens  # [1, BB]
-            dy_t = _load_tile(dy + t * B * P, offs_o, offs_b, mo, mb, 1, P, tl.float32)
-            dh_tot = dh + tl.where(live, dy_t, 0.0)  # [BO, BB] grad of h_t
-            if HAS_PROJ:
-                _store_tile(dhtot + t * B * P, offs_o, offs_b, mo, mb, 1, P,
-                            tl.where(live, dh_tot, 0.0))
-                dm = tl.dot(whrt, dh_tot.to(DOT_T), input_precision=PREC)  # [HP, BB]
-            else:
-                dm = dh_tot
-            at = act + t * B * (NA * H)
-            e0 = _load_tile(at + 0 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)  # [BU, BB]
-            e1 = e0
-            e2 = e0
-            e3 = e0
-            if NA > 1:
-                e1 = _load_tile(at + 1 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
-                e2 = _load_tile(at + 2 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
-                e3 = _load_tile(at + 3 * H, offs_u, offs_b, mu, mb, 1, NA * H, tl.float32)
-            cp = dc
-            if HAS_C:
-                cp = _load_tile(cprev + t * B * H, offs_u, offs_b, mu, mb, 1, H, tl.float32)
-            hp = dm
-            if MODE == 3:
-                hp = _load_tile(hprev + t * B * P, offs_u, offs_b, mu, mb, 1, P, tl.float32)
-            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp, hp)
-            xt = dxw + t * B * GH
-            d0 = tl.where(live, q0, 0.0)
-            _store_tile(xt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x0, 0.0))
-            if G > 1:
-                d1 = tl.where(live, q1, 0.0)
-                d2 = tl.where(live, q2, 0.0)
-                _store_tile(xt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x1, 0.0))
-                _store_tile(xt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x2, 0.0))
-            if G > 3:
-                d3 = tl.where(live, q3, 0.0)
-                _store_tile(xt + 3 * H, offs_u, offs_b, mu, mb, 1, GH, tl.where(live, x3, 0.0))
-            if MODE == 3:
-                rt = drec + t * B * GH
-                _store_tile(rt + 0 * H, offs_u, offs_b, mu, mb, 1, GH, d0)
-                _store_tile(rt + 1 * H, offs_u, offs_b, mu, mb, 1, GH, d1)
-                _store_tile(rt + 2 * H, offs_u, offs_b, mu, mb, 1, GH, d2)
-                R = tl.where(live, dhd, dh_tot)
-            else:
-                R = tl.where(live, 0.0, dh_tot)
-            dc = tl.where(live, dcp, dc)
+            # the first step has no later step: the masked load gives zeros
+            f0, f1, f2, f3 = _load_gates(dsrc + tn.to(tl.int64) * B * GH, ok, mkb & (s > 0), H, G)
         else:
-            _store_tile(dh0, offs_o, offs_b, mo, mb, 1, P, dh)
-            if HAS_C:
-                _store_tile(dc0, offs_u, offs_b, mu, mb, 1, H, dc)
-    _store_tile(r_state, offs_o, offs_b, mo, mb, 1, P, R)
+            f0, f1, f2, f3 = d0, d1, d2, d3
+        dh = R + _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G, DOT_T, PREC)  # [BO, BB]
+        live = t < lens  # [1, BB]
+        dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
+        if HAS_PROJ:
+            _st(dhtot + t * B * P, oh, mh, tl.where(live, dh_tot, 0.0))
+            dm = tl.dot(whrt, dh_tot.to(DOT_T), input_precision=PREC)  # [HP, BB]
+        else:
+            dm = dh_tot
+        at = act + t * B * (NA * H)
+        e0 = _ld(at + 0 * H, oa, mx)  # [BU, BB]
+        e1 = e0
+        e2 = e0
+        e3 = e0
+        if NA > 1:
+            e1 = _ld(at + 1 * H, oa, mx)
+            e2 = _ld(at + 2 * H, oa, mx)
+            e3 = _ld(at + 3 * H, oa, mx)
+        cp = dc
+        if HAS_C:
+            cp = _ld(cprev + t * B * H, oc, mx)
+        hp = dm
+        if MODE == 3:
+            hp = _ld(hprev + t * B * P, oh, mh)
+        x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp, hp)
+        xt = dxw + t * B * GH
+        d0 = tl.where(live, q0, 0.0)
+        _st(xt + 0 * H, ox, mx, tl.where(live, x0, 0.0))
+        if G > 1:
+            d1 = tl.where(live, q1, 0.0)
+            d2 = tl.where(live, q2, 0.0)
+            _st(xt + 1 * H, ox, mx, tl.where(live, x1, 0.0))
+            _st(xt + 2 * H, ox, mx, tl.where(live, x2, 0.0))
+        if G > 3:
+            d3 = tl.where(live, q3, 0.0)
+            _st(xt + 3 * H, ox, mx, tl.where(live, x3, 0.0))
+        if MODE == 3:
+            rt = drec + t * B * GH
+            _st(rt + 0 * H, ox, mx, d0)
+            _st(rt + 1 * H, ox, mx, d1)
+            _st(rt + 2 * H, ox, mx, d2)
+            R = tl.where(live, dhd, dh_tot)
+        else:
+            R = tl.where(live, 0.0, dh_tot)
+        dc = tl.where(live, dcp, dc)
+
+    if s_end > T:  # step T: the gradient of h0 still needs W_hh^T times the first step's grads
+        if SPLIT:
+            if SYNC:
+                if T > 0:
+                    _grid_barrier(counter + pid_b, T * tl.num_programs(1))
+            if REVERSE:
+                t0 = T - 1
+            else:
+                t0 = T * 0
+            f0, f1, f2, f3 = _load_gates(dsrc + t0.to(tl.int64) * B * GH, ok, mkb, H, G)
+        else:
+            f0, f1, f2, f3 = d0, d1, d2, d3
+        _st(dh0, oh, mh, R + _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G, DOT_T, PREC))
+        if HAS_C:
+            _st(dc0, oc, mx, dc)
+    _st(r_state, oh, mh, R)
     if HAS_C:
-        _store_tile(dc_state, offs_u, offs_b, mu, mb, 1, H, dc)
+        _st(dc_state, oc, mx, dc)

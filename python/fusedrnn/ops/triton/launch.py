@@ -2,13 +2,14 @@
 
 Path per (mode, H, P, dtype), chosen by ``plan``:
 
-* **resident** -- the whole ``w_hh`` slice of a batch block fits one program
-  (``G*HP*PP*elt + PP*HP*elt (proj) <= RESIDENT_BYTES``): one launch per sequence, no
-  synchronisation, state in registers.
+* **resident** -- all of ``w_hh`` fits one program (``G*HP*PP*elt <= TILE_BYTES``; with the
+  projection ``G*HP*PP*elt + PP*HP*elt <= TILE_MAX_BYTES``): one launch per sequence, no
+  synchronisation, the state never leaves the chip.
 * **persistent split** -- the gate rows are spread over ``HP // BU`` programs per batch block,
-  each holding ``G*BU*PP*elt <= SPLIT_BYTES``; one launch per sequence with a grid barrier per
-  step. Taken only on a GPU and only when every program of the grid can be resident at once
-  (grid <= SM count), which is what makes the spin barrier deadlock-free.
+  each holding ``G*BU*PP*elt <= TILE_BYTES`` (at least 16 units, up to ``TILE_MAX_BYTES``);
+  one launch per sequence with a grid barrier per step. Taken only on a GPU and only when every
+  program of the grid can be resident at once (grid <= SM count), which is what makes the spin
+  barrier deadlock-free.
 * **per-step** -- the same split kernel, one launch per step (T forward, T+1 backward launches);
   the kernel boundary is the barrier. Taken when the split grid exceeds the SM count, and in the
   Triton interpreter (which runs programs one after another, so a spin barrier would hang).
@@ -32,11 +33,19 @@ from .kernels import rnn_bwd_kernel, rnn_fwd_kernel
 MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 #: saved activations per unit: RNN keeps h, LSTM i f g o, GRU r z n and W_hn h + b_hn
 SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}
-#: weight bytes one program may hold for the whole sequence (see docs/triton_backend.md)
-RESIDENT_BYTES = 64 * 1024
-SPLIT_BYTES = 32 * 1024
+#: Weight bytes one program keeps on chip (Triton stages them in shared memory and feeds the
+#: tensor cores from there). 32 KiB is the largest tile that compiles without register spills
+#: on sm_90 (tools/triton_aot_report.py); bigger tiles still compile, spilling, up to the MAX.
+TILE_BYTES = 32 * 1024
+#: largest tile accepted at all: the projected LSTM's resident path and the persistent split
+#: with the minimum 16-unit tile (fits the shared memory of sm_80 and sm_90)
+TILE_MAX_BYTES = 128 * 1024
+NUM_WARPS = 8
 #: batch columns per program: the minimum N of tl.dot
 BLOCK_B = 16
+#: no software pipelining of the time loop: step t+1 depends on step t, and the prefetch
+#: buffers it would add cost registers
+NUM_STAGES = 1
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -62,39 +71,56 @@ class Plan:
     num_warps: int
 
 
-def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, device: torch.device,
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 0 elsewhere (no persistent split there)."""
+    if device.type != "cuda" or interpreting():
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm: int,
          tile_units: int | None = None) -> Plan:
-    """Pick the path and the tiling for a layer (``tile_units`` forces a split, for tests)."""
+    """Pick the path and the tiling of a layer.
+
+    ``n_sm`` is the SM count of the device (0: never the persistent split); ``tile_units``
+    forces a split into tiles of that many units (tests).
+    """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
     elt = 4 if (dtype == torch.float32 or interpreting()) else 2
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
-    if tile_units is None and resident <= RESIDENT_BYTES:
-        return Plan("resident", HP, PP, HP, BLOCK_B, 1, 4)
+    if tile_units is None and resident <= (TILE_MAX_BYTES if proj else TILE_BYTES):
+        return Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS)
     if proj:
         raise NotImplementedError(
             f"LSTM projection (w_hr) on the triton backend needs the layer to fit one program: "
-            f"expected G*H*P + P*H weight bytes <= {RESIDENT_BYTES}, got {resident} "
+            f"expected G*H*P + P*H weight bytes <= {TILE_MAX_BYTES}, got {resident} "
             f"(H={H}, proj_size={P}, {dtype}); use backend='reference' or 'cuda'")
     BU = tile_units
     if BU is None:
         BU = HP
-        while BU > 16 and G * BU * PP * elt > SPLIT_BYTES:
+        while BU > 16 and G * BU * PP * elt > TILE_BYTES:
             BU //= 2
     if BU < 16 or BU > HP or BU & (BU - 1):
         raise ValueError(f"tile_units must be a power of two in [16, {HP}], got {BU}")
     n_tiles = HP // BU
     n_bblocks = triton.cdiv(B, BLOCK_B)
-    persistent = (not interpreting() and device.type == "cuda"
-                  and n_tiles * n_bblocks <= torch.cuda.get_device_properties(device).multi_processor_count)
-    return Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, 4)
+    fits = G * BU * PP * elt <= TILE_MAX_BYTES
+    persistent = fits and n_tiles * n_bblocks <= n_sm
+    return Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, NUM_WARPS)
 
 
 def _dot_config(dtype: torch.dtype):
-    """(operand dtype, input_precision) of tl.dot: exact fp32 for fp32; bf16/fp16 tensor cores."""
-    if dtype == torch.float32 or interpreting():
+    """(operand dtype, input_precision) of tl.dot.
+
+    fp32 runs on tensor cores as 3xTF32 (near-fp32 accuracy; plain "ieee" lowers to FMA with the
+    weights replicated per thread, which spills), bf16/fp16 as themselves with fp32 accumulation.
+    """
+    if interpreting():
         # the interpreter computes bf16 wrongly, so it runs the fp32 dot on the upcast operands
         return tl.float32, "ieee"
+    if dtype == torch.float32:
+        return tl.float32, "tf32x3"
     return _TL_DTYPE[dtype], "tf32"
 
 
@@ -124,7 +150,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     G = GATES[mode]
     H, P = GH // G, h0.shape[1]
     dev, f32 = xw.device, torch.float32
-    pl = plan(mode, H, P, B, xw.dtype, w_hr is not None, dev, tile_units)
+    pl = plan(mode, H, P, B, xw.dtype, w_hr is not None, sm_count(dev), tile_units)
     k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
@@ -145,7 +171,8 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
         counter = torch.zeros(grid[0], device=dev, dtype=torch.int32)
     args = (xw, w_hh, b_hh, w_hr, h0)
     tail = (y, h_out, c_out, act, hprev, cprev, hbuf, counter)
-    run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps, **k)
+    run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
+               num_stages=NUM_STAGES, **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
@@ -188,5 +215,5 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     steps = [(s, s + 1) for s in range(T + 1)] if pl.path == "per_step" else [(0, T + 1)]
     for s0, s1 in steps:
-        rnn_bwd_kernel[grid](*args, s0, s1, num_warps=pl.num_warps, **k)
+        rnn_bwd_kernel[grid](*args, s0, s1, num_warps=pl.num_warps, num_stages=NUM_STAGES, **k)
     return dxw, drec, dh0, dc0, dhtot

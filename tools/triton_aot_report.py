@@ -1,0 +1,163 @@
+"""Compile every fused Triton kernel ahead of time for sm_80 / sm_90 and report its resources.
+
+No GPU is needed: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` lowers to
+PTX on the CPU. Per kernel, config and arch this prints registers per thread, spilled bytes
+(stores / loads), shared memory and how many bytes of weights one program holds for the whole
+sequence. Registers and spills come from ``ptxas -v`` on the produced PTX (Triton ships ptxas);
+shared memory from Triton's metadata.
+
+Run with TRITON_INTERPRET unset (``@triton.jit`` picks the interpreter at import time):
+
+    python tools/triton_aot_report.py            # the table
+    python tools/triton_aot_report.py --check    # exit 1 if any compile fails
+    python tools/triton_aot_report.py --json out.json --hidden 32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("unset TRITON_INTERPRET: the kernels must be JIT functions to be compiled")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia import compiler as nv_compiler  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fusedrnn.ops.cells import GATES  # noqa: E402
+from fusedrnn.ops.triton import launch  # noqa: E402
+from fusedrnn.ops.triton.kernels import rnn_bwd_kernel, rnn_fwd_kernel  # noqa: E402
+
+ARCHS = (80, 90)
+#: the most shared memory one block may use (CUDA programming guide, compute capabilities)
+SMEM_LIMIT = {80: 166912, 90: 232448}
+HIDDEN = (32, 64, 128, 256)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+_BATCH = 16
+#: SMs of an H100 SXM, for the path choice (the persistent split needs grid <= SMs)
+N_SM = 132
+_F = "*fp32"
+
+
+def _signature(kernel, ptrs: dict, consts: dict) -> dict:
+    return {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in kernel.arg_names}
+
+
+def _weight_bytes(mode, pl, dt, proj) -> int:
+    """Weight bytes one program holds on chip for the whole sequence."""
+    elt = 4 if dt == torch.float32 else 2
+    return GATES[mode] * pl.BU * pl.PP * elt + (pl.PP * pl.HP * elt if proj else 0)
+
+
+def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
+    """(label, kernel, signature, constexprs, plan, weight bytes) for each representative config.
+
+    The plan is the one ``launch.plan`` makes on an H100 for B=16. LSTM with a projection
+    (P = H/2) is added where the resident path admits it.
+    """
+    out = []
+    todo = [(m, H, d) for m in modes for H in hidden for d in dtypes]
+    if extra and "LSTM" in modes:
+        todo.append(("LSTM", 768, "bf16"))  # the published cuDNN comparison point (docs)
+    for mode, H, dname in todo:
+        dt = DTYPES[dname]
+        projs = (False, True) if mode == "LSTM" else (False,)
+        for proj in projs:
+            P = H // 2 if proj else H
+            try:
+                pl = launch.plan(mode, H, P, _BATCH, dt, proj, N_SM)
+            except NotImplementedError:
+                continue  # projection beyond the resident path: refused by design
+            k = launch._consts(mode, pl, dt, proj, None, False)
+            tag = f"P={P}" if proj else ""
+            label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}"
+            t = _PTR[dt]
+            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", y=t,
+                            h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F,
+                            counter="*i32")
+            bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
+                            lengths="*i64", dxw=_F, drec=_F, dhtot=_F, r_state=_F,
+                            dc_state=_F, dh0=_F, dc0=_F, counter="*i32")
+            fwd_consts = dict(k, HAS_BIAS=True, SAVE=True)
+            for name, kern, ptrs, cs in (("fwd", rnn_fwd_kernel, fwd_ptrs, fwd_consts),
+                                         ("bwd", rnn_bwd_kernel, bwd_ptrs, k)):
+                used = {n: v for n, v in cs.items() if n in kern.arg_names}
+                out.append((f"{name} {label}", kern, _signature(kern, ptrs, used), used,
+                            pl, _weight_bytes(mode, pl, dt, proj)))
+    return out
+
+
+def _ptxas(ptx: str, arch: int) -> tuple[int, int, int]:
+    """(registers, spill store bytes, spill load bytes) from ``ptxas -v``."""
+    ptxas = nv_compiler.get_ptxas(arch).path  # the ptxas Triton itself uses for this arch
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as fh:
+            fh.write(ptx)
+        sm = "sm_90a" if arch == 90 else f"sm_{arch}"
+        res = subprocess.run([ptxas, "-v", f"--gpu-name={sm}", src, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True, check=True)
+    log = res.stderr
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    st, ld = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
+    return regs, int(st), int(ld)
+
+
+def compile_one(kern, sig, consts, arch, num_warps) -> dict:
+    """Compile for one arch and measure it; raises when Triton or ptxas fails."""
+    src = ASTSource(fn=kern, signature=sig, constexprs=consts)
+    ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                        options={"num_warps": num_warps, "num_stages": launch.NUM_STAGES})
+    if ck.metadata.shared > SMEM_LIMIT[arch]:
+        raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
+    regs, st, ld = _ptxas(ck.asm["ptx"], arch)
+    return dict(regs=regs, spill_st=st, spill_ld=ld, smem=ck.metadata.shared)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if any kernel fails to compile")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--hidden", default=",".join(map(str, HIDDEN)))
+    ap.add_argument("--dtypes", default=",".join(DTYPES))
+    args = ap.parse_args(argv)
+    dts = {d: DTYPES[d] for d in args.dtypes.split(",")}
+    cfgs = configs(tuple(args.modes.split(",")), tuple(int(h) for h in args.hidden.split(",")), dts)
+    rows, failed = [], 0
+    print(f"{'kernel / config':<48} {'sm':>3} {'BU':>4} {'tiles':>5} {'w KiB':>6} {'warps':>5} "
+          f"{'regs':>5} {'spill st/ld B':>14} {'smem B':>7}")
+    for label, kern, sig, consts, pl, wbytes in cfgs:
+        for arch in ARCHS:
+            try:
+                r = compile_one(kern, sig, consts, arch, pl.num_warps)
+            except Exception as e:  # counted; --check turns it into a non-zero exit
+                failed += 1
+                msg = " ".join(str(e).split())[:300]
+                print(f"{label:<48} {arch:>3} FAILED: {type(e).__name__}: {msg}", flush=True)
+                rows.append(dict(config=label, arch=arch, error=msg))
+                continue
+            spill = f"{r['spill_st']}/{r['spill_ld']}"
+            print(f"{label:<48} {arch:>3} {pl.BU:>4} {pl.n_tiles:>5} {wbytes / 1024:>6.0f} "
+                  f"{pl.num_warps:>5} {r['regs']:>5} {spill:>14} {r['smem']:>7}", flush=True)
+            rows.append(dict(config=label, arch=arch, BU=pl.BU, n_tiles=pl.n_tiles,
+                             weight_bytes=wbytes, num_warps=pl.num_warps, **r))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    print(f"{len(rows) - failed} compiled, {failed} failed")
+    return 1 if (failed and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
