@@ -46,14 +46,20 @@ _MODULES = {
 }
 _AUTO = {"cpu": ("cpu",), "cuda": ("triton",)}
 _warned: set[tuple[str, str]] = set()
+#: name -> (module | None, why unavailable | None), filled once; a dict lookup is all that
+#: torch.compile has to trace on later calls (it cannot trace importlib)
+_LOADED: dict[str, tuple[ModuleType | None, str | None]] = {}
 
 
 def _load(name: str) -> tuple[ModuleType | None, str | None]:
-    try:
-        mod = importlib.import_module(_MODULES[name])
-    except ImportError as e:  # e.g. triton not installed
-        return None, f"scan backend {name!r} could not be imported: {e}"
-    return mod, mod.unavailable()
+    if name not in _LOADED:
+        try:
+            mod = importlib.import_module(_MODULES[name])
+        except ImportError as e:  # e.g. triton not installed
+            _LOADED[name] = (None, f"scan backend {name!r} could not be imported: {e}")
+        else:
+            _LOADED[name] = (mod, mod.unavailable())
+    return _LOADED[name]
 
 
 def available_scan_backends() -> list[str]:
@@ -98,6 +104,10 @@ def _check_reverse(reverse) -> bool:
     if not isinstance(reverse, bool):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     return reverse
+
+
+_load("reference")
+_load("cpu")  # the "auto" choice for CPU tensors; triton is loaded on first use
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: bool = False,

@@ -16,6 +16,7 @@ from torch import Tensor
 from .reference import check_scan_args
 
 _REGISTERED = False
+_STATE: dict[str, str | None] = {}  # "why": the cached answer of unavailable()
 
 
 def _ops_error() -> str | None:
@@ -33,10 +34,12 @@ def _ops_error() -> str | None:
 
 def unavailable() -> str | None:
     """None when the C++ scan ops are registered, else why not and how to build them."""
-    why = _ops_error()
-    if why is None:
-        _register()
-    return why
+    if "why" not in _STATE:
+        why = _ops_error()
+        if why is None:
+            _register()
+        _STATE["why"] = why
+    return _STATE["why"]
 
 
 def supports(device: torch.device) -> bool:
