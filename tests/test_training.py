@@ -85,7 +85,7 @@ def test_state_is_carried_and_detached_between_chunks():
     tb = TBPTT(ours, _mse, None, chunk_len=4)
     # carried: evaluating chunk by chunk equals one full forward pass
     full = torch.stack([_mse(ref(x)[0][a:a + 4], y[a:a + 4]) for a in range(0, 12, 4)]).mean()
-    assert tb.evaluate(x, y) == pytest.approx(float(full), rel=1e-10)
+    assert tb.evaluate(x, y) == pytest.approx(full.item(), rel=1e-10)
     # detached: the input of an earlier chunk gets no gradient from a later chunk's loss
     tb.reset()
     xg = x.clone().requires_grad_(True)
