@@ -1,0 +1,204 @@
+"""MinGRU / MinLSTM: anchored to a literal per-step loop of the paper's equations (float64), then
+log-space vs linear space, streaming ``step`` vs ``forward``, lengths and PackedSequence,
+gradients across scan backends, API and errors."""
+
+import pytest
+import torch
+from conftest import TOL
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn import MinGRU, MinLSTM
+from fusedrnn.scan import available_scan_backends
+
+F64 = TOL[torch.float64]
+CELLS = [MinGRU, MinLSTM]
+CPU_BACKENDS = [b for b in ("reference", "cpu") if b in available_scan_backends()]
+
+
+def _g(x):
+    return x + 0.5 if x >= 0 else 1 / (1 + torch.exp(-x))
+
+
+def _paper_layer(cell, x, w, bias, h, reverse):
+    """The paper's per-step equations, one channel at a time; x [B, T, I], h [B, H]."""
+    B, T, _ = x.shape
+    H = h.shape[1]
+    out = torch.zeros(B, T, H, dtype=x.dtype)
+    h = h.clone()
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        k = x[:, t] @ w.T + bias  # [B, G*H]
+        for bi in range(B):
+            for j in range(H):
+                h_tilde = _g(k[bi, -H + j])
+                if cell is MinGRU:
+                    z = torch.sigmoid(k[bi, j])
+                    h[bi, j] = (1 - z) * h[bi, j] + z * h_tilde
+                else:
+                    f, i = torch.sigmoid(k[bi, j]), torch.sigmoid(k[bi, H + j])
+                    h[bi, j] = f / (f + i) * h[bi, j] + i / (f + i) * h_tilde
+        out[:, t] = h
+    return out, h
+
+
+@pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_matches_paper_equations(cell, log_space):
+    torch.manual_seed(0)
+    m = cell(4, 3, num_layers=2, bidirectional=True, log_space=log_space).double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)  # [T, B, I]
+    h0 = torch.randn(4, 2, 3, dtype=torch.float64)
+    y, h_n = m(x, h0)
+    inp, hs = x.transpose(0, 1), []
+    for layer in range(2):
+        outs = []
+        for d in range(2):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            o, hT = _paper_layer(cell, inp, getattr(m, "weight_ih" + sfx),
+                                 getattr(m, "bias_ih" + sfx), h0[2 * layer + d], bool(d))
+            outs.append(o)
+            hs.append(hT)
+        inp = torch.cat(outs, -1)
+    torch.testing.assert_close(y, inp.transpose(0, 1), **F64)
+    torch.testing.assert_close(h_n, torch.stack(hs), **F64)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_log_space_equals_linear_space_and_float32(cell):
+    torch.manual_seed(1)
+    lin = cell(6, 5, num_layers=2, batch_first=True).double()
+    log = cell(6, 5, num_layers=2, batch_first=True, log_space=True).double()
+    log.load_state_dict(lin.state_dict())
+    x, h0 = torch.randn(3, 63, 6, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    y, h = lin(x, h0)
+    y2, h2 = log(x, h0)
+    torch.testing.assert_close(y2, y, **F64)
+    torch.testing.assert_close(h2, h, **F64)
+    y32, h32 = lin.float()(x.float(), h0.float())
+    torch.testing.assert_close(y32.double(), y, **TOL[torch.float32])
+    torch.testing.assert_close(h32.double(), h, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_step_T_times_equals_forward(cell, log_space):
+    torch.manual_seed(2)
+    m = cell(4, 6, num_layers=3, log_space=log_space).double()
+    x, h0 = torch.randn(17, 2, 4, dtype=torch.float64), torch.randn(3, 2, 6, dtype=torch.float64)
+    y, h_n = m(x, h0)
+    h, ys = h0, []
+    for t in range(x.shape[0]):
+        y_t, h = m.step(x[t], h)
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys), y, **F64)
+    torch.testing.assert_close(h, h_n, **F64)
+    y_t, h1 = m.step(x[0, 0])  # unbatched, h = None means zeros
+    torch.testing.assert_close(y_t, m(x[:1, :1])[0][0, 0], **F64)
+    assert h1.shape == (3, 6)
+
+
+@pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_lengths_each_sequence_as_if_run_alone(cell, log_space):
+    torch.manual_seed(3)
+    m = cell(3, 4, num_layers=2, bidirectional=True, batch_first=True, log_space=log_space).double()
+    T, lengths = 9, torch.tensor([9, 1, 5, 0])
+    x, h0 = torch.randn(4, T, 3, dtype=torch.float64), torch.randn(4, 4, 4, dtype=torch.float64)
+    y, h_n = m(x, h0, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        if n == 0:  # nothing ran: the state is h0, every output zero
+            torch.testing.assert_close(h_n[:, b], h0[:, b], rtol=0, atol=0)
+        else:
+            yb, hb = m(x[b: b + 1, :n], h0[:, b: b + 1])
+            torch.testing.assert_close(y[b: b + 1, :n], yb, **F64)
+            torch.testing.assert_close(h_n[:, b: b + 1], hb, **F64)
+        assert torch.equal(y[b, n:], torch.zeros_like(y[b, n:]))
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_packed_sequence_equals_lengths(cell):
+    torch.manual_seed(4)
+    m = cell(3, 4, bidirectional=True).double()
+    lengths = torch.tensor([3, 7, 5])
+    x, h0 = torch.randn(7, 3, 3, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    yp, hp = m(packed, h0)
+    assert torch.equal(yp.sorted_indices, packed.sorted_indices)
+    y, h = m(x, h0, lengths=lengths)
+    torch.testing.assert_close(pad_packed_sequence(yp, total_length=7)[0], y, **F64)
+    torch.testing.assert_close(hp, h, **F64)
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the cpu scan backend is not built")
+@pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_gradients_cpu_backend_match_reference(cell, log_space):
+    torch.manual_seed(5)
+    mods = [cell(3, 4, num_layers=2, bidirectional=True, log_space=log_space, backend=b).double()
+            for b in ("cpu", "reference")]
+    mods[1].load_state_dict(mods[0].state_dict())
+    x, h0 = torch.randn(6, 2, 3, dtype=torch.float64), torch.randn(4, 2, 4, dtype=torch.float64)
+    grads = []
+    for m in mods:
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        y, h_n = m(xi, hi, lengths=torch.tensor([6, 4]))
+        (y.square().sum() + h_n.sum()).backward()  # h_n in the loss: dh0 gets exercised
+        grads.append([xi.grad, hi.grad] + [p.grad for p in m.parameters()])
+    for gc, gr in zip(*grads):
+        torch.testing.assert_close(gc, gr, **F64)
+
+
+def test_gradcheck_layer():
+    torch.manual_seed(6)
+    m = MinLSTM(2, 3, bidirectional=True).double()
+    x, h0 = torch.randn(4, 2, 2, dtype=torch.float64), torch.randn(2, 2, 3, dtype=torch.float64)
+    fn = lambda x, h0: torch.cat([t.flatten() for t in m(x, h0, lengths=torch.tensor([4, 2]))])  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), h0.requires_grad_()))
+
+
+def test_constructor_compatible_with_gru_and_state_dict_names():
+    m = MinGRU(10, 20, 2, True, False, 0.0, True)  # torch.nn.GRU's positional order
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["weight_ih_l0", "bias_ih_l0", "weight_ih_l0_reverse", "bias_ih_l0_reverse",
+                     "weight_ih_l1", "bias_ih_l1", "weight_ih_l1_reverse", "bias_ih_l1_reverse"]
+    assert m.weight_ih_l1.shape == (40, 40) and MinLSTM(10, 20).weight_ih_l0.shape == (60, 10)
+    assert [n for n, _ in MinGRU(3, 4, bias=False).named_parameters()] == ["weight_ih_l0"]
+    y, h = m(torch.randn(5, 3, 10))
+    assert y.shape == (5, 3, 40) and h.shape == (4, 3, 20)
+    y, h = MinGRU(10, 20)(torch.randn(5, 10))  # unbatched
+    assert y.shape == (5, 20) and h.shape == (1, 20)
+
+
+def test_dropout_only_between_layers():
+    torch.manual_seed(7)
+    x = torch.randn(6, 2, 3)
+    one = MinGRU(3, 4, dropout=0.5).train()
+    torch.testing.assert_close(one(x)[0], one.eval()(x)[0], rtol=0, atol=0)
+    two = MinGRU(3, 4, num_layers=2, dropout=0.5).train()
+    assert not torch.equal(two(x)[0], two.eval()(x)[0])
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda m: m(torch.randn(5, 2, 7)), ValueError, "input.size\\(-1\\) must be equal to input_size. Expected 3, got 7"),
+        (lambda m: m(torch.randn(5, 2, 3), torch.randn(1, 2, 4)), ValueError, r"Expected hidden size \(2, 2, 4\), got \[1, 2, 4\]"),
+        (lambda m: m(torch.randn(5, 2, 3), lengths=torch.tensor([6, 1])), ValueError, r"lengths must lie in \[0, 5\].*got min 1, max 6"),
+        (lambda m: m(torch.randn(5, 2, 3), lengths=torch.tensor([5.0, 1.0])), ValueError, r"lengths must be an integer tensor of shape \(2,\), got torch.float32"),
+        (lambda m: m.step(torch.randn(2, 3)), ValueError, "step\\(\\) needs a unidirectional layer"),
+        (lambda m: MinGRU(3, 4, dropout=2.0), ValueError, "dropout must be a number in \\[0, 1\\], got 2.0"),
+        (lambda m: MinGRU(3, 0), ValueError, "hidden_size must be a positive int, got 0"),
+        (lambda m: MinGRU(3, 4, backend="cuda"), ValueError, "backend must be one of .*got 'cuda'"),
+    ],
+    ids=["input_size", "h0", "lengths_range", "lengths_dtype", "step_bidir", "dropout", "hidden", "backend"],
+)
+def test_errors_name_argument_expected_and_got(call, exc, match):
+    m = MinGRU(3, 4, bidirectional=True)
+    with pytest.raises(exc, match=match):
+        call(m)
+
+
+def test_repr_and_package_exports():
+    assert repr(MinLSTM(3, 4, num_layers=2, log_space=True)) == \
+        "MinLSTM(3, 4, num_layers=2, log_space=True)"
+    assert fusedrnn.MinGRU is MinGRU and callable(fusedrnn.linear_scan)
