@@ -2,8 +2,8 @@
 // fusedrnn._C_cuda with the .cu files): defines fusedrnn::cuda_recurrence_fwd/_bwd and registers
 // their CUDA kernels. The loops themselves are in loop.cpp; this file adds what needs CUDA torch:
 // torch's current stream, on which at::addmm runs the per-step GEMMs too.
+#include <Python.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
 #include <torch/library.h>
 
 #include "loop.h"
@@ -12,7 +12,7 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
-Tensors6 cuda_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors7 cuda_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                   const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                   const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
                   double grad_clip) {
@@ -25,11 +25,11 @@ Tensors6 cuda_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& d
                   const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                   const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
                   const OptTensor& w_hr, double grad_clip, const Tensor& y, const Tensor& saved,
-                  const Tensor& cs, const Tensor& hr) {
+                  const Tensor& cs, const Tensor& hr, const Tensor& hs) {
   TORCH_CHECK(y.is_cuda(), "fusedrnn (cuda): y must be a CUDA tensor, got ", y.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(y.get_device()).stream();
   return recurrence_bwd(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                        grad_clip, y, saved, cs, hr, stream);
+                        grad_clip, y, saved, cs, hr, hs, stream);
 }
 
 }  // namespace
@@ -48,5 +48,11 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("cuda_recurrence_bwd", &fusedrnn::cuda::cuda_bwd);
 }
 
-// The Python module fusedrnn._C_cuda: importing it registers the ops above.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+// The Python module fusedrnn._C_cuda: importing it registers the ops above (a bare module, as in
+// pytorch/extension-cpp: no pybind11 needed).
+extern "C" PyObject* PyInit__C_cuda(void) {
+  static PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C_cuda", "fusedrnn CUDA backend: registers fusedrnn::cuda_* ops",
+      -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -45,6 +45,7 @@ struct FwdStep {
   A* saved = nullptr;                  // [T, B, num_saved*H] or nullptr when the cell saves none
   A* cs = nullptr;                     // [T, B, H] LSTM cell state of every step
   A* hr = nullptr;                     // [T, B, H] unprojected h (o * tanh c) when projecting
+  A* hs = nullptr;                     // [T, B, H] y in A when S is 16-bit (backward reads it)
 };
 
 // After the projection GEMM hp = hr[t] @ W_hr^T: live rows take hp as state and output, dead
@@ -57,6 +58,7 @@ struct ProjFwdStep {
   const A* hp = nullptr;               // [B, P]
   A* h = nullptr;                      // [B, P] state
   S* y = nullptr;                      // [T, B, P]
+  A* hs = nullptr;                     // [T, B, P] y in A when S is 16-bit, else nullptr
 };
 
 // One backward step t. The caller keeps dh (and dc) over reversed time; the kernel writes the
@@ -73,7 +75,7 @@ struct BwdStep {
   A* dh = nullptr;                     // [B, Ho] carried dL/dh (not written with projection)
   A* dc = nullptr;                     // [B, H]  carried dL/dc (LSTM)
   const A* saved = nullptr;            // [T, B, num_saved*H]
-  const A* y = nullptr;                // [T, B, Ho] outputs = states of the live steps
+  const A* y = nullptr;                // [T, B, Ho] outputs = states of the live steps (in A)
   const A* h0 = nullptr;               // [B, Ho]
   const A* cs = nullptr;               // [T, B, H] (LSTM)
   const A* c0 = nullptr;               // [B, H] or nullptr (zeros)

@@ -93,7 +93,7 @@ Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
 }
 
 template <typename S>
-Tensors6 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
+Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
                       const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                       const OptTensor& w_hr, cudaStream_t stream) {
   using A = acc_t<S>;
@@ -115,6 +115,8 @@ Tensors6 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   Tensor saved = alloc({NS ? T : 0, B, NS * H}, opts);
   Tensor cs = alloc({lstm ? T : 0, B, H}, opts);
   Tensor hr = alloc({proj ? T : 0, B, H}, opts);
+  constexpr bool kKeepHs = !std::is_same<S, A>::value;            // 16-bit storage
+  Tensor hs = alloc({kKeepHs ? T : 0, B, Ho}, opts);
   Tensor hh = alloc({B, GH}, opts);                               // W_hh h + b_hh of the step
   Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();             // projected h of the step
 
@@ -129,11 +131,13 @@ Tensors6 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   a.saved = NS ? ptr<A>(saved) : nullptr;
   a.cs = lstm ? ptr<A>(cs) : nullptr;
   a.hr = proj ? ptr<A>(hr) : nullptr;
+  a.hs = proj ? nullptr : ptr<A>(hs);
   ProjFwdStep<S> p;
   p.B = B; p.P = Ho; p.lengths = a.lengths;
   p.hp = proj ? ptr<const A>(hp) : nullptr;
   p.h = ptr<A>(h);
   p.y = ptr<S>(y);
+  p.hs = ptr<A>(hs);
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
@@ -150,7 +154,7 @@ Tensors6 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
     }
   }
   const auto dt = xw.scalar_type();
-  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr};
+  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr, hs};
 }
 
 template <typename A>
@@ -159,7 +163,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                        const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                        const OptTensor& w_hr, double clip, const Tensor& y_in,
                        const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                       cudaStream_t stream) {
+                       const Tensor& hs, cudaStream_t stream) {
   const int G = num_gates(cell);
   const bool lstm = cell == Cell::LSTM, gru = cell == Cell::GRU, proj = given(w_hr);
   const int64_t T = y_in.size(0), B = y_in.size(1), Ho = y_in.size(2), GH = w_hh.size(0);
@@ -170,7 +174,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
 
   const Tensor dy = given(dy_in) ? prep(*dy_in) : Tensor();      // [T, B, H_out]
-  const Tensor y = prep(y_in);                                    // [T, B, H_out]
+  const Tensor y = hs.numel() ? hs : prep(y_in);                  // [T, B, H_out]
   const Tensor w = prep(w_hh);                                    // [G*H, H_out]
   const Tensor h0a = prep(h0);                                    // [B, H_out]
   const Tensor c0a = given(c0) ? prep(*c0) : Tensor();            // [B, H]
@@ -246,7 +250,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
 
 void set_debug_poison(bool on) { g_poison.store(on); }
 
-Tensors6 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                         const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                         const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
                         double grad_clip, cudaStream_t stream) {
@@ -297,7 +301,7 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
                         const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
                         bool reverse, const OptTensor& w_hr, double grad_clip, const Tensor& y,
                         const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                        cudaStream_t stream) {
+                        const Tensor& hs, cudaStream_t stream) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell), NS = num_saved(cell);
   TORCH_CHECK(y.dim() == 3, "fusedrnn (cuda): y must be 3-D [T, B, H_out], got ", y.sizes());
@@ -317,16 +321,18 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
               "fusedrnn (cuda): cs must be ", acc, " [T, B, ", H, "], got ", cs.sizes());
   TORCH_CHECK(!given(w_hr) || (hr.scalar_type() == acc && hr.numel() == T * B * H),
               "fusedrnn (cuda): hr must be ", acc, " [T, B, ", H, "], got ", hr.sizes());
+  TORCH_CHECK(hs.numel() == 0 || (hs.scalar_type() == acc && hs.sizes() == y.sizes()),
+              "fusedrnn (cuda): hs must be empty or ", acc, " ", y.sizes(), ", got ", hs.sizes());
   const c10::DeviceGuard guard(y.device());
   const Tensor len = device_lengths(lengths, y, B);
   const OptTensor dc_lstm = cell == Cell::LSTM ? dc_T : OptTensor();
   if (acc == at::kDouble)
     return backward_loop<double>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
                                  grad_clip, y, saved.contiguous(), cs.contiguous(),
-                                 hr.contiguous(), stream);
+                                 hr.contiguous(), hs.contiguous(), stream);
   return backward_loop<float>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
                               grad_clip, y, saved.contiguous(), cs.contiguous(), hr.contiguous(),
-                              stream);
+                              hs.contiguous(), stream);
 }
 
 }  // namespace cuda

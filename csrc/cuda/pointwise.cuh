@@ -75,8 +75,10 @@ HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
   if (proj) {
     a.hr[row * H + j] = live ? h_new : A(0);
   } else {
+    const A out_h = live ? h_new : A(0);
     if (live) a.h[b * H + j] = h_new;
-    a.y[row * H + j] = from_acc<S>(live ? h_new : A(0));
+    a.y[row * H + j] = from_acc<S>(out_h);
+    if (a.hs != nullptr) a.hs[row * H + j] = out_h;
   }
 }
 
@@ -85,9 +87,11 @@ template <typename S>
 HOST_DEVICE inline void proj_fwd_element(const ProjFwdStep<S>& a, int64_t b, int64_t k) {
   using A = acc_t<S>;
   const bool live = is_live(a.lengths, a.t, b);
-  const A v = a.hp[b * a.P + k];
+  const int64_t i = (a.t * a.B + b) * a.P + k;
+  const A v = live ? a.hp[b * a.P + k] : A(0);
   if (live) a.h[b * a.P + k] = v;
-  a.y[(a.t * a.B + b) * a.P + k] = from_acc<S>(live ? v : A(0));
+  a.y[i] = from_acc<S>(v);
+  if (a.hs != nullptr) a.hs[i] = v;
 }
 
 // Backward, unit j of row b at step a.t.

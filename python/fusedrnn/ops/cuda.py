@@ -88,7 +88,7 @@ def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
     if lengths is not None:
         lengths = lengths.to(xw.device)
     op = getattr(torch.ops, namespace).cuda_recurrence_fwd
-    y, h_T, c_T, _, _, _ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
+    y, h_T, c_T, *_ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
                               float(clip or 0.0))
     return y, h_T, (c_T if mode == "LSTM" else None)
 
@@ -107,11 +107,12 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip):
         xw.new_empty(T if S else 0, B, S * H, dtype=acc),
         xw.new_empty(T if lstm else 0, B, H, dtype=acc),
         xw.new_empty(T if proj else 0, B, H, dtype=acc),
+        xw.new_empty(T if xw.dtype in (torch.bfloat16, torch.float16) else 0, B, H_out, dtype=acc),
     )
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, y,
-              saved, cs, hr):
+              saved, cs, hr, hs):
     T, B, _ = y.shape
     GH = w_hh.shape[0]
     empty = y.new_empty(0)
@@ -127,18 +128,18 @@ def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, 
 
 def _setup_context(ctx, inputs, output):
     mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip = inputs
-    y, _, _, saved, cs, hr = output
+    y, _, _, saved, cs, hr, hs = output
     ctx.mode, ctx.reverse, ctx.grad_clip = mode, reverse, grad_clip
-    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr)
+    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr, hs)
 
 
 def _backward_for(namespace):
-    def backward(ctx, dy, dh_T, dc_T, _d_saved, _d_cs, _d_hr):
-        w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr = ctx.saved_tensors
+    def backward(ctx, dy, dh_T, dc_T, *_internal):
+        w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr, hs = ctx.saved_tensors
         op = getattr(torch.ops, namespace).cuda_recurrence_bwd
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = op(
             ctx.mode, dy, dh_T, dc_T if ctx.mode == "LSTM" else None, w_hh, b_hh, h0, c0,
-            lengths, ctx.reverse, w_hr, ctx.grad_clip, y, saved, cs, hr)
+            lengths, ctx.reverse, w_hr, ctx.grad_clip, y, saved, cs, hr, hs)
         return (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
                 None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None)
 
