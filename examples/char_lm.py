@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 
 import pydoc_data.topics
@@ -148,8 +149,9 @@ def main(argv=None):
     ax.set_title(f"char LSTM on pydoc_data.topics: H={args.hidden}, chunk {args.chunk}, "
                  f"B={args.batch}, {tm.s:.0f}s", fontsize=9)
     ax.legend(fontsize=8)
-    fig.text(0.02, 0.02, "T=0.5: " + samples[0.5][:300].replace("\n", " ")[:300], fontsize=6,
-             wrap=True, family="monospace")
+    shown = "\n".join(textwrap.wrap(samples[0.5].replace("\n", " ")[:540], 90)[:6])
+    fig.text(0.05, 0.33, f"sample, temperature 0.5:\n{shown}", fontsize=8, va="top",
+             family="monospace")
     png = out / f"char_lm{suffix}.png"
     fig.savefig(png)
     plt.close(fig)

@@ -140,6 +140,7 @@ def main(argv=None):
         a1.plot(test[2].tolist(), unscale(v).tolist(), label=f"{k} (RMSE {scores[k]:.2f})",
                 ls=":" if k.startswith("naive") else "-")
     a1.axvline(split, color="k", lw=0.5)
+    a1.set_xlabel("index in the series (train | test)")
     a1.set_title(f"{what}: {args.horizon}-step forecasts on the test part", fontsize=9)
     a1.legend(fontsize=7)
     a2.bar(range(len(scores)), list(scores.values()), color=["gray", "C1", "C2"])
