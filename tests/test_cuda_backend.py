@@ -115,22 +115,38 @@ def parse_ptxas(log: str) -> dict[str, dict]:
     return out
 
 
-def compile_cu(arch: str, out_dir: Path) -> dict[str, tuple[int, str]]:
-    """nvcc -c every csrc/cuda/*.cu for one arch, in parallel: {file: (returncode, log)}."""
+ARCHS = ("sm_80", "sm_90")
+
+
+def compile_cu(out_dir: Path) -> dict[str, dict[str, tuple[int, str]]]:
+    """nvcc -c every csrc/cuda/*.cu for every arch, all at once: {arch: {file: (rc, log)}}."""
     procs = {}
-    for cu in sorted(CUDA_SRC.glob("*.cu")):
+    for arch, cu in itertools.product(ARCHS, sorted(CUDA_SRC.glob("*.cu"))):
         cmd = [NVCC, "-std=c++17", "-O3", f"-I{ROOT / 'csrc' / 'include'}",
                f"-gencode=arch=compute_{arch[3:]},code={arch}", "-Xptxas", "-v", "-c", str(cu),
-               "-o", str(out_dir / f"{cu.stem}_{arch}.o")]
-        procs[cu.name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True)
-    return {name: (p.wait(), p.communicate()[0]) for name, p in procs.items()}
+               "-o", str(out_dir / arch / f"{cu.stem}.o")]
+        (out_dir / arch).mkdir(exist_ok=True)
+        procs[arch, cu.name] = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True)
+    out: dict[str, dict[str, tuple[int, str]]] = {arch: {} for arch in ARCHS}
+    for (arch, name), p in procs.items():
+        log = p.communicate()[0]
+        out[arch][name] = (p.returncode, log)
+    return out
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_kernels_compile_without_spills(arch, tmp_path):
-    results = compile_cu(arch, tmp_path)
+@pytest.fixture(scope="module")
+def cu_objects(tmp_path_factory):
+    """The nvcc results and the directory of the objects ({dir}/{arch}/{stem}.o)."""
+    if NVCC is None:
+        pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
+    out = tmp_path_factory.mktemp("cu")
+    return compile_cu(out), out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kernels_compile_without_spills(arch, cu_objects):
+    results = cu_objects[0][arch]
     kernels = {}
     for name, (rc, log) in results.items():
         assert rc == 0, f"nvcc failed on {name} for {arch}:\n{log[-3000:]}"
@@ -143,6 +159,28 @@ def test_kernels_compile_without_spills(arch, tmp_path):
     for k, info in kernels.items():
         assert set(info) == {"regs", "spill_stores", "spill_loads"}, (k, info)
         assert info["spill_stores"] == 0 and info["spill_loads"] == 0, (arch, k, info)
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_kernel_objects_define_every_launcher_the_loop_calls(emu, cu_objects):
+    # the host emulation links loop.cpp against its own launchers; this checks that the .cu
+    # objects instantiate every launcher loop.cpp calls, so fusedrnn._C_cuda links
+    results, out = cu_objects
+    assert all(rc == 0 for rc, _ in results["sm_80"].values())
+    needed = set()
+    for line in subprocess.run(["nm", "-C", "--undefined-only", str(EMU_BUILD / "loop.o")],
+                               capture_output=True, text=True, check=True).stdout.splitlines():
+        if "fusedrnn::cuda::" in line:
+            needed.add(line.strip()[2:].strip())
+    defined = set()
+    for obj in (out / "sm_80").glob("*.o"):
+        for line in subprocess.run(["nm", "-C", "--defined-only", str(obj)], capture_output=True,
+                                   text=True, check=True).stdout.splitlines():
+            parts = line.split(" ", 2)
+            if len(parts) == 3 and parts[1] in ("T", "W") and "fusedrnn::cuda::" in parts[2]:
+                defined.add(parts[2])
+    assert len(needed) >= 30, sorted(needed)
+    assert not needed - defined, sorted(needed - defined)
 
 
 @pytest.mark.skipif(CUDA_HOME is None or shutil.which("g++") is None,
@@ -168,6 +206,7 @@ def test_glue_compiles_against_torch_headers(tmp_path):
 # The loops and the kernels' element bodies on the host emulation (CPU tensors)
 
 EMU = "fusedrnn_emu"
+EMU_BUILD = ROOT / "build" / "cuda_emu"
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +215,13 @@ def emu():
     if CUDA_HOME is None:
         pytest.skip("the CUDA runtime headers (cuda_runtime_api.h, cuda_bf16.h) are not found")
     if not hasattr(torch.ops, EMU) or not hasattr(getattr(torch.ops, EMU), "cuda_recurrence_fwd"):
-        build = ROOT / "build" / "cuda_emu"
-        build.mkdir(parents=True, exist_ok=True)
+        EMU_BUILD.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(name="fusedrnn_cuda_emu",
                  sources=[str(CUDA_SRC / "loop.cpp"), str(ROOT / "tests/cuda_emu/host_launchers.cpp"),
                           str(ROOT / "tests/cuda_emu/bind.cpp")],
                  extra_include_paths=[str(ROOT / "csrc/include"), str(CUDA_SRC),
                                       str(CUDA_HOME / "include")],
-                 extra_cflags=["-O1"], build_directory=str(build), is_python_module=False)
+                 extra_cflags=["-O1"], build_directory=str(EMU_BUILD), is_python_module=False)
     ops = getattr(torch.ops, EMU)
     ops.cuda_set_debug_poison(True)  # every C++-allocated buffer starts as NaN
     yield ops
