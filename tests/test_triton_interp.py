@@ -188,6 +188,8 @@ def test_plan_paths(monkeypatch):
     bf, f32 = torch.bfloat16, torch.float32
     assert launch.plan("LSTM", 64, 64, 16, bf, False, 132).path == "resident"
     assert launch.plan("LSTM", 32, 32, 16, f32, False, 132).path == "resident"
+    f64 = launch.plan("LSTM", 64, 64, 16, f32, False, 132)  # fp32 tiles are half as large
+    assert (f64.path, f64.BU, f64.n_tiles) == ("persistent", 16, 4)
     big = launch.plan("LSTM", 768, 768, 16, bf, False, 132)
     assert (big.path, big.HP, big.BU, big.n_tiles) == ("persistent", 1024, 16, 64)
     assert launch.plan("LSTM", 768, 768, 64, bf, False, 132).path == "per_step"  # 256 programs

@@ -10,7 +10,7 @@ Run with TRITON_INTERPRET unset (``@triton.jit`` picks the interpreter at import
 
     python tools/triton_aot_report.py            # the table
     python tools/triton_aot_report.py --check    # exit 1 if any compile fails
-    python tools/triton_aot_report.py --json out.json --hidden 32,64
+    python tools/triton_aot_report.py --json out.json --hidden 32,64 --archs 90 --modes LSTM
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _signature(kernel, ptrs: dict, consts: dict) -> dict:
 
 def _weight_bytes(mode, pl, dt, proj) -> int:
     """Weight bytes one program holds on chip for the whole sequence."""
-    elt = 4 if dt == torch.float32 else 2
+    elt = 8 if dt == torch.float32 else 2  # fp32: hi and lo TF32 halves
     return GATES[mode] * pl.BU * pl.PP * elt + (pl.PP * pl.HP * elt if proj else 0)
 
 
@@ -131,14 +131,18 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--hidden", default=",".join(map(str, HIDDEN)))
     ap.add_argument("--dtypes", default=",".join(DTYPES))
+    ap.add_argument("--archs", default=",".join(map(str, ARCHS)))
+    ap.add_argument("--no-extra", action="store_true", help="skip the LSTM H=768 bf16 row")
     args = ap.parse_args(argv)
     dts = {d: DTYPES[d] for d in args.dtypes.split(",")}
-    cfgs = configs(tuple(args.modes.split(",")), tuple(int(h) for h in args.hidden.split(",")), dts)
+    archs = tuple(int(a) for a in args.archs.split(","))
+    cfgs = configs(tuple(args.modes.split(",")), tuple(int(h) for h in args.hidden.split(",")), dts,
+                   extra=not args.no_extra)
     rows, failed = [], 0
     print(f"{'kernel / config':<48} {'sm':>3} {'BU':>4} {'tiles':>5} {'w KiB':>6} {'warps':>5} "
           f"{'regs':>5} {'spill st/ld B':>14} {'smem B':>7}")
     for label, kern, sig, consts, pl, wbytes in cfgs:
-        for arch in ARCHS:
+        for arch in archs:
             try:
                 r = compile_one(kern, sig, consts, arch, pl.num_warps)
             except Exception as e:  # counted; --check turns it into a non-zero exit

@@ -45,6 +45,38 @@ def _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr):
 
 
 @triton.jit
+def _split_tf32(x):
+    """x = hi + lo with hi on the TF32 grid (low 13 mantissa bits cleared): fp32 in, fp32 out."""
+    hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return hi, x - hi
+
+
+@triton.jit
+def _wload(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr, X3: tl.constexpr):
+    """A weight tile as the (hi, lo) pair the dot takes; lo is a dummy unless X3."""
+    w = _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT)
+    if X3:
+        return _split_tf32(w)
+    return w, w
+
+
+@triton.jit
+def _mm(w_hi, w_lo, x, DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
+    """w @ x with fp32 accumulation.
+
+    X3 (fp32 on a GPU): three TF32 tensor-core products hi*hi + hi*lo + lo*hi, about 22
+    mantissa bits, with both weight halves plain dot operands so they stay staged in shared
+    memory (Triton's own "tf32x3" splits the weights in registers, which spills).
+    """
+    if X3:
+        x_hi, x_lo = _split_tf32(x)
+        acc = tl.dot(w_hi, x_hi, input_precision="tf32")
+        acc = tl.dot(w_hi, x_lo, acc, input_precision="tf32")
+        return tl.dot(w_lo, x_hi, acc, input_precision="tf32")
+    return tl.dot(w_hi, x.to(DT), input_precision=PREC)
+
+
+@triton.jit
 def _offs(rows, cols, rmask, cmask, scol):
     """int32 offsets rows + cols * scol of a [units, batch] tile and its mask, built once.
 
@@ -80,15 +112,18 @@ def _load_gates(base, offs, mask, H, G: tl.constexpr):
 
 
 @triton.jit
-def _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G: tl.constexpr, DOT_T: tl.constexpr,
-              PREC: tl.constexpr):
-    """sum_g W_g^T [BO, HP] @ dgate_g [HP, BB]: the part of dh_prev that goes through W_hh."""
-    acc = tl.dot(wt0, f0.to(DOT_T), input_precision=PREC)
+def _rec_grad(wt, f0, f1, f2, f3, G: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+              X3: tl.constexpr):
+    """sum_g W_g^T [BO, HP] @ dgate_g [HP, BB]: the part of dh_prev that goes through W_hh.
+
+    ``wt`` is the tuple (hi0, lo0, hi1, lo1, ...) of the transposed gate tiles.
+    """
+    acc = _mm(wt[0], wt[1], f0, DT, PREC, X3)
     if G > 1:
-        acc += tl.dot(wt1, f1.to(DOT_T), input_precision=PREC)
-        acc += tl.dot(wt2, f2.to(DOT_T), input_precision=PREC)
+        acc += _mm(wt[2], wt[3], f1, DT, PREC, X3)
+        acc += _mm(wt[4], wt[5], f2, DT, PREC, X3)
     if G > 3:
-        acc += tl.dot(wt3, f3.to(DOT_T), input_precision=PREC)
+        acc += _mm(wt[6], wt[7], f3, DT, PREC, X3)
     return acc
 
 
@@ -103,7 +138,7 @@ def rnn_fwd_kernel(
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    DOT_T: tl.constexpr, PREC: tl.constexpr,
+    DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_u = tl.program_id(1)
@@ -118,15 +153,15 @@ def rnn_fwd_kernel(
     mk = offs_k < P
 
     # the recurrent weights, loaded once and kept on chip for all T steps: gate g, own units, all K
-    w0 = _load_tile(w, 0 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)  # [BU, PP]
-    w1 = w0
-    w2 = w0
-    w3 = w0
+    w0, v0 = _wload(w, 0 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)  # [BU, PP] hi, lo
+    w1, v1 = w0, v0
+    w2, v2 = w0, v0
+    w3, v3 = w0, v0
     if G > 1:
-        w1 = _load_tile(w, 1 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
-        w2 = _load_tile(w, 2 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
+        w1, v1 = _wload(w, 1 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
+        w2, v2 = _wload(w, 2 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
     if G > 3:
-        w3 = _load_tile(w, 3 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T)
+        w3, v3 = _wload(w, 3 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
     b0 = tl.zeros([BU, 1], tl.float32)
     b1 = b0
     b2 = b0
@@ -138,10 +173,10 @@ def rnn_fwd_kernel(
             b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
         if G > 3:
             b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
-    whr = w0
+    whr, vhr = w0, v0
     if HAS_PROJ:
         offs_hk = tl.arange(0, HP)
-        whr = _load_tile(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T)  # [PP, HP]
+        whr, vhr = _wload(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T, X3)  # [PP, HP]
 
     ox, mx = _offs(offs_u, offs_b, mu, mb, GH)  # [BU, BB] tiles of xw
     oa, _ = _offs(offs_u, offs_b, mu, mb, NA * H)  # saved activations
@@ -176,10 +211,9 @@ def rnn_fwd_kernel(
         else:
             h_full = h
             h_own = h
-        hd = h_full.to(DOT_T)
         xt = xw + t * B * GH
         a0 = _ld(xt + 0 * H, ox, mx)  # [BU, BB]
-        r0 = tl.dot(w0, hd, input_precision=PREC) + b0  # [BU, BB]
+        r0 = _mm(w0, v0, h_full, DOT_T, PREC, X3) + b0  # [BU, BB]
         a1 = a0
         a2 = a0
         a3 = a0
@@ -189,14 +223,14 @@ def rnn_fwd_kernel(
         if G > 1:
             a1 = _ld(xt + 1 * H, ox, mx)
             a2 = _ld(xt + 2 * H, ox, mx)
-            r1 = tl.dot(w1, hd, input_precision=PREC) + b1
-            r2 = tl.dot(w2, hd, input_precision=PREC) + b2
+            r1 = _mm(w1, v1, h_full, DOT_T, PREC, X3) + b1
+            r2 = _mm(w2, v2, h_full, DOT_T, PREC, X3) + b2
         if G > 3:
             a3 = _ld(xt + 3 * H, ox, mx)
-            r3 = tl.dot(w3, hd, input_precision=PREC) + b3
+            r3 = _mm(w3, v3, h_full, DOT_T, PREC, X3) + b3
         out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
         if HAS_PROJ:
-            h_new = tl.dot(whr, out.to(DOT_T), input_precision=PREC)  # [PP, BB]
+            h_new = _mm(whr, vhr, out, DOT_T, PREC, X3)  # [PP, BB]
         else:
             h_new = out
         live = t < lens  # [1, BB]
@@ -231,6 +265,7 @@ def rnn_bwd_kernel(
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
+    X3: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -248,19 +283,20 @@ def rnn_bwd_kernel(
     mk = offs_k < H
 
     # W_g^T restricted to own output units: [BO, HP], loaded once
-    wt0 = _load_tile(w + 0 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
-    wt1 = wt0
-    wt2 = wt0
-    wt3 = wt0
+    wt0, vt0 = _wload(w + 0 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
+    wt1, vt1 = wt0, vt0
+    wt2, vt2 = wt0, vt0
+    wt3, vt3 = wt0, vt0
     if G > 1:
-        wt1 = _load_tile(w + 1 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
-        wt2 = _load_tile(w + 2 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
+        wt1, vt1 = _wload(w + 1 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
+        wt2, vt2 = _wload(w + 2 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
     if G > 3:
-        wt3 = _load_tile(w + 3 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T)
-    whrt = wt0
+        wt3, vt3 = _wload(w + 3 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
+    wt = (wt0, vt0, wt1, vt1, wt2, vt2, wt3, vt3)
+    whrt, vhrt = wt0, vt0
     if HAS_PROJ:
         offs_p = tl.arange(0, PP)
-        whrt = _load_tile(w_hr, offs_k, offs_p, mk, offs_p < P, 1, H, DOT_T)  # [HP, PP]
+        whrt, vhrt = _wload(w_hr, offs_k, offs_p, mk, offs_p < P, 1, H, DOT_T, X3)  # [HP, PP]
 
     ox, mx = _offs(offs_u, offs_b, mu, mb, GH)  # [BU, BB] own gate tiles
     oa, _ = _offs(offs_u, offs_b, mu, mb, NA * H)  # saved activations
@@ -283,15 +319,20 @@ def rnn_bwd_kernel(
     if MODE == 3:
         dsrc = drec
 
-    s_last = tl.minimum(s_end, T)
-    for s in range(s0, s_last):
+    # Step T has no forward step left: it only completes dh0 = W_hh^T drec_first + R. It runs
+    # the same body with every lane dead and its stores masked, so no weight tile is used after
+    # the loop (which would keep the tiles live in registers across it).
+    for s in range(s0, s_end):
         if REVERSE:
             t = s
             tn = t - 1
         else:
             t = T - 1 - s
             tn = t + 1
-        t = t.to(tl.int64)
+        valid = (tl.zeros([1, BB], tl.int32) + s) < T  # [1, BB] all true except at step T
+        t = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
+        sx = mx & valid  # store masks of this step
+        sh = mh & valid
         if SPLIT:
             if SYNC:
                 if s > 0:
@@ -300,12 +341,12 @@ def rnn_bwd_kernel(
             f0, f1, f2, f3 = _load_gates(dsrc + tn.to(tl.int64) * B * GH, ok, mkb & (s > 0), H, G)
         else:
             f0, f1, f2, f3 = d0, d1, d2, d3
-        dh = R + _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G, DOT_T, PREC)  # [BO, BB]
-        live = t < lens  # [1, BB]
+        dh = R + _rec_grad(wt, f0, f1, f2, f3, G, DOT_T, PREC, X3)  # [BO, BB]
+        live = (t < lens) & valid  # [1, BB]
         dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
         if HAS_PROJ:
-            _st(dhtot + t * B * P, oh, mh, tl.where(live, dh_tot, 0.0))
-            dm = tl.dot(whrt, dh_tot.to(DOT_T), input_precision=PREC)  # [HP, BB]
+            _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
+            dm = _mm(whrt, vhrt, dh_tot, DOT_T, PREC, X3)  # [HP, BB]
         else:
             dm = dh_tot
         at = act + t * B * (NA * H)
@@ -326,38 +367,27 @@ def rnn_bwd_kernel(
         x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp, hp)
         xt = dxw + t * B * GH
         d0 = tl.where(live, q0, 0.0)
-        _st(xt + 0 * H, ox, mx, tl.where(live, x0, 0.0))
+        _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
         if G > 1:
             d1 = tl.where(live, q1, 0.0)
             d2 = tl.where(live, q2, 0.0)
-            _st(xt + 1 * H, ox, mx, tl.where(live, x1, 0.0))
-            _st(xt + 2 * H, ox, mx, tl.where(live, x2, 0.0))
+            _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
+            _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
         if G > 3:
             d3 = tl.where(live, q3, 0.0)
-            _st(xt + 3 * H, ox, mx, tl.where(live, x3, 0.0))
+            _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
         if MODE == 3:
             rt = drec + t * B * GH
-            _st(rt + 0 * H, ox, mx, d0)
-            _st(rt + 1 * H, ox, mx, d1)
-            _st(rt + 2 * H, ox, mx, d2)
+            _st(rt + 0 * H, ox, sx, d0)
+            _st(rt + 1 * H, ox, sx, d1)
+            _st(rt + 2 * H, ox, sx, d2)
             R = tl.where(live, dhd, dh_tot)
         else:
             R = tl.where(live, 0.0, dh_tot)
         dc = tl.where(live, dcp, dc)
 
-    if s_end > T:  # step T: the gradient of h0 still needs W_hh^T times the first step's grads
-        if SPLIT:
-            if SYNC:
-                if T > 0:
-                    _grid_barrier(counter + pid_b, T * tl.num_programs(1))
-            if REVERSE:
-                t0 = T - 1
-            else:
-                t0 = T * 0
-            f0, f1, f2, f3 = _load_gates(dsrc + t0.to(tl.int64) * B * GH, ok, mkb, H, G)
-        else:
-            f0, f1, f2, f3 = d0, d1, d2, d3
-        _st(dh0, oh, mh, R + _rec_grad(wt0, wt1, wt2, wt3, f0, f1, f2, f3, G, DOT_T, PREC))
+    if s_end > T:
+        _st(dh0, oh, mh, R)
         if HAS_C:
             _st(dc0, oc, mx, dc)
     _st(r_state, oh, mh, R)

@@ -34,8 +34,8 @@ MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 #: saved activations per unit: RNN keeps h, LSTM i f g o, GRU r z n and W_hn h + b_hn
 SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}
 #: Weight bytes one program keeps on chip (Triton stages them in shared memory and feeds the
-#: tensor cores from there). 32 KiB is the largest tile that compiles without register spills
-#: on sm_90 (tools/triton_aot_report.py); bigger tiles still compile, spilling, up to the MAX.
+#: tensor cores from there): the largest tiles that compile without register spills on sm_90
+#: (tools/triton_aot_report.py). Bigger tiles still compile, spilling, up to the MAX.
 TILE_BYTES = 32 * 1024
 #: largest tile accepted at all: the projected LSTM's resident path and the persistent split
 #: with the minimum 16-unit tile (fits the shared memory of sm_80 and sm_90)
@@ -87,7 +87,8 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
-    elt = 4 if (dtype == torch.float32 or interpreting()) else 2
+    # on-chip bytes per weight: fp32 keeps a hi and a lo half (X3)
+    elt = 8 if dtype == torch.float32 else (4 if interpreting() else 2)
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
     if tile_units is None and resident <= (TILE_MAX_BYTES if proj else TILE_BYTES):
         return Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS)
@@ -111,28 +112,30 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
 
 
 def _dot_config(dtype: torch.dtype):
-    """(operand dtype, input_precision) of tl.dot.
+    """(operand dtype, input_precision, X3) of the kernels' products.
 
-    fp32 runs on tensor cores as 3xTF32 (near-fp32 accuracy; plain "ieee" lowers to FMA with the
-    weights replicated per thread, which spills), bf16/fp16 as themselves with fp32 accumulation.
+    fp32 runs on tensor cores as three TF32 products of hi/lo halves (X3, ~22 mantissa bits;
+    plain "ieee" lowers to FMA with the weights replicated per thread, which spills), bf16/fp16
+    as themselves with fp32 accumulation. The interpreter computes bf16 wrongly, so there the
+    operands are upcast to fp32; X3 still runs there for fp32 (the split and the three products,
+    without the tensor cores' TF32 truncation).
     """
     if interpreting():
-        # the interpreter computes bf16 wrongly, so it runs the fp32 dot on the upcast operands
-        return tl.float32, "ieee"
+        return tl.float32, "ieee", dtype == torch.float32
     if dtype == torch.float32:
-        return tl.float32, "tf32x3"
-    return _TL_DTYPE[dtype], "tf32"
+        return tl.float32, "tf32", True
+    return _TL_DTYPE[dtype], "tf32", False
 
 
 def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
     G = GATES[mode]
-    dot_t, prec = _dot_config(dtype)
+    dot_t, prec, x3 = _dot_config(dtype)
     split = pl.path != "resident"
     return dict(
         MODE=MODE_ID[mode], G=G, NA=SAVED[mode], HP=pl.HP, PP=pl.PP, BU=pl.BU,
         BO=pl.PP if not split else pl.BU, BB=pl.BB, SPLIT=split, SYNC=pl.path == "persistent",
         HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=mode == "LSTM", REVERSE=bool(reverse),
-        DOT_T=dot_t, PREC=prec,
+        DOT_T=dot_t, PREC=prec, X3=x3,
     )
 
 
