@@ -97,18 +97,17 @@ def _st(ptr, offs, mask, val):
 
 
 @triton.jit
-def _load_gates(base, offs, mask, H, G: tl.constexpr):
-    """The G gate tiles [HP, BB] of one step's gate gradients (unused slots repeat gate 0)."""
-    f0 = _ld(base, offs, mask)
-    f1 = f0
-    f2 = f0
-    f3 = f0
+def _rec_grad_global(wt, base, offs, mask, H, G: tl.constexpr, DT: tl.constexpr,
+                     PREC: tl.constexpr, X3: tl.constexpr):
+    """``_rec_grad`` with the gate gradients [HP, BB] read from global memory one gate at a time
+    (split layers), so only one full-K tile is live at once."""
+    acc = _mm(wt[0], wt[1], _ld(base, offs, mask), DT, PREC, X3)
     if G > 1:
-        f1 = _ld(base + H, offs, mask)
-        f2 = _ld(base + 2 * H, offs, mask)
+        acc += _mm(wt[2], wt[3], _ld(base + H, offs, mask), DT, PREC, X3)
+        acc += _mm(wt[4], wt[5], _ld(base + 2 * H, offs, mask), DT, PREC, X3)
     if G > 3:
-        f3 = _ld(base + 3 * H, offs, mask)
-    return f0, f1, f2, f3
+        acc += _mm(wt[6], wt[7], _ld(base + 3 * H, offs, mask), DT, PREC, X3)
+    return acc
 
 
 @triton.jit
@@ -338,10 +337,10 @@ def rnn_bwd_kernel(
                 if s > 0:
                     _grid_barrier(counter + pid_b, s * tl.num_programs(1))
             # the first step has no later step: the masked load gives zeros
-            f0, f1, f2, f3 = _load_gates(dsrc + tn.to(tl.int64) * B * GH, ok, mkb & (s > 0), H, G)
+            dh = R + _rec_grad_global(wt, dsrc + tn.to(tl.int64) * B * GH, ok, mkb & (s > 0), H,
+                                      G, DOT_T, PREC, X3)  # [BO, BB]
         else:
-            f0, f1, f2, f3 = d0, d1, d2, d3
-        dh = R + _rec_grad(wt, f0, f1, f2, f3, G, DOT_T, PREC, X3)  # [BO, BB]
+            dh = R + _rec_grad(wt, d0, d1, d2, d3, G, DOT_T, PREC, X3)  # [BO, BB]
         live = (t < lens) & valid  # [1, BB]
         dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
         if HAS_PROJ:
