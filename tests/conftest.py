@@ -36,8 +36,18 @@ def pytest_addoption(parser):
     )
 
 
+def _parametrized_names(metafunc):
+    names = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0]
+        names.update(a.strip() for a in argnames.split(",")) if isinstance(argnames, str) \
+            else names.update(argnames)
+    return names
+
+
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
+    # tests that parametrize `backend` themselves (e.g. the scan's) keep their own list
+    if "backend" in metafunc.fixturenames and "backend" not in _parametrized_names(metafunc):
         opt = metafunc.config.getoption("--backends")
         names = opt.split(",") if opt else LAYER_BACKENDS
         metafunc.parametrize("backend", names)
