@@ -8,6 +8,7 @@ The backward kernel carries dh (and dc) through reversed time and writes the gat
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..cells import GATES
 from .launch import rnn_bwd, rnn_fwd
@@ -31,6 +32,7 @@ class FusedRecurrence(torch.autograd.Function):
         return y, h_T, c_T
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, dy, dh_T, dc_T):
         mode = ctx.mode
         (T, B, GH), (_, P) = ctx.shape
@@ -60,5 +62,7 @@ class FusedRecurrence(torch.autograd.Function):
             m = o * torch.tanh(f * cprev + i * g)  # [T, B, H] the projected cell output
             d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
         hdt = ctx.dtypes[1]
-        return (None, dxw.to(dtype), d_w_hh.to(w_hh.dtype), None if d_b_hh is None else d_b_hh.to(dtype),
-                dh0.to(hdt), None if dc0 is None or not ctx.has[1] else dc0.to(hdt), None, None, d_w_hr)
+        d_b_hh = None if d_b_hh is None else d_b_hh.to(dtype)
+        d_c0 = dc0.to(hdt) if (dc0 is not None and ctx.has[1]) else None
+        return (None, dxw.to(dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(hdt), d_c0, None, None,
+                d_w_hr)

@@ -92,6 +92,12 @@ def _ld(ptr, offs, mask):
 
 
 @triton.jit
+def _ldx(ptr, offs, mask):
+    """Load state another program wrote this launch: .cg reads L2, never a stale L1 line."""
+    return tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
 def _st(ptr, offs, mask, val):
     tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
 
@@ -101,12 +107,12 @@ def _rec_grad_global(wt, base, offs, mask, H, G: tl.constexpr, DT: tl.constexpr,
                      PREC: tl.constexpr, X3: tl.constexpr):
     """``_rec_grad`` with the gate gradients [HP, BB] read from global memory one gate at a time
     (split layers), so only one full-K tile is live at once."""
-    acc = _mm(wt[0], wt[1], _ld(base, offs, mask), DT, PREC, X3)
+    acc = _mm(wt[0], wt[1], _ldx(base, offs, mask), DT, PREC, X3)
     if G > 1:
-        acc += _mm(wt[2], wt[3], _ld(base + H, offs, mask), DT, PREC, X3)
-        acc += _mm(wt[4], wt[5], _ld(base + 2 * H, offs, mask), DT, PREC, X3)
+        acc += _mm(wt[2], wt[3], _ldx(base + H, offs, mask), DT, PREC, X3)
+        acc += _mm(wt[4], wt[5], _ldx(base + 2 * H, offs, mask), DT, PREC, X3)
     if G > 3:
-        acc += _mm(wt[6], wt[7], _ld(base + 3 * H, offs, mask), DT, PREC, X3)
+        acc += _mm(wt[6], wt[7], _ldx(base + 3 * H, offs, mask), DT, PREC, X3)
     return acc
 
 
@@ -205,8 +211,8 @@ def rnn_fwd_kernel(
                 if s > 0:
                     _grid_barrier(counter + pid_b, s * tl.num_programs(1))
             cur = hbuf + (s % 2) * B * P
-            h_full = _ld(cur, ok, mkb)  # [PP, BB]
-            h_own = _ld(cur, oh, mh)  # [BO, BB]
+            h_full = _ldx(cur, ok, mkb)  # [PP, BB]
+            h_own = _ldx(cur, oh, mh)  # [BO, BB]
         else:
             h_full = h
             h_own = h
