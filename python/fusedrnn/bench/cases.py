@@ -16,7 +16,6 @@ implementation can beat the rounding of that sum.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -183,7 +182,3 @@ def parity_bound(dtype: torch.dtype, base_err: float) -> float:
     """The largest error a backend may have: the dtype's floor or twice the baseline's."""
     return max(TOL[dtype], 2.0 * base_err)
 
-
-def clone_model(model: nn.Module) -> nn.Module:
-    """An independent copy (so a backend's model never shares gradients with another's)."""
-    return copy.deepcopy(model)

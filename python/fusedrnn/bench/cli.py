@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cells and not all(hasattr(fusedrnn, c) for c in cases.PARALLEL):
         cfg.notes.append("MinGRU/MinLSTM are not in this fusedrnn yet: skipped")
     info = machine_info()
+    if info["loadavg"] and info["loadavg"][0] > 0.5 * info["cores"]:
+        cfg.notes.append(f"the machine is busy (load average {info['loadavg'][0]:.1f} on "
+                         f"{info['cores']} cores): timings will be noisy")
     for note in cfg.notes:
         print("note:", note)
     t0 = time.perf_counter()
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "fusedrnn-bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "wall_time_s": wall,
+        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "timing_method": timing.TIMING_METHOD[dev],
         "memory_method": timing.MEMORY_METHOD[dev] if cfg.memory else "not measured (--no-memory)",
         "parity_rule": "every output, final state and (fwdbwd) parameter gradient vs the same "

@@ -189,7 +189,7 @@ class _Sweep:
         except Exception as e:  # noqa: BLE001  (any failure of one case is reported, not fatal)
             msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             self.cfg.notes.append(f"{cell} T={T} {mode} {backend}: {msg}\n"
-                                  + traceback.format_exc(limit=3))
+                                  + traceback.format_exc(limit=-3))
             return self.row(cell, mode, backend, T, status="ERROR", note=msg), None
 
 
