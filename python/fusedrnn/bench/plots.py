@@ -58,7 +58,7 @@ def _figure(rows, info, key, ylabel, fname, out_dir, subtitle):
     r0 = rows[0]
     fig.suptitle(f"{subtitle}: B={r0['batch']}, I={r0['input']}, H={r0['hidden']}, {r0['dtype']}, "
                  f"{r0['device']}\n{describe(info)}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the 2-line title
     path = os.path.join(out_dir, fname)
     fig.savefig(path, dpi=110)
     plt.close(fig)
