@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,10 +80,15 @@ def train_one(cell, T, args, test):
                 curve.append((step, mse))
     flow1 = flow(model, xf, yf, cell)
     return {"cell": cell, "T": T, "mse": curve[-1][1], "curve": curve, "seconds": tm.s,
-            "flow_init": flow0, "flow_trained": flow1}
+            "flow_init": _flow_dict(flow0), "flow_trained": _flow_dict(flow1)}
 
 
-def plot(results, Ts, cells, path, title):
+def _flow_dict(f) -> dict:
+    """The part of a GradientFlow the plot and the JSON need."""
+    return {"h_grad_norm": f.h_grad_norm.tolist(), "h_decay_rate": _num(f.h_decay_rate)}
+
+
+def plot(results, Ts, path, title):
     plt = C.pyplot()
     fig, axes = plt.subplots(2, max(len(Ts), 2), figsize=(4.2 * max(len(Ts), 2), 7.5), dpi=70)
     for j, T in enumerate(Ts):
@@ -101,8 +107,9 @@ def plot(results, Ts, cells, path, title):
         ax = axes[1, k]
         for r in (r for r in results if r["T"] == T):
             f = r[key]
-            ax.plot(range(f.steps), f.h_grad_norm.clamp_min(1e-45).tolist(),
-                    label=f"{r['cell']} (rate {f.h_decay_rate:.3f}/step)")
+            rate = f["h_decay_rate"] if f["h_decay_rate"] is not None else math.nan
+            ax.plot([max(v, 1e-45) for v in f["h_grad_norm"]],
+                    label=f"{r['cell']} (rate {rate:.3f}/step)")
         ax.set_yscale("log")
         ax.set_title(f"‖∂L/∂h_t‖, T={T}, {'at init' if k == 0 else 'after training'}")
         ax.set_xlabel("time step t (loss at the last step)")
@@ -127,11 +134,16 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--flow-batch", type=int, default=32)
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--name", default="adding_problem", help="stem of the output files")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="only re-plot: merge the JSON files of earlier runs into --name")
     args = p.parse_args(argv)
     if args.quick:
         args.T, args.steps, args.hidden, args.batch, args.eval_every = [20], 15, 16, 16, 5
         args.flow_batch, args.test_size = 8, 200
     out = C.setup(args)
+    if args.merge:
+        return merge(args.merge, out, args.name)
     print(C.describe(args))
     cells = []
     for cell in args.cells:
@@ -149,18 +161,41 @@ def main(argv=None):
             results.append(r)
             print(f"T={T:4d} cell={cell:7s} test_mse={r['mse']:.4f} (baseline {BASELINE:.4f}) "
                   f"steps={args.steps} time={r['seconds']:.1f}s "
-                  f"h_decay_rate init={r['flow_init'].h_decay_rate:.4f} "
-                  f"trained={r['flow_trained'].h_decay_rate:.4f}", flush=True)
-    suffix = "_quick" if args.quick else ""
-    png = out / f"adding_problem{suffix}.png"
-    plot(results, args.T, cells, png,
-         f"{args.steps} Adam steps, batch {args.batch}, hidden {args.hidden}\n{C.describe(args)}")
-    summary = [{k: r[k] for k in ("cell", "T", "mse", "seconds", "curve")}
-               | {"h_decay_rate_init": _num(r["flow_init"].h_decay_rate),
-                  "h_decay_rate_trained": _num(r["flow_trained"].h_decay_rate)} for r in results]
-    (out / f"adding_problem{suffix}.json").write_text(json.dumps(
-        {"args": vars(args), "machine": C.describe(args), "results": summary}, indent=1))
+                  f"h_decay_rate init={r['flow_init']['h_decay_rate']} "
+                  f"trained={r['flow_trained']['h_decay_rate']}", flush=True)
+            _save(out, args, results)
+    png = _save(out, args, results)
     print("metric: " + " ".join(f"mse[T={r['T']},{r['cell']}]={r['mse']:.4f}" for r in results))
+    print(f"wrote {png}")
+
+
+def _stem(args) -> str:
+    return args.name + ("_quick" if args.quick else "")
+
+
+def _save(out, args, results):
+    """Write the JSON (after every model, so a long run keeps what it has) and the PNG."""
+    (out / f"{_stem(args)}.json").write_text(json.dumps(
+        {"args": vars(args), "machine": C.describe(args), "results": results}, indent=1))
+    png = out / f"{_stem(args)}.png"
+    Ts = sorted({r["T"] for r in results})
+    plot(results, Ts, png, f"{args.steps} Adam steps, batch {args.batch}, hidden {args.hidden}"
+         f", lr {args.lr}\n{C.describe(args)}")
+    return png
+
+
+def merge(paths, out: Path, name: str):
+    """One PNG and JSON from the JSONs of several runs (e.g. one process per T)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    results = [r for run in runs for r in run["results"]]
+    a = runs[0]["args"]
+    (out / f"{name}.json").write_text(json.dumps(
+        {"runs": [run["args"] for run in runs], "machine": runs[0]["machine"],
+         "results": results}, indent=1))
+    png = out / f"{name}.png"
+    plot(results, sorted({r["T"] for r in results}), png,
+         f"{a['steps']} Adam steps, batch {a['batch']}, hidden {a['hidden']}, lr {a['lr']}"
+         f"\n{runs[0]['machine']}")
     print(f"wrote {png}")
 
 
