@@ -7,15 +7,15 @@
 #include "cpu/recurrence.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
-  // see csrc/cpu/recurrence.h for shapes; `saved` and `cs` are what backward needs
+  // see csrc/cpu/recurrence.h for shapes; `cs` (LSTM cell states) is saved for backward
   m.def(
       "recurrence_fwd(str mode, Tensor xw, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? c0, "
       "Tensor? lengths, bool reverse, Tensor? w_hr) "
-      "-> (Tensor y, Tensor h_T, Tensor c_T, Tensor saved, Tensor cs)");
+      "-> (Tensor y, Tensor h_T, Tensor c_T, Tensor cs)");
   m.def(
-      "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor w_hh, "
+      "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor xw, Tensor w_hh, "
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
-      "Tensor y, Tensor saved, Tensor cs) "
+      "Tensor y, Tensor cs) "
       "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr)");
   m.def(
       "cell_step(str mode, Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "

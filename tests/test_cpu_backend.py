@@ -185,12 +185,29 @@ def test_opcheck_forward(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_opcheck_backward(mode):
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(mode)]
-    y, h, c, saved, cs = torch.ops.fusedrnn.recurrence_fwd(*args)
+    y, h, c, cs = torch.ops.fusedrnn.recurrence_fwd(*args)
     _, xw, w_hh, b_hh, h0, c0, lengths, rev, w_hr = args
     bwd_args = (mode, torch.randn_like(y), torch.randn_like(h),
                 torch.randn_like(c) if mode == "LSTM" else None,
-                w_hh, b_hh, h0, c0, lengths, rev, w_hr, y, saved, cs)
+                xw, w_hh, b_hh, h0, c0, lengths, rev, w_hr, y, cs)
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradgradcheck(mode):
+    """Double backward (create_graph=True) goes through the differentiable reference."""
+    proj = 2 if mode == "LSTM" else 0
+    inp = make_inputs(mode, 3, 2, 3, proj=proj)
+    lengths = make_lengths("unsorted", 3, 2)
+    keys = [k for k, v in inp.items() if v is not None]
+
+    def f(*ts):
+        a = dict(zip(keys, ts))
+        y, h, c = cpu.recurrence(mode, a["xw"], a["w_hh"], a.get("b_hh"), a["h0"], a.get("c0"),
+                                 lengths, False, a.get("w_hr"))
+        return (y, h) if c is None else (y, h, c)
+
+    assert torch.autograd.gradgradcheck(f, [inp[k] for k in keys])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -23,7 +23,7 @@ void step_loop(const Tensor& gx, const Tensor& gh, const Tensor& h, const Tensor
   T* cn = kLstm ? c_new.data_ptr<T>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t j = 0; j < H; ++j) {
-      T x[G], g[G], saved[S > 0 ? S : 1];
+      T x[G], g[G], saved[Ops::S > 0 ? Ops::S : 1];
       for (int k = 0; k < G; ++k) {
         x[k] = gxp[b * GH + k * H + j];
         g[k] = ghp[b * GH + k * H + j];

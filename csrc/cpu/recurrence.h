@@ -4,8 +4,9 @@
 //   xw [T, B, G*H], w_hh [G*H, H_out], b_hh [G*H]?, h0 [B, H_out], c0 [B, H]? (LSTM),
 //   lengths [B] int64?, reverse, w_hr [P, H]? (LSTM projection, H_out = P)
 // forward  -> y [T, B, H_out], h_T [B, H_out], c_T [B, H] (LSTM; [0] otherwise),
-//             saved [T, B, S*H] (gate activations, see cells.h), cs [T, B, H] (LSTM cell states;
-//             [0] otherwise)
+//             cs [T, B, H] (LSTM cell states of every step; [0] otherwise)
+// Backward recomputes the gate activations from xw and one GEMM over all steps instead of
+// saving them (docs/cpu_backend.md has the measured memory), so it takes xw, y and cs.
 // backward -> d_xw, d_w_hh, d_b_hh ([0] without b_hh), dh0, dc0 ([0] without c0),
 //             d_w_hr ([0] without w_hr)
 // Absent optional results are empty tensors because custom-op schemas cannot return None; the
@@ -27,16 +28,16 @@ namespace cpu {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
     const OptTensor& w_hr);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
-    const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
-    const OptTensor& lengths, bool reverse, const OptTensor& w_hr, const Tensor& y,
-    const Tensor& saved, const Tensor& cs);
+    const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+    const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
+    const Tensor& y, const Tensor& cs);
 
 // One step of a cell with its input projection, for the streaming nn cells:
 //   x [B, I], w_ih [G*H, I], b_ih [G*H]?, w_hh [G*H, H], b_hh [G*H]?, h [B, H], c [B, H]?

@@ -11,15 +11,16 @@ namespace cpu {
 namespace {
 
 struct BwdArgs {
-  Tensor dy, w_hh, h0, c0, w_hr, y, saved, cs;  // compute dtype, contiguous; dy/c0/w_hr may be
-                                                // undefined
+  Tensor dy, xw, w_hh, h0, c0, w_hr, y, cs;  // compute dtype, contiguous; dy/c0/w_hr may be
+                                             // undefined
   Lengths L;
   bool reverse;
   int64_t T, B, H, H_out;
 };
 
 struct BwdOut {
-  Tensor dxw;   // [T, B, G*H]  gradients of the gate pre-activations (input side)
+  Tensor dxw;   // [T, B, G*H]  holds W_hh h_prev + b_hh of every step on entry (gate
+                //              recompute), overwritten step by step with d(pre-activation)
   Tensor dhn;   // [T, B, H]    GRU: recurrent-side gradient of n (dxw_n * r); else undefined
   Tensor dh;    // [B, H_out]   carried dL/dh, ends as dh0
   Tensor dc;    // [B, H]       carried dL/dc (LSTM), ends as dc0
@@ -31,6 +32,9 @@ template <Cell C, typename T>
 void backward_loop(const BwdArgs& a, BwdOut& o) {
   using Ops = CellOps<C>;
   constexpr int G = Ops::G, S = Ops::S;
+  // cells with saved activations recompute them from xw and the recurrent pre-activations;
+  // the Elman cells differentiate through h itself
+  constexpr bool kRecompute = S > 0;
   constexpr bool kLstm = C == Cell::LSTM, kGru = C == Cell::GRU;
   const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
   const bool proj = a.w_hr.defined();
@@ -44,10 +48,10 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
   Tensor dr = proj ? alloc({B, H}, opts) : Tensor();    // dL/d(o * tanh c) of the step
 
   const T* dy = a.dy.defined() ? a.dy.data_ptr<T>() : nullptr;
+  const T* xw = a.xw.data_ptr<T>();
   const T* y = a.y.data_ptr<T>();
   const T* h0 = a.h0.data_ptr<T>();
   const T* c0 = a.c0.defined() ? a.c0.data_ptr<T>() : nullptr;
-  const T* sv = S ? a.saved.data_ptr<T>() : nullptr;
   const T* cs = kLstm ? a.cs.data_ptr<T>() : nullptr;
   T* dxw = o.dxw.data_ptr<T>();
   T* dhn = kGru ? o.dhn.data_ptr<T>() : nullptr;
@@ -82,7 +86,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
     }
     at::parallel_for(0, nb, row_grain(GH), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        T* dx_b = dxw + (t * B + b) * GH;
+        T* dx_b = dxw + (t * B + b) * GH;  // in: W_hh h_prev + b_hh; out: gate gradients
         T* dgh_b = kGru ? dgh_p + b * GH : nullptr;
         if (masked && !L.live(t, b)) {
           // past the end: no gradient into this step, dh and dc pass through unchanged
@@ -95,23 +99,30 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
           continue;
         }
         const int64_t tp = prev_step(b);
-        const T* svb = S ? sv + (t * B + b) * S * H : nullptr;
+        const T* xb = xw + (t * B + b) * GH;
         const T* yb = y + (t * B + b) * Ho;
         const T* dyb = dy ? dy + (t * B + b) * Ho : nullptr;
         const T* h_prev = tp >= 0 ? y + (tp * B + b) * Ho : h0 + b * Ho;
         const T* c_prev = nullptr;
         if (kLstm) c_prev = tp >= 0 ? cs + (tp * B + b) * H : (c0 ? c0 + b * H : nullptr);
-        const T* cb = kLstm ? cs + (t * B + b) * H : nullptr;
         T* dhb = dh + b * Ho;
         T* dcb = kLstm ? dc + b * H : nullptr;
         for (int64_t j = 0; j < H; ++j) {
-          T saved[S > 0 ? S : 1], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-          for (int k = 0; k < S; ++k) saved[k] = svb[k * H + j];
-          const T dh_in = proj ? drp[b * H + j] : dhb[j] + (dyb ? dyb[j] : T(0));
+          T saved[Ops::S > 0 ? Ops::S : 1], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+          const T hp = proj ? T(0) : h_prev[j];
           const T cp = kLstm && c_prev ? c_prev[j] : T(0);
-          const T cn = kLstm ? cb[j] : T(0);
-          Ops::bwd(dh_in, kLstm ? dcb[j] : T(0), saved, proj ? T(0) : yb[j],
-                   proj ? T(0) : h_prev[j], cp, cn, dx, &dhh_last, &dh_direct, &dc_prev);
+          T h = proj ? T(0) : yb[j], c = cp;
+          if (kRecompute) {
+            T x[G], g[G];
+            for (int k = 0; k < G; ++k) {
+              x[k] = xb[k * H + j];
+              g[k] = dx_b[k * H + j];
+            }
+            Ops::fwd(x, g, hp, cp, &h, &c, saved);
+          }
+          const T dh_in = proj ? drp[b * H + j] : dhb[j] + (dyb ? dyb[j] : T(0));
+          Ops::bwd(dh_in, kLstm ? dcb[j] : T(0), saved, h, hp, cp, c, dx, &dhh_last,
+                   &dh_direct, &dc_prev);
           for (int k = 0; k < G; ++k) dx_b[k * H + j] = dx[k];
           if (kGru) {
             dgh_b[j] = dx[0];
@@ -120,7 +131,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
             dhn[(t * B + b) * H + j] = dhh_last;
           }
           if (kLstm) dcb[j] = dc_prev;
-          if (proj) rr[(t * B + b) * H + j] = saved[3] * fr_tanh(cn);  // o * tanh(c)
+          if (proj) rr[(t * B + b) * H + j] = h;  // o * tanh(c), recomputed
           else dhb[j] = dh_direct;  // the recurrent part is added by the GEMM below
         }
       }
@@ -138,6 +149,30 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
         std::fill(dhp + (t * B + nb) * Ho, dhp + (t + 1) * B * Ho, T(0));
       }
     }
+  }
+}
+
+// out [T, B, G*H] = W_hh h_prev + b_hh for every step, as one GEMM over the rows whose
+// previous state is a y row plus the rows that start from h0.
+void recurrent_preacts(Tensor& out, const Tensor& y, const Tensor& h0, const Tensor& w_hh,
+                       const Tensor& b_hh, const Lengths& L, bool reverse) {
+  const int64_t T = y.size(0), B = y.size(1), Ho = y.size(2), GH = w_hh.size(0);
+  if (T == 0 || B == 0) return;
+  const Tensor w_t = w_hh.t();  // [H_out, G*H]
+  Tensor from_h0 = b_hh.defined() ? at::addmm(b_hh, h0, w_t) : at::mm(h0, w_t);  // [B, G*H]
+  if (T > 1) {
+    Tensor dst = (reverse ? out.narrow(0, 0, T - 1) : out.narrow(0, 1, T - 1)).view({-1, GH});
+    const Tensor src = (reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1)).reshape({-1, Ho});
+    if (b_hh.defined())
+      at::addmm_out(dst, b_hh, src, w_t);
+    else
+      at::mm_out(dst, src, w_t);
+  }
+  out[reverse ? T - 1 : 0].copy_(from_h0);
+  if (reverse && L.mode != LenMode::kNone) {
+    // a reversed sequence starts at t = len - 1, from h0 (y[len] is a zero row)
+    for (int64_t b = 0; b < B; ++b)
+      if (L.len[b] > 0 && L.len[b] < T) out[L.len[b] - 1][b].copy_(from_h0[b]);
   }
 }
 
@@ -184,9 +219,9 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
-    const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
-    const OptTensor& lengths, bool reverse, const OptTensor& w_hr, const Tensor& y,
-    const Tensor& saved, const Tensor& cs) {
+    const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
+    const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
+    const Tensor& y, const Tensor& cs) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell), S = num_saved(cell);
   const bool lstm = cell == Cell::LSTM;
@@ -198,20 +233,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   const bool has_c0 = c0.has_value() && c0->defined();
   auto given = [](const OptTensor& t) { return t.has_value() && t->defined(); };
   auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
-  TORCH_CHECK(!S || (saved.dim() == 3 && saved.size(2) == S * H),
-              "fusedrnn: saved must have shape [T, B, ", S * H, "], got ", saved.sizes());
+  TORCH_CHECK(xw.dim() == 3 && xw.size(0) == T && xw.size(1) == B && xw.size(2) == GH,
+              "fusedrnn: xw must have shape [", T, ", ", B, ", ", GH, "], got ", xw.sizes());
+  TORCH_CHECK(!lstm || (cs.dim() == 3 && cs.size(2) == H),
+              "fusedrnn: cs must have shape [T, B, ", H, "], got ", cs.sizes());
   if (given(dy))
     TORCH_CHECK(dy->sizes() == y.sizes(), "fusedrnn: dy must have shape ", y.sizes(), ", got ",
                 dy->sizes());
 
   BwdArgs a;
   a.dy = given(dy) ? prep(*dy) : Tensor();
+  a.xw = prep(xw);
   a.w_hh = prep(w_hh);
   a.h0 = prep(h0);
   a.c0 = has_c0 ? prep(*c0) : Tensor();
   a.w_hr = proj ? prep(*w_hr) : Tensor();
   a.y = prep(y);
-  a.saved = saved.contiguous();
   a.cs = cs.contiguous();
   a.L = make_lengths(lengths, T, B);
   a.reverse = reverse;
@@ -220,6 +257,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   const auto opts = a.w_hh.options();
   BwdOut o;
   o.dxw = alloc({T, B, GH}, opts);
+  if (S > 0) {
+    // recompute instead of saving the gate activations: one GEMM over all steps (see
+    // docs/cpu_backend.md for the measured memory)
+    recurrent_preacts(o.dxw, a.y, a.h0, a.w_hh, has_b ? prep(*b_hh) : Tensor(), a.L, reverse);
+  }
   o.dhn = cell == Cell::GRU ? alloc({T, B, H}, opts) : Tensor();
   o.dh = given(dh_T) ? dh_T->to(acc, false, true).contiguous() : at::zeros({B, Ho}, opts);
   o.dc = lstm ? (given(dc_T) ? dc_T->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))

@@ -18,13 +18,13 @@ struct FwdArgs {
 };
 
 struct FwdOut {
-  Tensor y, h, c, saved, cs;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; saved [T,B,S*H]; cs [T,B,H]
+  Tensor y, h, c, cs;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; cs [T,B,H] (LSTM cell states)
 };
 
 template <Cell C, typename T>
 void forward_loop(const FwdArgs& a, FwdOut& o) {
   using Ops = CellOps<C>;
-  constexpr int G = Ops::G, S = Ops::S;
+  constexpr int G = Ops::G;  // the gate activations are recomputed by backward, not saved
   constexpr bool kLstm = C == Cell::LSTM;
   const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
   const bool proj = a.w_hr.defined();
@@ -40,7 +40,6 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
   T* y = o.y.data_ptr<T>();
   T* h = o.h.data_ptr<T>();
   T* c = kLstm ? o.c.data_ptr<T>() : nullptr;
-  T* sv = S ? o.saved.data_ptr<T>() : nullptr;
   T* cs = kLstm ? o.cs.data_ptr<T>() : nullptr;
   T* hhp = hh.data_ptr<T>();
   T* rp = proj ? r.data_ptr<T>() : nullptr;
@@ -66,9 +65,8 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
         const T* hr = hhp + b * GH;
         T* hb = h + b * Ho;
         T* cb = kLstm ? c + b * H : nullptr;
-        T* svb = S ? sv + (t * B + b) * S * H : nullptr;
         for (int64_t j = 0; j < H; ++j) {
-          T x[G], g[G], out[S > 0 ? S : 1];
+          T x[G], g[G], out[Ops::S > 0 ? Ops::S : 1];
           for (int k = 0; k < G; ++k) {
             x[k] = xr[k * H + j];
             g[k] = hr[k * H + j];
@@ -76,9 +74,6 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
           const T c_prev = kLstm ? cb[j] : T(0);
           T h_new, c_new = c_prev;
           Ops::fwd(x, g, proj ? T(0) : hb[j], c_prev, &h_new, &c_new, out);
-          // Saved values are written for masked rows too (finite, never read by backward), so
-          // the saved buffers hold no garbage.
-          for (int k = 0; k < S; ++k) svb[k * H + j] = out[k];
           if (!live) {
             if (kLstm) cs[(t * B + b) * H + j] = c_prev;
             if (proj) rp[b * H + j] = T(0);
@@ -111,9 +106,8 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
       }
     }
     if (nb < B) {
-      // rows past their length (sorted lengths): no work, zero outputs, zero saved values
+      // rows past their length (sorted lengths): no work, zero outputs and saved states
       std::fill(y_t + nb * Ho, y_t + B * Ho, T(0));
-      if (S) std::fill(sv + (t * B + nb) * S * H, sv + (t + 1) * B * S * H, T(0));
       if (kLstm) std::fill(cs + (t * B + nb) * H, cs + (t + 1) * B * H, T(0));
     }
   }
@@ -138,12 +132,12 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
     const OptTensor& w_hr) {
   const Cell cell = parse_mode(mode);
-  const int64_t G = num_gates(cell), S = num_saved(cell);
+  const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
   const auto dt = xw.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
@@ -203,7 +197,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const bool lstm = cell == Cell::LSTM;
   o.c = lstm ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
              : at::empty({0}, opts);
-  o.saved = S ? alloc({T, B, S * H}, opts) : at::empty({0}, opts);
   o.cs = lstm ? alloc({T, B, H}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
@@ -212,8 +205,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     forward_dispatch<float>(cell, a, o);
 
   if (dt == at::kBFloat16)
-    return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.saved, o.cs};
-  return {o.y, o.h, o.c, o.saved, o.cs};
+    return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.cs};
+  return {o.y, o.h, o.c, o.cs};
 }
 
 }  // namespace cpu

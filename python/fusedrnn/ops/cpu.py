@@ -15,10 +15,8 @@ from torch import Tensor
 
 from .. import _ext
 from .cells import GATES
-from .reference import check_contract
+from .reference import check_contract, recurrence_ref
 
-#: saved activations per hidden unit (csrc/include/fusedrnn/cells.h num_saved)
-_SAVED = {"RNN_TANH": 0, "RNN_RELU": 0, "LSTM": 4, "GRU": 4}
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -40,18 +38,16 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
-    S, acc = _SAVED[mode], _acc(xw.dtype)
     lstm = mode == "LSTM"
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
         xw.new_empty(B, H) if lstm else xw.new_empty(0),
-        xw.new_empty(T, B, S * H, dtype=acc) if S else xw.new_empty(0, dtype=acc),
-        xw.new_empty(T, B, H, dtype=acc) if lstm else xw.new_empty(0, dtype=acc),
+        xw.new_empty(T, B, H, dtype=_acc(xw.dtype)) if lstm else xw.new_empty(0, dtype=_acc(xw.dtype)),
     )
 
 
-def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, saved, cs):
+def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, cs):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -68,20 +64,42 @@ def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, 
 
 def _setup_context(ctx, inputs, output):
     mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr = inputs
-    y, _, _, saved, cs = output
+    y, _, _, cs = output
     ctx.mode, ctx.reverse = mode, reverse
-    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs)
-    ctx.mark_non_differentiable(saved, cs)
+    # xw is saved (not the gate activations, which backward recomputes): it is also what a
+    # double backward needs
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs)
+    ctx.mark_non_differentiable(cs)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, dh_T, dc_T, _dsaved, _dcs):
-    w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs = ctx.saved_tensors
+def _double_backward_grads(ctx, dy, dh_T, dc_T):
+    """First-order gradients as a differentiable graph (create_graph=True): the reference loop
+    differentiated by autograd, so that double backward (gradgradcheck, gradient penalties) is
+    exact. The fused kernels serve the ordinary first-order backward."""
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _ = ctx.saved_tensors
+    ins = (xw, w_hh, b_hh, h0, c0, w_hr)
+    with torch.enable_grad():
+        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5])
+    pairs = [(o, g) for o, g in zip(outs, (dy, dh_T, dc_T)) if o is not None and g is not None]
+    wanted = [t for t in ins if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(
+        [o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+        allow_unused=True,
+    ) if pairs and wanted else ())
+    return [next(grads) if t is not None and t.requires_grad else None for t in ins]
+
+
+def _backward(ctx, dy, dh_T, dc_T, _dcs):
     mode = ctx.mode
+    if torch.is_grad_enabled():
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
-        mode, dy, dh_T, dc_T if mode == "LSTM" else None, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, saved, cs,
+        mode, dy, dh_T, dc_T if mode == "LSTM" else None, xw, w_hh, b_hh, h0, c0, lengths,
+        ctx.reverse, w_hr, y, cs,
     )
     return (
         None, d_xw, d_w_hh,
@@ -147,7 +165,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
     _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
                   ("lengths", lengths), ("w_hr", w_hr)))
-    y, h_T, c_T, _, _ = torch.ops.fusedrnn.recurrence_fwd(
+    y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
         mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr
     )
     return y, h_T, (c_T if mode == "LSTM" else None)
