@@ -148,6 +148,26 @@ def test_gradients_cpu_backend_match_reference(cell, log_space):
         torch.testing.assert_close(gc, gr, **F64)
 
 
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_log_space_gradients_equal_linear_space(cell):
+    """Two independent derivative paths (log_g/logsigmoid/log scan vs g/sigmoid/linear scan)."""
+    torch.manual_seed(8)
+    lin = cell(3, 4, num_layers=2, bidirectional=True).double()
+    log = cell(3, 4, num_layers=2, bidirectional=True, log_space=True).double()
+    log.load_state_dict(lin.state_dict())
+    x = 2 * torch.randn(7, 3, 3, dtype=torch.float64)  # wide spread: both branches of g
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64)
+    grads = []
+    for m in (lin, log):
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        y, h_n = m(xi, hi, lengths=torch.tensor([7, 2, 5]))
+        (y.square().sum() + h_n.sum()).backward()
+        grads.append([xi.grad, hi.grad] + [p.grad for p in m.parameters()])
+    for gl, gg in zip(*grads):
+        assert torch.isfinite(gg).all()
+        torch.testing.assert_close(gg, gl, **F64)
+
+
 def test_gradcheck_layer():
     torch.manual_seed(6)
     m = MinLSTM(2, 3, bidirectional=True).double()

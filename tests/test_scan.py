@@ -175,3 +175,18 @@ def test_errors_name_argument_expected_and_got(kwargs, match):
 def test_reverse_must_be_bool():
     with pytest.raises(TypeError, match="reverse must be a bool, got int"):
         fusedrnn.linear_scan(torch.rand(1, 2, 3), torch.rand(1, 2, 3), reverse=1)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if CPU_MISSING is None else []))
+def test_log_scan_zero_state_meeting_zero_input_has_zero_gradient(backend):
+    """Padded steps run first in a reversed sequence: h = 0 and b = 0 there (both -inf in log
+    space); the gradient must be 0 there, not NaN, and flow normally through the real steps."""
+    la, lb, _ = _inputs((2, 6, 3), log=True)
+    lb = lb.clone()
+    lb[0, 3:] = float("-inf")  # sequence 0 has length 3
+    la, lb = la.requires_grad_(), lb.requires_grad_()
+    out = fusedrnn.log_linear_scan(la, lb, None, reverse=True, backend=backend)
+    assert torch.isinf(out[0, 3:]).all() and torch.isfinite(out[0, :3]).all()
+    out[:, :3].sum().backward()
+    assert torch.isfinite(la.grad).all() and torch.isfinite(lb.grad).all()
+    assert (lb.grad[0, 3:] == 0).all() and (la.grad[0, 3:] == 0).all()

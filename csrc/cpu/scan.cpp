@@ -2,8 +2,9 @@
 // backward passes, registered as fusedrnn::scan_fwd / fusedrnn::scan_bwd.
 //
 // Layout: a, b, h are [B, T, D] contiguous (channels innermost), h0 is [B, D]. One task is one
-// batch row and a block of kBlockD adjacent channels, so every step reads one contiguous run of
-// channels and the inner loop vectorises. Tasks run in parallel with at::parallel_for. When
+// batch row and a block of adjacent channels (all D of them when B alone feeds the threads), so
+// every step reads one contiguous run of channels, the inner loop vectorises and a task streams
+// through memory nearly linearly. Tasks run in parallel with at::parallel_for. When
 // B * D alone gives too few tasks for the threads (small batch, long T), time is cut into chunks:
 // each chunk first folds its steps into an aggregate (A, S) with "s_out = A (x) s_in (+) S", then
 // every chunk composes the aggregates before it into its carry-in and reruns its steps, writing.
@@ -23,7 +24,8 @@ namespace fusedrnn {
 namespace scan {
 namespace {
 
-constexpr int64_t kBlockD = 16;    // channels per task: one 64-byte line of float32
+constexpr int64_t kMinBlock = 16;   // channels per task at least: one 64-byte line of float32
+constexpr int64_t kMaxBlock = 512;  // and at most: the carried state lives on the stack
 constexpr int64_t kMinChunk = 256; // below this many steps a chunk costs more than it saves
 
 template <typename T>
@@ -96,6 +98,7 @@ struct Backward {
   bool fwd_rev;  // the forward's direction: h_prev(t) = h[t - 1] or h[t + 1]
   const scalar_t *a, *b, *h, *h0, *gh;
   scalar_t *da, *db, *dh0;
+  const scalar_t* none_row;  // [D] the state before the first step when h0 is absent (0 or -inf)
 
   static acc_t coef_identity() { return acc_t(1); }
   static acc_t state_identity() { return acc_t(0); }
@@ -107,17 +110,16 @@ struct Backward {
   }
   template <bool WRITE, bool TRACK>
   void steps(int64_t bi, int64_t k0, int64_t k1, int64_t d0, int64_t nd, acc_t* s, acc_t* A) const {
-    const acc_t none = LOG ? neg_inf<acc_t>() : acc_t(0);  // the state before the first step
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t = g.time(k);
       const bool first = fwd_rev ? t == g.T - 1 : t == 0;
       const int64_t o = g.at(bi, t, d0);
-      const scalar_t* prev = first ? (h0 ? h0 + bi * g.D + d0 : nullptr)
-                                   : h + g.at(bi, fwd_rev ? t + 1 : t - 1, d0);
+      const scalar_t* prev = !first ? h + g.at(bi, fwd_rev ? t + 1 : t - 1, d0)
+                                    : (h0 ? h0 + bi * g.D + d0 : none_row + d0);
 #pragma omp simd
       for (int64_t j = 0; j < nd; ++j) {
         const acc_t gv = static_cast<acc_t>(gh[o + j]) + s[j];
-        const acc_t hp = prev ? static_cast<acc_t>(prev[j]) : none;
+        const acc_t hp = static_cast<acc_t>(prev[j]);
         const acc_t av = static_cast<acc_t>(a[o + j]);
         acc_t w, dav, dbv;
         if (LOG) {
@@ -149,10 +151,14 @@ struct Backward {
 template <typename K>
 void run_scan(const K& kern, const Geo& g) {
   using acc_t = typename K::acc_t;
-  const int64_t nblk = (g.D + kBlockD - 1) / kBlockD;
-  const int64_t tasks = g.B * nblk;
-  if (tasks == 0) return;
+  if (g.B * g.D == 0) return;
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  // the widest channel block (a multiple of kMinBlock) that still gives `want` tasks
+  int64_t block = std::min(kMaxBlock, (g.D + kMinBlock - 1) / kMinBlock * kMinBlock);
+  while (block > kMinBlock && g.B * ((g.D + block - 1) / block) < want)
+    block = std::max(kMinBlock, (block / 2 + kMinBlock - 1) / kMinBlock * kMinBlock);
+  const int64_t nblk = (g.D + block - 1) / block;
+  const int64_t tasks = g.B * nblk;
   int64_t nchunk = 1;
   if (tasks < want) nchunk = std::max<int64_t>(1, std::min((want + tasks - 1) / tasks, g.T / kMinChunk));
   const int64_t clen = (g.T + nchunk - 1) / nchunk;
@@ -160,9 +166,9 @@ void run_scan(const K& kern, const Geo& g) {
 
   if (nchunk == 1) {
     at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
-      acc_t s[kBlockD];
+      acc_t s[kMaxBlock];
       for (int64_t i = lo; i < hi; ++i) {
-        const int64_t bi = i / nblk, d0 = (i % nblk) * kBlockD, nd = std::min(kBlockD, g.D - d0);
+        const int64_t bi = i / nblk, d0 = (i % nblk) * block, nd = std::min(block, g.D - d0);
         kern.init(bi, d0, nd, s);
         kern.template steps<true, false>(bi, 0, g.T, d0, nd, s, nullptr);
         kern.finish(bi, d0, nd, s);
@@ -171,13 +177,13 @@ void run_scan(const K& kern, const Geo& g) {
     return;
   }
   // Phase 1: the aggregate (A, S) of every chunk but the last, from the identity state.
-  std::vector<acc_t> agg_a(tasks * nchunk * kBlockD), agg_s(tasks * nchunk * kBlockD);
+  std::vector<acc_t> agg_a(tasks * nchunk * block), agg_s(tasks * nchunk * block);
   at::parallel_for(0, tasks * (nchunk - 1), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t task = i / (nchunk - 1), c = i % (nchunk - 1);
-      const int64_t bi = task / nblk, d0 = (task % nblk) * kBlockD, nd = std::min(kBlockD, g.D - d0);
-      acc_t* A = &agg_a[(task * nchunk + c) * kBlockD];
-      acc_t* S = &agg_s[(task * nchunk + c) * kBlockD];
+      const int64_t bi = task / nblk, d0 = (task % nblk) * block, nd = std::min(block, g.D - d0);
+      acc_t* A = &agg_a[(task * nchunk + c) * block];
+      acc_t* S = &agg_s[(task * nchunk + c) * block];
       for (int64_t j = 0; j < nd; ++j) { A[j] = K::coef_identity(); }
       // from the identity state (forward: 0 or -inf, backward: 0), not from h0
       for (int64_t j = 0; j < nd; ++j) { S[j] = K::state_identity(); }
@@ -186,13 +192,13 @@ void run_scan(const K& kern, const Geo& g) {
   });
   // Phase 2: each chunk composes the aggregates before it into its carry-in, then writes.
   at::parallel_for(0, tasks * nchunk, 1, [&](int64_t lo, int64_t hi) {
-    acc_t s[kBlockD];
+    acc_t s[kMaxBlock];
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t task = i / nchunk, c = i % nchunk;
-      const int64_t bi = task / nblk, d0 = (task % nblk) * kBlockD, nd = std::min(kBlockD, g.D - d0);
+      const int64_t bi = task / nblk, d0 = (task % nblk) * block, nd = std::min(block, g.D - d0);
       kern.init(bi, d0, nd, s);
       for (int64_t p = 0; p < c; ++p)
-        K::apply(&agg_a[(task * nchunk + p) * kBlockD], &agg_s[(task * nchunk + p) * kBlockD], s, nd);
+        K::apply(&agg_a[(task * nchunk + p) * block], &agg_s[(task * nchunk + p) * block], s, nd);
       kern.template steps<true, false>(bi, c * clen, std::min(g.T, (c + 1) * clen), d0, nd, s, nullptr);
       if (c == nchunk - 1) kern.finish(bi, d0, nd, s);
     }
@@ -245,17 +251,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_bwd(
   at::Tensor db = at::empty_like(a, at::MemoryFormat::Contiguous);
   at::Tensor dh0 = at::empty({a.size(0), a.size(2)}, a.options());
   const Geo g{a.size(0), a.size(1), a.size(2), !reverse};
+  const at::Tensor none_row = at::full({a.size(2)}, log_space ? -INFINITY : 0.0, a.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "scan_bwd", [&] {
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* none = none_row.data_ptr<scalar_t>();
     auto go = [&](auto kern) { run_scan(kern, g); };
     if (log_space)
       go(Backward<scalar_t, true>{g, reverse, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
                                   h.data_ptr<scalar_t>(), h0p, gh.data_ptr<scalar_t>(),
-                                  da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>()});
+                                  da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), none});
     else
       go(Backward<scalar_t, false>{g, reverse, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
                                    h.data_ptr<scalar_t>(), h0p, gh.data_ptr<scalar_t>(),
-                                   da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>()});
+                                   da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), none});
   });
   return {da, db, dh0};
 }

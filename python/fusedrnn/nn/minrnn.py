@@ -21,13 +21,22 @@ __all__ = ["MinGRU", "MinLSTM", "g", "log_g"]
 
 
 def g(x: Tensor) -> Tensor:
-    """The paper's activation, positive everywhere: ``x + 0.5`` if ``x >= 0`` else ``sigmoid(x)``."""
-    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+    """The paper's activation, positive everywhere: ``x + 0.5`` if ``x >= 0`` else ``sigmoid(x)``.
+
+    Computed as ``max(x + 0.5, sigmoid(x))``, the same function (``x + 0.5 >= sigmoid(x)`` exactly
+    when ``x >= 0``: the tangent of sigmoid at 0 is ``0.5 + x/4``), because a select through a
+    boolean mask is several times slower than ``maximum`` on CPU.
+    """
+    return torch.maximum(x + 0.5, torch.sigmoid(x))
 
 
 def log_g(x: Tensor) -> Tensor:
-    """``log(g(x))`` computed without leaving log space (the paper's ``log_g``)."""
-    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+    """``log(g(x))`` without leaving log space: ``log(x + 0.5)`` if ``x >= 0`` else ``logsigmoid(x)``.
+
+    As in ``g``, the larger of the two branches; ``log(relu(x + 0.5))`` is ``-inf`` where
+    ``x <= -0.5``, never chosen there, and its gradient is zeroed by the relu.
+    """
+    return torch.maximum(torch.log(F.relu(x + 0.5)), F.logsigmoid(x))
 
 
 class _MinRNNBase(nn.Module):
@@ -78,39 +87,46 @@ class _MinRNNBase(nn.Module):
 
     # -- the pointwise part: u is the logit of the mixing weight, k_h the candidate's input --------
 
-    def _mix(self, proj: Tensor) -> tuple[Tensor, Tensor]:
-        """Split the projection [..., GATES*H] into (u, k_h) with h_t = sigmoid(-u) h + sigmoid(u) g(k_h)."""
+    def _mix(self, parts: list[Tensor]) -> Tensor:
+        """u, the logit of the mixing weight, from the projected gate inputs (all but the last
+        of ``parts``): h_t = sigmoid(-u) h_{t-1} + sigmoid(u) g(k_h), k_h = parts[-1]."""
         raise NotImplementedError
 
-    def _coefficients(self, proj: Tensor) -> tuple[Tensor, Tensor]:
+    def _coefficients(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(a, b) of h_t = a_t h_{t-1} + b_t; ``sigmoid(-u)`` is ``1 - sigmoid(u)`` without cancellation."""
-        u, k_h = self._mix(proj)
-        return torch.sigmoid(-u), torch.sigmoid(u) * g(k_h)
+        u = self._mix(parts)
+        return torch.sigmoid(-u), torch.sigmoid(u) * g(parts[-1])
 
-    def _log_coefficients(self, proj: Tensor) -> tuple[Tensor, Tensor]:
+    def _log_coefficients(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(log a, log b), the paper's log-space form: -softplus(u), -softplus(-u) + log_g(k_h)."""
-        u, k_h = self._mix(proj)
-        return -F.softplus(u), -F.softplus(-u) + log_g(k_h)
+        u = self._mix(parts)
+        return F.logsigmoid(-u), F.logsigmoid(u) + log_g(parts[-1])
 
-    def _params(self, layer: int, d: int) -> tuple[Tensor, Tensor | None]:
+    def _project(self, x: Tensor, layer: int, d: int) -> list[Tensor]:
+        """One GEMM per gate block (each result contiguous, as the scan wants): GATES x [..., H]."""
         sfx = f"_l{layer}" + ("_reverse" if d else "")
-        return getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx)
+        w, b = getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx)
+        H = self.hidden_size
+        return [F.linear(x, w[i * H:(i + 1) * H], None if b is None else b[i * H:(i + 1) * H])
+                for i in range(self.GATES)]
 
     # -- one layer and direction over the whole sequence ------------------------------------------
 
     def _scan(self, x: Tensor, layer: int, d: int, h0: Tensor | None, mask: Tensor | None) -> Tensor:
-        """x [B, T, I], h0 [B, H] | None, mask [B, T, 1] bool | None -> h [B, T, H] (unmasked)."""
-        w, b = self._params(layer, d)
-        proj = F.linear(x, w, b)  # [B, T, GATES*H]: one GEMM for all steps
+        """x [B, T, I], h0 [B, H] | None, mask [B, T, 1] 1/0 floats | None -> h [B, T, H] (unmasked).
+
+        Masks are applied by arithmetic, not ``torch.where``: a boolean select is several times
+        slower on CPU, and ``a * 1 + 0`` is exact."""
+        parts = self._project(x, layer, d)  # GATES x [B, T, H]: all steps at once
         reverse = d == 1
         if not self.log_space:
-            a, bb = self._coefficients(proj)
+            a, bb = self._coefficients(parts)
             if mask is not None:  # past the end: a = 1, b = 0 keeps the state
-                a, bb = torch.where(mask, a, 1.0), torch.where(mask, bb, 0.0)
+                a, bb = a * mask + (1 - mask), bb * mask
             return linear_scan(a, bb, h0, reverse=reverse, backend=self.backend)
-        log_a, log_b = self._log_coefficients(proj)
-        if mask is not None:
-            log_a, log_b = torch.where(mask, log_a, 0.0), torch.where(mask, log_b, float("-inf"))
+        log_a, log_b = self._log_coefficients(parts)
+        if mask is not None:  # log a = 0, log b = log 0 = -inf
+            log_a, log_b = log_a * mask, log_b + mask.log()
         h = log_linear_scan(log_a, log_b, None, reverse=reverse, backend=self.backend).exp()
         if h0 is not None:
             # h0 of any sign: its share is prod(a) * h0, the scan above started from zero
@@ -150,6 +166,7 @@ class _MinRNNBase(nn.Module):
                                  f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
             unbatched = input.dim() == 2
             x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))
+            x = x.contiguous()  # [B, T, I]: one copy here, not one per GEMM
             if unbatched and h0 is not None:
                 h0 = h0.unsqueeze(1)
         if x.shape[-1] != self.input_size:
@@ -164,6 +181,7 @@ class _MinRNNBase(nn.Module):
             if h0.dtype != x.dtype:
                 raise ValueError(f"h0 must have dtype {x.dtype} like input, got {h0.dtype}")
         mask = self._mask(lengths, B, T, x.device)
+        mask = None if mask is None else mask.to(x.dtype)  # [B, T, 1] 1.0 / 0.0
         h_n = []
         for layer in range(self.num_layers):
             outs = []
@@ -174,7 +192,7 @@ class _MinRNNBase(nn.Module):
                 outs.append(h)
             y = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)  # [B, T, dirs*H]
             if mask is not None:
-                y = torch.where(mask, y, 0.0)
+                y = y * mask
             if self.dropout and self.training and layer < self.num_layers - 1:
                 y = F.dropout(y, self.dropout, training=True)
             x = y
@@ -202,7 +220,7 @@ class _MinRNNBase(nn.Module):
             raise ValueError(f"lengths must lie in [0, {T}] (T = input's time steps), got "
                              f"min {int(lengths.min())}, max {int(lengths.max())}")
         steps = torch.arange(T, device=device)
-        return (steps[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)  # [B, T, 1]
+        return (steps[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)  # [B, T, 1] bool
 
     @staticmethod
     def _repack(y: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
@@ -245,8 +263,7 @@ class _MinRNNBase(nn.Module):
                              f"got {tuple(h.shape)}")
         new, inp = [], x_t
         for layer in range(self.num_layers):
-            w, b = self._params(layer, 0)
-            a, bb = self._coefficients(F.linear(inp, w, b))
+            a, bb = self._coefficients(self._project(inp, layer, 0))
             inp = a * h[layer] + bb
             new.append(inp)
             if self.dropout and self.training and layer < self.num_layers - 1:
@@ -289,9 +306,8 @@ class MinGRU(_MinRNNBase):
 
     GATES = 2
 
-    def _mix(self, proj):
-        k_z, k_h = proj.chunk(2, dim=-1)
-        return k_z, k_h
+    def _mix(self, parts):
+        return parts[0]  # k_z
 
 
 class MinLSTM(_MinRNNBase):
@@ -319,6 +335,6 @@ class MinLSTM(_MinRNNBase):
 
     GATES = 3
 
-    def _mix(self, proj):
-        k_f, k_i, k_h = proj.chunk(3, dim=-1)
-        return F.softplus(-k_f) - F.softplus(-k_i), k_h
+    def _mix(self, parts):
+        k_f, k_i = parts[0], parts[1]
+        return F.softplus(-k_f) - F.softplus(-k_i)

@@ -78,6 +78,14 @@ def linear_scan_ref(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: boo
     return torch.stack(out, dim=1).to(a.dtype)
 
 
+def _logaddexp(x: Tensor, y: Tensor) -> Tensor:
+    """``torch.logaddexp`` whose gradient is 0, not NaN, where both inputs are ``-inf`` (a zero
+    state meeting a zero input, e.g. padded steps before a reversed sequence starts)."""
+    dead = (x == float("-inf")) & (y == float("-inf"))
+    out = torch.logaddexp(torch.where(dead, 0.0, x), torch.where(dead, 0.0, y))
+    return torch.where(dead, float("-inf"), out)
+
+
 def log_linear_scan_ref(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = None,
                         reverse: bool = False) -> Tensor:
     """The scan of ``linear_scan_ref`` in log space, for positive ``a``, ``b``, ``h0``.
@@ -103,7 +111,7 @@ def log_linear_scan_ref(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = No
         h = log_h0.to(acc)
     out = [None] * T
     for t in _time_order(T, reverse):
-        h = torch.logaddexp(log_a[:, t].to(acc) + h, log_b[:, t].to(acc))
+        h = _logaddexp(log_a[:, t].to(acc) + h, log_b[:, t].to(acc))
         out[t] = h
     if T == 0:
         return log_a.new_empty((B, 0, D))
