@@ -101,7 +101,8 @@ def compile_cu(out_dir: Path) -> dict[str, dict[str, tuple[int, str]]]:
     """nvcc -c every csrc/cuda/*.cu for every arch, all at once: {arch: {file: (rc, log)}}."""
     procs = {}
     for arch, cu in itertools.product(ARCHS, sorted(CUDA_SRC.glob("*.cu"))):
-        cmd = [NVCC, "-std=c++17", "-O3", f"-I{ROOT / 'csrc' / 'include'}",
+        cmd = [NVCC, "-std=c++17", "-O3", "-Xcompiler", "-Wall,-Wextra", "-Werror", "all-warnings",
+               f"-I{ROOT / 'csrc' / 'include'}",
                f"-gencode=arch=compute_{arch[3:]},code={arch}", "-Xptxas", "-v", "-c", str(cu),
                "-o", str(out_dir / arch / f"{cu.stem}.o")]
         (out_dir / arch).mkdir(exist_ok=True)
