@@ -72,10 +72,10 @@ def sample(model, stoi, itos, prompt: str, n: int, temperature: float, gen) -> s
 
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (= chunks)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (= chunks)")
     p.add_argument("--chunk", type=int, default=100, help="TBPTT truncation length")
     p.add_argument("--batch", type=int, default=32, help="parallel streams")
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--emb", type=int, default=64)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-3)
