@@ -2,12 +2,14 @@
 
     python benchmarks/bench_scan.py                       # H=128, T = 64 .. 4096
     python benchmarks/bench_scan.py --hidden 256 --t 256 4096 --out bench_out/scan
+    python benchmarks/bench_scan.py --threads 2 --timer wall   # on an otherwise idle machine
 
 Contenders, one run, same input: torch.nn.GRU, fusedrnn.GRU(backend="auto") (the backend that
 actually ran is recorded), fusedrnn.MinGRU (linear-space scan, the default) and
 MinGRU(log_space=True) (the paper's training path), and the bare ``linear_scan`` (C++) with its
 effective bandwidth. Each point: one warm-up call, then the median of
-``torch.utils.benchmark.Timer.blocked_autorange``. Prints a table, the MinGRU/GRU ratios at the
+``torch.utils.benchmark.Timer.blocked_autorange``. By default one thread and the process's CPU
+time, so that other jobs on a shared machine do not count; ``--timer wall`` for elapsed time. Prints a table, the MinGRU/GRU ratios at the
 longest T, the T from which MinGRU beats the fused GRU, and writes JSON and a PNG plot.
 """
 
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 import torch
 import torch.utils.benchmark as tb
@@ -36,9 +39,13 @@ def machine() -> str:
            f"{torch.get_num_threads()} threads"
 
 
-def median_s(fn, min_run_time: float) -> float:
+TIMERS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def median_s(fn, min_run_time: float, timer: str) -> float:
     fn()  # warm-up: first-call allocations, lazy registration
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    t = tb.Timer(stmt="fn()", globals={"fn": fn}, timer=TIMERS[timer])
+    return t.blocked_autorange(min_run_time=min_run_time).median
 
 
 def fwd_bwd(model, x):
@@ -57,7 +64,12 @@ def main(argv=None) -> dict:
     p.add_argument("--t", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 4096])
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--out", default="bench_out/scan")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timer", choices=tuple(TIMERS), default="process",
+                   help="process: CPU time of this process (robust on a shared machine, use with "
+                        "--threads 1); wall: elapsed time")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     H, B = args.hidden, args.batch
     gru_backend = fusedrnn.backends.resolve("auto", torch.device("cpu")).__name__
@@ -71,21 +83,22 @@ def main(argv=None) -> dict:
     rows = []
     print(f"machine: {machine()}")
     print(f"B={B} H=I={H}, forward+backward, fusedrnn.GRU backend: {gru_backend}, "
-          f"scan backend: {scan_backend}")
+          f"scan backend: {scan_backend}, timer: {args.timer}, threads: {args.threads}, "
+          f"load average: {os.getloadavg()[0]:.1f}")
     names = list(models) + ["linear_scan fwd+bwd"]
     print(f"{'T':>6} " + " ".join(f"{n:>22}" for n in names) + f" {'scan GB/s':>10}")
     for T in args.t:
         x = torch.randn(T, B, H, requires_grad=True)
         row = {"T": T}
         for name, m in models.items():
-            row[name] = median_s(fwd_bwd(m, x), args.min_run_time)
+            row[name] = median_s(fwd_bwd(m, x), args.min_run_time, args.timer)
         a = torch.rand(B, T, H).requires_grad_()
         b = torch.randn(B, T, H).requires_grad_()
 
         def scan_run():
             a.grad = b.grad = None
             fusedrnn.linear_scan(a, b).sum().backward()
-        row["linear_scan fwd+bwd"] = median_s(scan_run, args.min_run_time)
+        row["linear_scan fwd+bwd"] = median_s(scan_run, args.min_run_time, args.timer)
         # bytes the two kernels move: fwd reads a, b, writes h; bwd reads a, h, dh, writes da, db
         row["scan_bytes"] = 8 * B * T * H * 4
         rows.append(row)
@@ -100,7 +113,8 @@ def main(argv=None) -> dict:
     print(f"\nat T={last['T']}: MinGRU is {ratio_torch:.1f}x faster than torch.nn.GRU and "
           f"{ratio_fused:.1f}x faster than {fused} (forward+backward)")
     print(f"MinGRU overtakes {fused} from T={overtake} on (smallest T measured: {rows[0]['T']})")
-    result = dict(machine=machine(), B=B, H=H, fused_gru_backend=gru_backend,
+    result = dict(machine=machine(), timer=args.timer, threads=args.threads,
+                  load_average=os.getloadavg(), B=B, H=H, fused_gru_backend=gru_backend,
                   scan_backend=scan_backend, rows=rows, ratio_vs_torch_gru=ratio_torch,
                   ratio_vs_fused_gru=ratio_fused, overtake_T=overtake,
                   git=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -20,23 +20,44 @@ from ..scan import check_scan_backend, linear_scan, log_linear_scan
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g"]
 
 
+class _G(torch.autograd.Function):
+    """g or log_g with a hand-written derivative: autograd's own derivative of ``maximum`` goes
+    through boolean selects (ties, masks), several times slower on CPU than the whole forward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, log: bool) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.log = log
+        if log:  # log(relu(x + 0.5)) is -inf where x <= -0.5, never the larger one there
+            return torch.maximum(torch.log(F.relu(x + 0.5)), F.logsigmoid(x))
+        return torch.maximum(x + 0.5, torch.sigmoid(x))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        step = (x >= 0).to(x.dtype)  # 1 on the x + 0.5 branch, 0 on the sigmoid branch
+        if ctx.log:  # d log(x + 0.5) = 1 / (x + 0.5); d logsigmoid(x) = sigmoid(-x)
+            d = step / (F.relu(x) + 0.5) + (1 - step) * torch.sigmoid(-x)
+        else:  # 1 on the linear branch; sigmoid' = s (1 - s) <= 1/4 < 1 on the other
+            s = torch.sigmoid(x)
+            d = torch.maximum(s * (1 - s), step)
+        return grad * d, None
+
+
 def g(x: Tensor) -> Tensor:
     """The paper's activation, positive everywhere: ``x + 0.5`` if ``x >= 0`` else ``sigmoid(x)``.
 
     Computed as ``max(x + 0.5, sigmoid(x))``, the same function (``x + 0.5 >= sigmoid(x)`` exactly
-    when ``x >= 0``: the tangent of sigmoid at 0 is ``0.5 + x/4``), because a select through a
-    boolean mask is several times slower than ``maximum`` on CPU.
+    when ``x >= 0``: sigmoid lies below its tangent ``0.5 + x/4`` there and above it for
+    ``x < 0``), because a select through a boolean mask is several times slower on CPU.
     """
-    return torch.maximum(x + 0.5, torch.sigmoid(x))
+    return _G.apply(x, False)
 
 
 def log_g(x: Tensor) -> Tensor:
-    """``log(g(x))`` without leaving log space: ``log(x + 0.5)`` if ``x >= 0`` else ``logsigmoid(x)``.
-
-    As in ``g``, the larger of the two branches; ``log(relu(x + 0.5))`` is ``-inf`` where
-    ``x <= -0.5``, never chosen there, and its gradient is zeroed by the relu.
-    """
-    return torch.maximum(torch.log(F.relu(x + 0.5)), F.logsigmoid(x))
+    """``log(g(x))`` without leaving log space: ``log(x + 0.5)`` if ``x >= 0`` else ``logsigmoid(x)``."""
+    return _G.apply(x, True)
 
 
 class _MinRNNBase(nn.Module):
