@@ -3,8 +3,8 @@
 No GPU is needed: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` lowers to
 PTX on the CPU. Per kernel, config and arch this prints registers per thread, spilled bytes
 (stores / loads), shared memory and how many bytes of weights one program holds for the whole
-sequence. Registers and spills come from ``ptxas -v`` on the produced PTX (Triton ships ptxas);
-shared memory from Triton's metadata.
+sequence. Registers and spills come from ``ptxas -v`` on the produced PTX with the ptxas and
+flags Triton used (cross-checked against the built cubin); shared memory from Triton's metadata.
 
 Run with TRITON_INTERPRET unset (``@triton.jit`` picks the interpreter at import time):
 
@@ -98,19 +98,36 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
 
 
 def _ptxas(ptx: str, arch: int) -> tuple[int, int, int]:
-    """(registers, spill store bytes, spill load bytes) from ``ptxas -v``."""
-    ptxas = nv_compiler.get_ptxas(arch).path  # the ptxas Triton itself uses for this arch
+    """(registers, spill store bytes, spill load bytes) from ``ptxas -v``.
+
+    Replays the command Triton itself ran to build the cubin (same ptxas binary, same flags:
+    ``-lineinfo --regAllocOptLevel=2``), so the numbers are those of the compiled kernel;
+    ``compile_one`` cross-checks the register count against the cubin.
+    """
+    ptxas = nv_compiler.get_ptxas(arch).path
+    sm = nv_compiler.sm_arch_from_capability(arch)
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as fh:
             fh.write(ptx)
-        sm = "sm_90a" if arch == 90 else f"sm_{arch}"
-        res = subprocess.run([ptxas, "-v", f"--gpu-name={sm}", src, "-o", os.path.join(d, "k.o")],
-                             capture_output=True, text=True, check=True)
-    log = res.stderr
+        cmd = [ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={sm}", src,
+               "-o", os.path.join(d, "k.o")]
+        log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     st, ld = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
     return regs, int(st), int(ld)
+
+
+def _cubin_regs(cubin: bytes) -> int:
+    """Registers per thread of the cubin Triton built (cuobjdump -res-usage)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(cubin)
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    return int(re.search(r"REG:(\d+)", out).group(1))
 
 
 def compile_one(kern, sig, consts, arch, num_warps) -> dict:
@@ -121,6 +138,9 @@ def compile_one(kern, sig, consts, arch, num_warps) -> dict:
     if ck.metadata.shared > SMEM_LIMIT[arch]:
         raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
     regs, st, ld = _ptxas(ck.asm["ptx"], arch)
+    built = _cubin_regs(ck.asm["cubin"])
+    if built != regs:
+        raise RuntimeError(f"ptxas replay says {regs} registers, the built cubin {built}")
     return dict(regs=regs, spill_st=st, spill_ld=ld, smem=ck.metadata.shared)
 
 
