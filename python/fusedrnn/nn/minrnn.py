@@ -45,6 +45,38 @@ class _G(torch.autograd.Function):
         return grad * d, None
 
 
+class _Coefficients(torch.autograd.Function):
+    """(u, k_h) -> (a, b) = (sigmoid(-u), sigmoid(u) * g(k_h)) in few passes and allocations.
+
+    On CPU these tensors are [B, T, H] and each fresh one costs page faults as well as a pass
+    (at T=2048 more than half the layer's time went to the kernel zeroing new pages), so the
+    forward writes in place where it can and the backward is two fused expressions:
+    da/du = -s(1-s), db/du = s(1-s) g, db/dk_h = s g'(k_h), with s = sigmoid(u) and s(1-s) = s a.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, k_h: Tensor):
+        a = torch.neg(u).sigmoid_()
+        s = torch.sigmoid(u)
+        gx = torch.sigmoid(k_h)
+        torch.maximum(k_h + 0.5, gx, out=gx)  # g(k_h), see g()
+        b = s * gx
+        ctx.save_for_backward(a, s, gx, k_h)
+        return a, b
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, da: Tensor | None, db: Tensor | None):
+        a, s, gx, k_h = ctx.saved_tensors
+        da = torch.zeros_like(a) if da is None else da
+        db = torch.zeros_like(a) if db is None else db
+        du = (db * gx).sub_(da).mul_(s).mul_(a)
+        # g'(k_h): 1 where k_h >= 0, else sigmoid' = g (1 - g) (there g = sigmoid(k_h) <= 1/2)
+        dg = torch.addcmul(gx, gx, gx, value=-1)
+        torch.maximum(dg, (k_h >= 0).to(dg.dtype), out=dg)
+        return du, dg.mul_(db).mul_(s)
+
+
 def g(x: Tensor) -> Tensor:
     """The paper's activation, positive everywhere: ``x + 0.5`` if ``x >= 0`` else ``sigmoid(x)``.
 
@@ -115,8 +147,7 @@ class _MinRNNBase(nn.Module):
 
     def _coefficients(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(a, b) of h_t = a_t h_{t-1} + b_t; ``sigmoid(-u)`` is ``1 - sigmoid(u)`` without cancellation."""
-        u = self._mix(parts)
-        return torch.sigmoid(-u), torch.sigmoid(u) * g(parts[-1])
+        return _Coefficients.apply(self._mix(parts), parts[-1])
 
     def _log_coefficients(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(log a, log b), the paper's log-space form: -softplus(u), -softplus(-u) + log_g(k_h)."""
