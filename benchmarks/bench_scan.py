@@ -1,6 +1,7 @@
 """MinGRU vs GRU on CPU over sequence length: forward + backward, same hidden size, B=32.
 
-    python benchmarks/bench_scan.py                       # H=128, T = 64 .. 4096
+    python benchmarks/bench_scan.py                       # H=128, T = 1 .. 4096
+    python benchmarks/bench_scan.py --malloc tuned        # large blocks reused, not re-faulted
     python benchmarks/bench_scan.py --hidden 256 --t 256 4096 --out bench_out/scan
     python benchmarks/bench_scan.py --threads 2 --timer wall   # on an otherwise idle machine
 
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import torch
@@ -61,14 +63,23 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--t", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 4096])
+    p.add_argument("--t", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 2048, 4096])
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--out", default="bench_out/scan")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timer", choices=tuple(TIMERS), default="process",
                    help="process: CPU time of this process (robust on a shared machine, use with "
                         "--threads 1); wall: elapsed time")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                   help="tuned: rerun with glibc's MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ "
+                        "raised, so freed large blocks are reused instead of returned to the OS "
+                        "and faulted in again (what jemalloc/tcmalloc do; applies to every "
+                        "contender alike)")
     args = p.parse_args(argv)
+    if args.malloc == "tuned" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        big = str(1 << 34)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=big, MALLOC_TRIM_THRESHOLD_=big)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     H, B = args.hidden, args.batch
@@ -84,6 +95,7 @@ def main(argv=None) -> dict:
     print(f"machine: {machine()}")
     print(f"B={B} H=I={H}, forward+backward, fusedrnn.GRU backend: {gru_backend}, "
           f"scan backend: {scan_backend}, timer: {args.timer}, threads: {args.threads}, "
+          f"malloc: {args.malloc}, "
           f"load average: {os.getloadavg()[0]:.1f}")
     names = list(models) + ["linear_scan fwd+bwd"]
     print(f"{'T':>6} " + " ".join(f"{n:>22}" for n in names) + f" {'scan GB/s':>10}")
@@ -113,7 +125,7 @@ def main(argv=None) -> dict:
     print(f"\nat T={last['T']}: MinGRU is {ratio_torch:.1f}x faster than torch.nn.GRU and "
           f"{ratio_fused:.1f}x faster than {fused} (forward+backward)")
     print(f"MinGRU overtakes {fused} from T={overtake} on (smallest T measured: {rows[0]['T']})")
-    result = dict(machine=machine(), timer=args.timer, threads=args.threads,
+    result = dict(machine=machine(), timer=args.timer, threads=args.threads, malloc=args.malloc,
                   load_average=os.getloadavg(), B=B, H=H, fused_gru_backend=gru_backend,
                   scan_backend=scan_backend, rows=rows, ratio_vs_torch_gru=ratio_torch,
                   ratio_vs_fused_gru=ratio_fused, overtake_T=overtake,
