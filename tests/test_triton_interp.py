@@ -195,6 +195,10 @@ def test_plan_paths(monkeypatch):
     assert launch.plan("LSTM", 768, 768, 64, bf, False, 132).path == "per_step"  # 256 programs
     assert launch.plan("LSTM", 2048, 2048, 16, bf, False, 132).path == "per_step"  # tile too big
     assert launch.plan("GRU", 256, 256, 16, bf, False, 0).path == "per_step"  # no GPU: no barrier
+    a100 = 166912  # shared memory per block: LSTM H=768 (128 KiB tile + staged state) does not fit
+    assert launch.plan("LSTM", 512, 512, 16, bf, False, 108, a100).path == "persistent"
+    with pytest.raises(NotImplementedError, match="hidden size too large"):
+        launch.plan("LSTM", 768, 768, 16, bf, False, 108, a100)
 
 
 @pytest.mark.gpu

@@ -11,8 +11,12 @@ Path per (mode, H, P, dtype), chosen by ``plan``:
   program of the grid can be resident at once (grid <= SM count), which is what makes the spin
   barrier deadlock-free.
 * **per-step** -- the same split kernel, one launch per step (T forward, T+1 backward launches);
-  the kernel boundary is the barrier. Taken when the split grid exceeds the SM count, and in the
-  Triton interpreter (which runs programs one after another, so a spin barrier would hang).
+  the kernel boundary is the barrier. Taken when the split grid exceeds the SM count or the tile
+  exceeds ``TILE_MAX_BYTES``, and in the Triton interpreter (which runs programs one after
+  another, so a spin barrier would hang).
+
+A layer whose smallest tile (16 units, full K) plus the staged state exceeds the GPU's shared
+memory per program raises ``NotImplementedError`` (e.g. LSTM bf16 H > 512 on an A100).
 
 The LSTM projection ``w_hr`` needs every unit's cell output in one program, so it is supported
 on the resident path only; larger projected layers raise ``NotImplementedError``.
@@ -78,12 +82,25 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def smem_limit(device: torch.device) -> int | None:
+    """Shared memory one program may use on ``device`` (None: no limit, the interpreter)."""
+    if device.type != "cuda" or interpreting():
+        return None
+    props = torch.cuda.get_device_properties(device)
+    optin = getattr(props, "shared_memory_per_block_optin", None)
+    if optin:
+        return int(optin)
+    # CUDA programming guide, per-block opt-in maxima: A100 163 KiB, H100 227 KiB, else 99 KiB
+    return {(8, 0): 166912, (9, 0): 232448}.get((props.major, props.minor), 101376)
+
+
 def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm: int,
-         tile_units: int | None = None) -> Plan:
+         smem: int | None = None, tile_units: int | None = None) -> Plan:
     """Pick the path and the tiling of a layer.
 
-    ``n_sm`` is the SM count of the device (0: never the persistent split); ``tile_units``
-    forces a split into tiles of that many units (tests).
+    ``n_sm`` is the SM count of the device (0: never the persistent split), ``smem`` the shared
+    memory one program may use (None: unlimited); ``tile_units`` forces a split into tiles of
+    that many units (tests). Raises NotImplementedError for layers the kernels cannot hold.
     """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
@@ -91,7 +108,8 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     elt = 8 if dtype == torch.float32 else (4 if interpreting() else 2)
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
     if tile_units is None and resident <= (TILE_MAX_BYTES if proj else TILE_BYTES):
-        return Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS)
+        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS)
+        return _check_smem(pl, resident + 4 * BLOCK_B * (PP + HP), smem, H, P, dtype)
     if proj:
         raise NotImplementedError(
             f"LSTM projection (w_hr) on the triton backend needs the layer to fit one program: "
@@ -106,9 +124,21 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
         raise ValueError(f"tile_units must be a power of two in [16, {HP}], got {BU}")
     n_tiles = HP // BU
     n_bblocks = triton.cdiv(B, BLOCK_B)
-    fits = G * BU * PP * elt <= TILE_MAX_BYTES
-    persistent = fits and n_tiles * n_bblocks <= n_sm
-    return Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, NUM_WARPS)
+    tile = G * BU * PP * elt
+    persistent = tile <= TILE_MAX_BYTES and n_tiles * n_bblocks <= n_sm
+    pl = Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, NUM_WARPS)
+    # the full previous state [PP, BB] is staged next to the weights as the other dot operand
+    return _check_smem(pl, tile + 4 * BLOCK_B * PP, smem, H, P, dtype)
+
+
+def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
+    """Refuse, clearly, a tiling whose shared memory (weights + staged state) cannot fit."""
+    if smem is not None and need > smem:
+        raise NotImplementedError(
+            f"triton backend: hidden size too large for this GPU: H={H}, P={P}, {dtype} needs "
+            f"about {need} B of shared memory per program (expected <= {smem}); "
+            f"use backend='cuda' or 'reference'")
+    return pl
 
 
 def _dot_config(dtype: torch.dtype):
@@ -153,7 +183,8 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     G = GATES[mode]
     H, P = GH // G, h0.shape[1]
     dev, f32 = xw.device, torch.float32
-    pl = plan(mode, H, P, B, xw.dtype, w_hr is not None, sm_count(dev), tile_units)
+    pl = plan(mode, H, P, B, xw.dtype, w_hr is not None, sm_count(dev), smem_limit(dev),
+              tile_units)
     k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
