@@ -37,8 +37,9 @@ def make(mode, T, B, H, P=None, bias=True, c0=True, lengths=None, seed=0):
     def r(*shape, scale=0.5):
         return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
-    ins = dict(xw=r(T, B, G * H), w_hh=r(G * H, Ho, scale=Ho ** -0.5), b_hh=r(G * H, scale=0.3) if bias else None,
-               h0=r(B, Ho), c0=r(B, H) if (mode == "LSTM" and c0) else None,
+    ins = dict(xw=r(T, B, G * H), w_hh=r(G * H, Ho, scale=Ho ** -0.5),
+               b_hh=r(G * H, scale=0.3) if bias else None, h0=r(B, Ho),
+               c0=r(B, H) if (mode == "LSTM" and c0) else None,
                w_hr=r(Ho, H, scale=H ** -0.5) if P else None)
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     return ins, lens
@@ -49,10 +50,8 @@ def run(fn, mode, ins, lens, reverse, seed=1):
     leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in ins.items()}
     y, h, c = fn(mode, *(leaves[k] for k in NAMES[:5]), lens, reverse, leaves["w_hr"])
     g = torch.Generator().manual_seed(seed)
-    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
-    loss = loss + (h.double() * torch.randn(h.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
-    if c is not None:
-        loss = loss + (c.double() * torch.randn(c.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
+    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum()
+               for t in (y, h, c) if t is not None)
     loss.backward()
     outs = dict(y=y, h_T=h, c_T=c)
     outs.update({f"d_{k}": v.grad for k, v in leaves.items() if v is not None})

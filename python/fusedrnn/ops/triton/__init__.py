@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..reference import check_contract
+
 try:
     import triton  # noqa: F401
 
@@ -20,6 +22,10 @@ except ImportError as e:  # the package still imports; unavailable() says why
 if _IMPORT_ERROR is None:
     from .autograd import FusedRecurrence
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
+
+__all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
+           "rnn_tanh_fwd", "rnn_tanh_bwd", "rnn_relu_fwd", "rnn_relu_bwd", "lstm_fwd", "lstm_bwd",
+           "gru_fwd", "gru_bwd", "FusedRecurrence"]
 
 
 def unavailable() -> str | None:
@@ -52,8 +58,6 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     Example:
         >>> y, h, c = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
     """
-    from ..reference import check_contract
-
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
     if xw.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"triton backend: xw dtype must be float32, bfloat16 or float16, got {xw.dtype}")
