@@ -11,7 +11,8 @@ the same weights and inputs. The error of a tensor is ``max|got - f64| / max|f64
 passes when its largest error is at most ``max(TOL[dtype], 2 * e_base)``, where ``e_base`` is the
 error of the same-dtype baseline (torch.nn, or the reference for the min cells) against the same
 float64 run: long sequences sum thousands of terms into the weight gradients, and no float32
-implementation can beat the rounding of that sum.
+implementation can beat the rounding of that sum. (Min cells beyond ``reference_max_t``: see
+:func:`anchor_model`; there the bound is the dtype's floor.)
 """
 
 from __future__ import annotations
@@ -93,10 +94,25 @@ def make_model(cell: str, backend: str | None, input_size: int, hidden: int,
     return m.to(device=device, dtype=dtype)
 
 
-def anchor_model(cell: str, input_size: int, hidden: int, weights, device) -> nn.Module:
-    """The float64 model every row of ``cell`` is checked against (see the module doc)."""
-    backend = "reference" if cell in PARALLEL else None
-    return make_model(cell, backend, input_size, hidden, weights, torch.float64, device)
+def anchor_model(cell: str, input_size: int, hidden: int, weights, device, T: int,
+                 reference_max_t: int) -> tuple[nn.Module, str]:
+    """The float64 model every row of ``cell`` at length ``T`` is checked against, and its name.
+
+    Classic cells: torch.nn's layer. Min cells: their ``reference`` backend up to
+    ``reference_max_t``; beyond, the reference's backward (a select per step, each of whose
+    gradients is a full [B, T, D] tensor) grows as T^2, so the anchor is the first compiled scan
+    backend that runs here, in float64 -- a check of rounding, not of the algorithm, which the
+    test suite checks against the reference.
+    """
+    if cell not in PARALLEL:
+        return make_model(cell, None, input_size, hidden, weights, torch.float64, device), \
+            f"torch.nn.{cell} float64"
+    backend = "reference"
+    if T > reference_max_t:
+        fast = [b for b in backends_for(cell, device, None)[0] if b != "reference"]
+        backend = fast[0] if fast else "reference"
+    model = make_model(cell, backend, input_size, hidden, weights, torch.float64, device)
+    return model, f"{cell} {backend} float64"
 
 
 def input_sets(T: int, batch: int, input_size: int, hidden: int, dtype, device, seed: int,

@@ -40,7 +40,7 @@ def _parity(r: dict) -> str:
     if st == "baseline":
         return "f64 err %.1e" % r["parity_err"] if r["parity_err"] is not None else "baseline"
     if st == "ok":
-        return "ok %.1e" % r["parity_err"]
+        return "ok %.1e" % r["parity_err"] + (f" ({r['note']})" if r["note"] else "")
     if st == "PARITY FAIL":
         return "PARITY FAIL %.1e > %.1e" % (r["parity_err"], r["parity_bound"])
     return f"{st}: {r['note']}" if r["note"] else st
