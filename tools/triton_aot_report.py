@@ -101,8 +101,9 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
             for name, kern, ptrs, cs in (("fwd", rnn_fwd_kernel, fwd_ptrs, fwd_consts),
                                          ("bwd", rnn_bwd_kernel, bwd_ptrs, k)):
                 used = {n: v for n, v in cs.items() if n in kern.arg_names}
+                refused = tuple(a for a in ARCHS if not _fits(mode, H, P, dt, proj, a))
                 out.append((f"{name} {label}", kern, _signature(kern, ptrs, used), used,
-                            pl, _weight_bytes(mode, pl, dt, proj)))
+                            pl, _weight_bytes(mode, pl, dt, proj), refused))
     return out
 
 
@@ -143,7 +144,8 @@ def compile_one(kern, sig, consts, arch, num_warps) -> dict:
     """Compile for one arch and measure it; raises when Triton or ptxas fails."""
     src = ASTSource(fn=kern, signature=sig, constexprs=consts)
     ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": num_warps, "num_stages": launch.NUM_STAGES})
+                        options={"num_warps": num_warps, "num_stages": launch.NUM_STAGES,
+                                 **launch._regs()})
     if ck.metadata.shared > SMEM_LIMIT[arch]:
         raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
     regs, st, ld = _ptxas(ck.asm["ptx"], arch)

@@ -50,6 +50,10 @@ BLOCK_B = 16
 #: no software pipelining of the time loop: step t+1 depends on step t, and the prefetch
 #: buffers it would add cost registers
 NUM_STAGES = 1
+#: ptxas register cap: None leaves it to ptxas. It caps a few sm_80 backward kernels at 128
+#: registers with small spills; maxnreg=255 removes those but makes several fp32 backward
+#: kernels spill on sm_90 (tools/triton_aot_report.py), so the default stays.
+MAXNREG = None
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -141,6 +145,11 @@ def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
     return pl
 
 
+def _regs() -> dict:
+    """Launch/compile options for the register cap."""
+    return {} if MAXNREG is None else {"maxnreg": MAXNREG}
+
+
 def _dot_config(dtype: torch.dtype):
     """(operand dtype, input_precision, X3) of the kernels' products.
 
@@ -206,7 +215,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     args = (xw, w_hh, b_hh, w_hr, h0)
     tail = (y, h_out, c_out, act, hprev, cprev, hbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
-               num_stages=NUM_STAGES, **k)
+               num_stages=NUM_STAGES, **_regs(), **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
@@ -249,5 +258,6 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     steps = [(s, s + 1) for s in range(T + 1)] if pl.path == "per_step" else [(0, T + 1)]
     for s0, s1 in steps:
-        rnn_bwd_kernel[grid](*args, s0, s1, num_warps=pl.num_warps, num_stages=NUM_STAGES, **k)
+        rnn_bwd_kernel[grid](*args, s0, s1, num_warps=pl.num_warps, num_stages=NUM_STAGES,
+                             **_regs(), **k)
     return dxw, drec, dh0, dc0, dhtot
