@@ -95,7 +95,7 @@ def plot(results, Ts, path, title):
         ax = axes[0, j]
         for r in (r for r in results if r["T"] == T):
             steps, mse = zip(*r["curve"])
-            ax.plot(steps, mse, label=f"{r['cell']} ({r['mse']:.3f})")
+            ax.plot(steps, mse, label=f"{r['cell']} ({r['mse']:.2g})")
         ax.axhline(BASELINE, color="gray", ls=":", label="baseline 1/6")
         ax.set_yscale("log")
         ax.set_title(f"adding problem, T={T}")
