@@ -159,3 +159,23 @@ def test_plot_writes_png(tmp_path):
     plot_gradient_flows(flows, tmp_path / "many.png")
     for name in ("one.png", "many.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not hasattr(fusedrnn, "MinGRU"), reason="fusedrnn.MinGRU not in this tree")
+@pytest.mark.parametrize("beta", [-1.0, 0.5, 3.0])
+def test_min_gru_decays_by_its_constant_forget_weight(beta):
+    """MinGRU is h_t = sigmoid(-u_t) h_{t-1} + ..., u_t from x_t alone. With zero input weights
+    and every input bias at beta, u_t = beta at every step, so ∂L/∂h_t = sigmoid(-beta)^(T-1-t) u
+    for L = u·h_T."""
+    T, B, H = 10, 2, 5
+    layer = fusedrnn.MinGRU(3, H, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.fill_(0.0 if name.startswith("weight") else beta)
+    u = torch.rand(H, dtype=torch.float64) + 0.5
+    flow = gradient_flow(layer, torch.randn(T, B, 3, dtype=torch.float64),
+                         loss_fn=lambda y, t: (y * u).sum())
+    a = 1.0 / (1.0 + math.exp(beta))
+    expect = torch.tensor([a ** (T - 1 - t) for t in range(T)], dtype=torch.float64) * u.norm()
+    torch.testing.assert_close(flow.h_grad_norm, expect, **TOL64)
+    assert flow.h_decay_rate == pytest.approx(a, rel=1e-10)
