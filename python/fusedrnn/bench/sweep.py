@@ -87,20 +87,25 @@ class _Sweep:
         r.update(kw)
         return r
 
-    def time_case(self, call, est: float) -> dict:
-        """Memory, warm-up and timing of a call that has already run once (the parity run)."""
+    def prepare(self, row: dict, call, est: float, pending: list) -> dict:
+        """Peak memory and warm-up of a call that has already run once (the parity run); the
+        call joins ``pending``, the group timed together once all its rows are prepared."""
         c = self.cfg
-        out = {}
         if c.memory:
-            out["peak_mem_bytes"] = timing.peak_memory(call, self.device)
+            row["peak_mem_bytes"] = timing.peak_memory(call, self.device)
         if est < c.warmup_s:
             est = timing.warm_up(call, self.device, c.warmup_s, est)
         budget = timing.run_time_budget(est, c.repeats, c.min_repeats, c.max_case_time)
-        m = timing.measure(call, self.device, budget)
-        T, B = self._T, c.batch
-        out.update(median_s=m["median_s"], iqr_s=m["iqr_s"], calls=m["calls"],
-                   per_step_us=m["median_s"] / T * 1e6, tokens_per_s=T * B / m["median_s"])
-        return out
+        pending.append((row, (call, est, budget)))
+        return row
+
+    def time_pending(self, pending: list) -> None:
+        """Time a group's prepared rows in turns and fill in their timing columns."""
+        results = timing.measure_interleaved([p for _, p in pending], self.device)
+        for (row, _), m in zip(pending, results):
+            T, B, med = row["seq_len"], row["batch"], m["median_s"]
+            row.update(median_s=med, iqr_s=m["iqr_s"], calls=m["calls"],
+                       per_step_us=med / T * 1e6, tokens_per_s=T * B / med)
 
     def run_model(self, model, mode, sets):
         """The parity run (results on set 0, and its wall time) and the timed call."""
@@ -111,11 +116,11 @@ class _Sweep:
             torch.cuda.synchronize(self.device)
         return call, outs, time.perf_counter() - t0
 
-    def baseline(self, cell, T, mode, sets, anchor) -> tuple[dict, float | None]:
-        """The torch.nn row (reused across cells with the same torch layer) and its error."""
+    def baseline(self, cell, T, mode, sets, anchor, pending) -> tuple[dict, float | None]:
+        """The torch.nn row (timed once per torch layer, T and mode, and reused by the min
+        cells) and its error against the anchor."""
         layer = PARALLEL.get(cell, cell)
         key = (layer, T, mode)
-        label = cases.baseline_label(cell)
         cached = self.baseline_cache.get(key)
         if cached is None or (cell not in PARALLEL and cached["parity_err"] is None):
             c = self.cfg
@@ -127,14 +132,13 @@ class _Sweep:
             err = cases.rel_error(outs, anchor[mode]) if cell not in PARALLEL else None
             del outs
             if cached is None:
-                cached = self.row(layer, mode, label, T, status="baseline",
-                                  **self.time_case(call, est))
+                cached = self.prepare(self.row(layer, mode, cases.baseline_label(cell), T,
+                                               status="baseline"), call, est, pending)
             cached["parity_err"] = err
             self.baseline_cache[key] = cached
-        r = dict(cached, cell=cell)
-        return r, r["parity_err"]
+        return cached, cached["parity_err"]
 
-    def backend_row(self, cell, T, mode, backend, sets, anchor, bound) -> dict:
+    def backend_row(self, cell, T, mode, backend, sets, anchor, bound, pending) -> dict:
         c = self.cfg
         if backend == "reference" and T > c.reference_max_t:
             return self.row(cell, mode, backend, T, status="skipped",
@@ -149,8 +153,9 @@ class _Sweep:
                             parity_bound=bound, note="not timed: output differs from float64 anchor")
         note = "" if self.anchor_name.startswith(("torch.nn", f"{cell} reference")) else \
             f"parity vs {self.anchor_name}"
-        return self.row(cell, mode, backend, T, status="ok", parity_err=err, parity_bound=bound,
-                        note=note, **self.time_case(call, est))
+        row = self.row(cell, mode, backend, T, status="ok", parity_err=err, parity_bound=bound,
+                       note=note)
+        return self.prepare(row, call, est, pending)
 
     def min_cell_base_err(self, cell, mode, sets, anchor) -> float:
         """The reference scan's own error in the sweep dtype (the min cells' parity baseline)."""
@@ -175,22 +180,37 @@ class _Sweep:
                     cell, c.input, c.hidden, self.weights, self.device, T, c.reference_max_t)
                 anchor = cases.anchor_outputs(model64, sets, c.modes)
                 for mode in c.modes:
-                    self.progress.set_description(f"{cell} T={T} {mode} torch.nn")
-                    base, base_err = self._guard(cell, T, mode, cases.baseline_label(cell),
-                                                 lambda: self.baseline(cell, T, mode, sets, anchor))
-                    self.rows.append(base)
-                    self.progress.update(1)
-                    if cell in PARALLEL:  # the reference in the sweep dtype, where affordable
-                        base_err = (self.min_cell_base_err(cell, mode, sets, anchor)
-                                    if T <= c.reference_max_t else 0.0)
-                    bound = cases.parity_bound(self.dtype, base_err or 0.0)
-                    for b in backends:
-                        self.progress.set_description(f"{cell} T={T} {mode} {b}")
-                        r, _ = self._guard(cell, T, mode, b, lambda: (
-                            self.backend_row(cell, T, mode, b, sets, anchor, bound), None))
-                        self.rows.append(r)
-                        self.progress.update(1)
+                    self.group(cell, T, mode, backends, sets, anchor)
         return self.rows
+
+    def group(self, cell, T, mode, backends, sets, anchor) -> None:
+        """All rows of one (cell, T, mode): parity and preparation of each, then the timing of
+        the prepared ones in turns."""
+        c, pending = self.cfg, []
+        self.progress.set_description(f"{cell} T={T} {mode} torch.nn")
+        base, base_err = self._guard(cell, T, mode, cases.baseline_label(cell),
+                                     lambda: self.baseline(cell, T, mode, sets, anchor, pending))
+        self.progress.update(1)
+        if cell in PARALLEL:  # the reference in the sweep dtype, where affordable
+            base_err = (self.min_cell_base_err(cell, mode, sets, anchor)
+                        if T <= c.reference_max_t else 0.0)
+        bound = cases.parity_bound(self.dtype, base_err or 0.0)
+        rows = []
+        for b in backends:
+            self.progress.set_description(f"{cell} T={T} {mode} {b}")
+            r, _ = self._guard(cell, T, mode, b, lambda: (
+                self.backend_row(cell, T, mode, b, sets, anchor, bound, pending), None))
+            rows.append(r)
+            self.progress.update(1)
+        self.progress.set_description(f"{cell} T={T} {mode} timing")
+        try:
+            self.time_pending(pending)
+        except Exception:  # noqa: BLE001  (reported as ERROR rows, as in _guard)
+            msg = traceback.format_exc(limit=-3)
+            self.cfg.notes.append(f"{cell} T={T} {mode} timing: {msg}")
+            for r, _ in pending:
+                r.update(status="ERROR", note=msg.strip().splitlines()[-1][:300])
+        self.rows += [dict(base, cell=cell), *rows]
 
     def _guard(self, cell, T, mode, backend, fn):
         """Run one row; an exception becomes an ERROR row (with the message) instead of a crash."""

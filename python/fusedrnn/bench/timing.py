@@ -5,7 +5,8 @@ sets rotate so that small cases do not run from a cache warmed by the previous c
 
 * CPU time: ``torch.utils.benchmark.Timer.blocked_autorange`` after a warm-up, with the
   process's thread count (the Timer defaults to one thread). The reported figure is the median
-  over blocks; a block is one call for anything slower than a fraction of a millisecond.
+  over blocks; a block is one call for anything slower than a fraction of a millisecond. The
+  rows of one (cell, T, mode) are timed in turns (:func:`measure_interleaved`).
 * GPU time: ``triton.testing.do_bench`` (it flushes L2 between calls) with the median, or CUDA
   events around each call when Triton is missing.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the
@@ -110,7 +111,31 @@ def measure(call: Callable[[], object], device: torch.device, budget_s: float) -
     m = timer.blocked_autorange(min_run_time=budget_s)
     med, iqr = _quantiles(list(m.times))
     return dict(median_s=med, iqr_s=iqr, calls=len(m.times) * m.number_per_run,
-                blocks=len(m.times))
+                blocks=len(m.times), times=list(m.times))
+
+
+def measure_interleaved(cases: list[tuple[Callable[[], object], float, float]],
+                        device: torch.device, rounds: int = 3) -> list[dict]:
+    """Time several warmed-up ``(call, est_s, budget_s)`` cases in turns, like :func:`measure`.
+
+    A case whose budget holds at least two calls per round is timed in ``rounds`` slices of its
+    budget, round-robin with the other cases, and its median is over the blocks of all rounds:
+    on a shared machine, load that comes and goes then hits torch.nn and the backends alike
+    instead of whichever happened to run at the time. Slower cases are timed once, in round 0.
+    """
+    acc = [dict(calls=0, blocks=0, times=[]) for _ in cases]
+    for r in range(rounds):
+        for (call, est, budget), a in zip(cases, acc):
+            n = rounds if budget >= 2 * rounds * est else 1
+            if r >= n:
+                continue
+            m = measure(call, device, budget / n)
+            a["calls"] += m["calls"]
+            a["blocks"] += m["blocks"]
+            a["times"] += m["times"]
+    for a in acc:
+        a["median_s"], a["iqr_s"] = _quantiles(a["times"])
+    return acc
 
 
 def _measure_cuda(call, device, budget_s: float) -> dict:
@@ -132,7 +157,7 @@ def _measure_cuda(call, device, budget_s: float) -> dict:
             end.synchronize()
             times.append(start.elapsed_time(end) / 1000)
     med, iqr = _quantiles(times)
-    return dict(median_s=med, iqr_s=iqr, calls=len(times), blocks=len(times))
+    return dict(median_s=med, iqr_s=iqr, calls=len(times), blocks=len(times), times=times)
 
 
 def peak_memory(call: Callable[[], object], device: torch.device) -> int:
