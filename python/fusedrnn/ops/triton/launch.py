@@ -130,7 +130,11 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     n_bblocks = triton.cdiv(B, BLOCK_B)
     tile = G * BU * PP * elt
     persistent = tile <= TILE_MAX_BYTES and n_tiles * n_bblocks <= n_sm
-    pl = Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, NUM_WARPS)
+    # 16 warps for the largest bf16/fp16 tiles: at 8, ptxas drops the H=768 LSTM kernels to 32
+    # registers with 12-20 KB of spills; at 16 they spill under 1.2 KB (AOT report). Smaller
+    # tiles and fp32 do better (or no worse) at 8.
+    warps = 16 if (elt == 2 and tile >= 96 * 1024) else NUM_WARPS
+    pl = Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, warps)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
     return _check_smem(pl, tile + 4 * BLOCK_B * PP, smem, H, P, dtype)
 
