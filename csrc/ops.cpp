@@ -1,7 +1,9 @@
 // Schemas of the fusedrnn:: custom ops and their CPU kernels. Fake (meta) implementations and
 // autograd formulas are registered from Python (python/fusedrnn/ops/cpu.py); other files add ops
 // with TORCH_LIBRARY_FRAGMENT(fusedrnn, m).
-#include <torch/extension.h>
+// Python.h first, as CPython asks; torch/extension.h (pybind11 + all of torch) is avoided on
+// purpose: it triples the compile time of the extension.
+#include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/recurrence.h"
@@ -30,8 +32,27 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
 
 // The Python module fusedrnn._C: importing it registers the ops above. It also exposes the
 // NaN-poison test hook (csrc/cpu/recurrence.h).
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("_set_debug_poison", &fusedrnn::cpu::set_debug_poison,
-        "Fill every buffer the CPU ops allocate with NaN (tests only).");
-  m.def("_debug_poison", &fusedrnn::cpu::debug_poison);
+namespace {
+
+PyObject* set_debug_poison(PyObject*, PyObject* on) {
+  const int flag = PyObject_IsTrue(on);
+  if (flag < 0) return nullptr;
+  fusedrnn::cpu::set_debug_poison(flag != 0);
+  Py_RETURN_NONE;
 }
+
+PyObject* get_debug_poison(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu::debug_poison());
+}
+
+PyMethodDef kMethods[] = {
+    {"_set_debug_poison", set_debug_poison, METH_O,
+     "Fill every buffer the CPU ops allocate with NaN (tests only)."},
+    {"_debug_poison", get_debug_poison, METH_NOARGS, "Whether the NaN-poison hook is on."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&kModule); }

@@ -12,7 +12,7 @@ template <Cell C, typename T>
 void step_loop(const Tensor& gx, const Tensor& gh, const Tensor& h, const Tensor& c, Tensor& h_new,
                Tensor& c_new) {
   using Ops = CellOps<C>;
-  constexpr int G = Ops::G, S = Ops::S;
+  constexpr int G = Ops::G;
   constexpr bool kLstm = C == Cell::LSTM;
   const int64_t B = h.size(0), H = h.size(1), GH = G * H;
   const T* gxp = gx.data_ptr<T>();

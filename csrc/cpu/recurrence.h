@@ -71,6 +71,12 @@ struct Lengths {
 
 Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B);
 
+// Row-major C [M, N] = op(A) [M, K] @ op(B) [K, N] + beta * C (beta 0 or 1), op = transpose
+// when ta/tb; lda/ldb/ldc are row strides of the stored matrices (blas.cpp).
+template <typename T>
+void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
 // Rows per at::parallel_for chunk so that one chunk has enough work to pay for a thread.
 int64_t row_grain(int64_t work_per_row);
 

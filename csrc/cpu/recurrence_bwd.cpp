@@ -3,6 +3,10 @@
 // gradients as GEMMs over all T*B rows.
 #include <ATen/Parallel.h>
 
+#include <vector>
+
+#include "pointwise.h"
+
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -30,17 +34,15 @@ struct BwdOut {
 
 template <Cell C, typename T>
 void backward_loop(const BwdArgs& a, BwdOut& o) {
-  using Ops = CellOps<C>;
-  constexpr int G = Ops::G, S = Ops::S;
-  // cells with saved activations recompute them from xw and the recurrent pre-activations;
-  // the Elman cells differentiate through h itself
-  constexpr bool kRecompute = S > 0;
+  constexpr int G = num_gates(C);
   constexpr bool kLstm = C == Cell::LSTM, kGru = C == Cell::GRU;
   const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
   const bool proj = a.w_hr.defined();
   const auto opts = o.dh.options();
   const Lengths& L = a.L;
   const bool masked = L.mode == LenMode::kMask;
+  const std::vector<T> zeros_v(std::max(H, Ho), T(0));
+  const T* zeros = zeros_v.data();
 
   // GRU's per-step recurrent gradient differs from dxw in the n block: gather it here so that
   // dh_prev is one GEMM per step.
@@ -65,11 +67,6 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
   for (int64_t s = TT - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];
-    // the step before t in processing order, or -1 where the state came from h0/c0
-    auto prev_step = [&](int64_t b) -> int64_t {
-      if (a.reverse) return t + 1 < L.length(b, TT) ? t + 1 : -1;
-      return t > 0 ? t - 1 : -1;
-    };
     if (proj && nb > 0) {
       // dL/dh of this step = carried + from y; the carry restarts at 0 on live rows
       T* dhp_t = dhp + t * B * Ho;
@@ -84,62 +81,17 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
       Tensor dr_v = dr.narrow(0, 0, nb);
       at::mm_out(dr_v, o.dhp[t].narrow(0, 0, nb), a.w_hr);  // [nb, H]
     }
+    // lengths go in for sorted lengths too: a reversed sequence starts from h0 at len - 1
+    BwdRows<T> rows{xw, y, dy, h0, c0, cs, drp, zeros,
+                    L.mode == LenMode::kNone ? nullptr : L.len.data(),
+                    dxw, dgh_p, dhn, dh, dc, rr, t, TT, B, H, Ho, a.reverse, masked};
     at::parallel_for(0, nb, row_grain(GH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* dx_b = dxw + (t * B + b) * GH;  // in: W_hh h_prev + b_hh; out: gate gradients
-        T* dgh_b = kGru ? dgh_p + b * GH : nullptr;
-        if (masked && !L.live(t, b)) {
-          // past the end: no gradient into this step, dh and dc pass through unchanged
-          std::fill(dx_b, dx_b + GH, T(0));
-          if (kGru) {
-            std::fill(dgh_b, dgh_b + GH, T(0));
-            std::fill(dhn + (t * B + b) * H, dhn + (t * B + b + 1) * H, T(0));
-          }
-          if (proj) std::fill(rr + (t * B + b) * H, rr + (t * B + b + 1) * H, T(0));
-          continue;
-        }
-        const int64_t tp = prev_step(b);
-        const T* xb = xw + (t * B + b) * GH;
-        const T* yb = y + (t * B + b) * Ho;
-        const T* dyb = dy ? dy + (t * B + b) * Ho : nullptr;
-        const T* h_prev = tp >= 0 ? y + (tp * B + b) * Ho : h0 + b * Ho;
-        const T* c_prev = nullptr;
-        if (kLstm) c_prev = tp >= 0 ? cs + (tp * B + b) * H : (c0 ? c0 + b * H : nullptr);
-        T* dhb = dh + b * Ho;
-        T* dcb = kLstm ? dc + b * H : nullptr;
-        for (int64_t j = 0; j < H; ++j) {
-          T saved[Ops::S > 0 ? Ops::S : 1], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-          const T hp = proj ? T(0) : h_prev[j];
-          const T cp = kLstm && c_prev ? c_prev[j] : T(0);
-          T h = proj ? T(0) : yb[j], c = cp;
-          if (kRecompute) {
-            T x[G], g[G];
-            for (int k = 0; k < G; ++k) {
-              x[k] = xb[k * H + j];
-              g[k] = dx_b[k * H + j];
-            }
-            Ops::fwd(x, g, hp, cp, &h, &c, saved);
-          }
-          const T dh_in = proj ? drp[b * H + j] : dhb[j] + (dyb ? dyb[j] : T(0));
-          Ops::bwd(dh_in, kLstm ? dcb[j] : T(0), saved, h, hp, cp, c, dx, &dhh_last,
-                   &dh_direct, &dc_prev);
-          for (int k = 0; k < G; ++k) dx_b[k * H + j] = dx[k];
-          if (kGru) {
-            dgh_b[j] = dx[0];
-            dgh_b[H + j] = dx[1];
-            dgh_b[2 * H + j] = dhh_last;
-            dhn[(t * B + b) * H + j] = dhh_last;
-          }
-          if (kLstm) dcb[j] = dc_prev;
-          if (proj) rr[(t * B + b) * H + j] = h;  // o * tanh(c), recomputed
-          else dhb[j] = dh_direct;  // the recurrent part is added by the GEMM below
-        }
-      }
+      bwd_rows<C, T>(rows, b0, b1);
     });
     if (nb > 0) {
       // dh_prev += dgates_hh @ W_hh over the live prefix
-      const Tensor dg = kGru ? dgh.narrow(0, 0, nb) : o.dxw[t].narrow(0, 0, nb);
-      o.dh.narrow(0, 0, nb).addmm_(dg, a.w_hh);
+      const T* dg = kGru ? dgh_p : dxw + t * B * GH;  // [nb, G*H]
+      gemm_rows<T>(false, false, nb, Ho, GH, dg, GH, a.w_hh.data_ptr<T>(), Ho, T(1), dh, Ho);
     }
     if (nb < B) {
       std::fill(dxw + (t * B + nb) * GH, dxw + (t + 1) * B * GH, T(0));

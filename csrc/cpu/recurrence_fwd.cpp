@@ -2,6 +2,10 @@
 // then the cell's pointwise body (cells.h) over the live rows in parallel.
 #include <ATen/Parallel.h>
 
+#include <vector>
+
+#include "pointwise.h"
+
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -23,8 +27,7 @@ struct FwdOut {
 
 template <Cell C, typename T>
 void forward_loop(const FwdArgs& a, FwdOut& o) {
-  using Ops = CellOps<C>;
-  constexpr int G = Ops::G;  // the gate activations are recomputed by backward, not saved
+  constexpr int G = num_gates(C);  // the gate activations are recomputed by backward, not saved
   constexpr bool kLstm = C == Cell::LSTM;
   const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
   const bool proj = a.w_hr.defined();
@@ -32,11 +35,12 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
 
   Tensor hh = alloc({B, GH}, opts);                                   // W_hh h + b_hh
   Tensor r = proj ? alloc({B, H}, opts) : Tensor();                   // o * tanh(c), unprojected
-  Tensor w_hh_t = a.w_hh.t();                                         // [H_out, G*H]
   Tensor w_hr_t = proj ? a.w_hr.t() : Tensor();                       // [H, P]
   Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();                 // projected h of the step
 
   const T* xw = a.xw.data_ptr<T>();
+  const T* w_hh = a.w_hh.data_ptr<T>();                                // [G*H, H_out]
+  const T* bias = a.b_hh.defined() ? a.b_hh.data_ptr<T>() : nullptr;  // [G*H]
   T* y = o.y.data_ptr<T>();
   T* h = o.h.data_ptr<T>();
   T* c = kLstm ? o.c.data_ptr<T>() : nullptr;
@@ -45,53 +49,23 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
   T* rp = proj ? r.data_ptr<T>() : nullptr;
   const Lengths& L = a.L;
   const bool masked = L.mode == LenMode::kMask;
+  const std::vector<T> zeros_v(std::max(H, Ho), T(0));
+  const T* zeros = zeros_v.data();
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];  // live prefix (all rows when masking)
     if (nb > 0) {
-      Tensor hh_v = hh.narrow(0, 0, nb), h_v = o.h.narrow(0, 0, nb);
-      if (a.b_hh.defined())
-        at::addmm_out(hh_v, a.b_hh, h_v, w_hh_t);
-      else
-        at::mm_out(hh_v, h_v, w_hh_t);
+      // hh[:nb] = h[:nb] @ W_hh^T + b_hh
+      if (bias)
+        for (int64_t b = 0; b < nb; ++b) std::copy(bias, bias + GH, hhp + b * GH);
+      gemm_rows<T>(false, true, nb, GH, Ho, h, Ho, w_hh, Ho, bias ? T(1) : T(0), hhp, GH);
     }
-    const T* xw_t = xw + t * B * GH;
     T* y_t = y + t * B * Ho;
+    FwdRows<T> rows{xw + t * B * GH, hhp, h, c, kLstm ? cs + t * B * H : nullptr, y_t, rp,
+                    zeros, masked ? L.len.data() : nullptr, t, H, Ho};
     at::parallel_for(0, nb, row_grain(GH), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const bool live = !masked || L.live(t, b);
-        const T* xr = xw_t + b * GH;
-        const T* hr = hhp + b * GH;
-        T* hb = h + b * Ho;
-        T* cb = kLstm ? c + b * H : nullptr;
-        for (int64_t j = 0; j < H; ++j) {
-          T x[G], g[G], out[Ops::S > 0 ? Ops::S : 1];
-          for (int k = 0; k < G; ++k) {
-            x[k] = xr[k * H + j];
-            g[k] = hr[k * H + j];
-          }
-          const T c_prev = kLstm ? cb[j] : T(0);
-          T h_new, c_new = c_prev;
-          Ops::fwd(x, g, proj ? T(0) : hb[j], c_prev, &h_new, &c_new, out);
-          if (!live) {
-            if (kLstm) cs[(t * B + b) * H + j] = c_prev;
-            if (proj) rp[b * H + j] = T(0);
-            else y_t[b * Ho + j] = T(0);
-            continue;
-          }
-          if (kLstm) {
-            cb[j] = c_new;
-            cs[(t * B + b) * H + j] = c_new;
-          }
-          if (proj) {
-            rp[b * H + j] = h_new;
-          } else {
-            hb[j] = h_new;
-            y_t[b * Ho + j] = h_new;
-          }
-        }
-      }
+      fwd_rows<C, T>(rows, b0, b1);
     });
     if (proj && nb > 0) {
       Tensor hp_v = hp.narrow(0, 0, nb);
