@@ -187,7 +187,9 @@ def _save(out, args, results):
 def merge(paths, out: Path, name: str):
     """One PNG and JSON from the JSONs of several runs (e.g. one process per T)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    results = [r for run in runs for r in run["results"]]
+    order = list(C.CELLS)  # one order, so each cell keeps its colour in every panel
+    results = sorted((r for run in runs for r in run["results"]),
+                     key=lambda r: (r["T"], order.index(r["cell"])))
     a = runs[0]["args"]
     (out / f"{name}.json").write_text(json.dumps(
         {"runs": [run["args"] for run in runs], "machine": runs[0]["machine"],
