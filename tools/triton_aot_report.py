@@ -96,10 +96,13 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
                             counter="*i32")
             bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
                             lengths="*i64", dxw=_F, drec=_F, dhtot=_F, r_state=_F,
-                            dc_state=_F, dh0=_F, dc0=_F, counter="*i32")
+                            dc_state=_F, dh0=_F, dc0=_F, counter="*i32", clip="fp32")
             fwd_consts = dict(k, HAS_BIAS=True, SAVE=True)
-            for name, kern, ptrs, cs in (("fwd", rnn_fwd_kernel, fwd_ptrs, fwd_consts),
-                                         ("bwd", rnn_bwd_kernel, bwd_ptrs, k)):
+            kernels = [("fwd", rnn_fwd_kernel, fwd_ptrs, fwd_consts),
+                       ("bwd", rnn_bwd_kernel, bwd_ptrs, dict(k, CLIP=False))]
+            if H == 64 and not proj:  # the recurrent_grad_clip variant, once per cell and dtype
+                kernels.append(("bwd+clip", rnn_bwd_kernel, bwd_ptrs, dict(k, CLIP=True)))
+            for name, kern, ptrs, cs in kernels:
                 used = {n: v for n, v in cs.items() if n in kern.arg_names}
                 refused = tuple(a for a in ARCHS if not _fits(mode, H, P, dt, proj, a))
                 out.append((f"{name} {label}", kern, _signature(kern, ptrs, used), used,

@@ -16,6 +16,7 @@ part it wants is missing it falls back to the reference with a one-time warning.
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from types import ModuleType
 
@@ -102,5 +103,10 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     mod = resolve(backend, xw.device)
     if recurrent_grad_clip is None:
         return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
+    if "recurrent_grad_clip" not in inspect.signature(mod.recurrence).parameters:
+        raise NotImplementedError(
+            f"backend {mod.__name__.rsplit('.', 1)[-1]!r} does not implement recurrent_grad_clip; "
+            "use backend='reference' (or another backend that does) for clipped BPTT"
+        )
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
                           recurrent_grad_clip=recurrent_grad_clip)

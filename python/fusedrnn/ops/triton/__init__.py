@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import check_contract
+from ..reference import check_clip, check_contract
 
 try:
     import triton  # noqa: F401
@@ -43,7 +43,8 @@ def supports(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
-def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
+def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
+               recurrent_grad_clip=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
@@ -52,6 +53,8 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
         lengths: [B] int64 | None; reverse: run each sequence from its end.
         w_hr: [P, H] | None, LSTM projection (resident path only, see docs).
+        recurrent_grad_clip: None | > 0, clamps the gradient carried back through the
+            recurrence at every step (see ``recurrence_ref``).
     Returns:
         (y [T, B, P], h_T [B, P], c_T [B, H] | None), differentiable in every tensor input.
 
@@ -59,6 +62,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         >>> y, h, c = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
     """
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_clip(recurrent_grad_clip)
     if xw.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"triton backend: xw dtype must be float32, bfloat16 or float16, got {xw.dtype}")
     if not supports(xw.device):
@@ -69,7 +73,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             raise ValueError(f"lengths must be <= T={xw.shape[0]}, got max {int(lengths.max())}")
         lengths = lengths.to(xw.device)
     return FusedRecurrence.apply(mode, _contig(xw), _contig(w_hh), _contig(b_hh), _contig(h0), _contig(c0),
-                                 lengths, bool(reverse), _contig(w_hr))
+                                 lengths, bool(reverse), _contig(w_hr), recurrent_grad_clip)
 
 
 def _contig(t):

@@ -15,13 +15,13 @@ from .launch import rnn_bwd, rnn_fwd
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr) -> (y, h_T, c_T)."""
+    """(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip) -> (y, h_T, c_T)."""
 
     @staticmethod
-    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr):
+    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip=None):
         save = any(ctx.needs_input_grad)
         y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
-        ctx.mode, ctx.reverse, ctx.plan = mode, reverse, None
+        ctx.mode, ctx.reverse, ctx.plan, ctx.clip = mode, reverse, None, clip
         ctx.has = (b_hh is not None, c0 is not None)
         ctx.dtypes = (xw.dtype, h0.dtype)
         ctx.device = xw.device
@@ -39,7 +39,8 @@ class FusedRecurrence(torch.autograd.Function):
         dtype = ctx.dtypes[0]
         if ctx.plan is None:  # T == 0 (nothing saved): the states pass straight through
             dxw = torch.zeros(ctx.shape[0], dtype=dtype, device=ctx.device)
-            return (None, dxw, None, None, dh_T, dc_T if ctx.has[1] else None, None, None, None)
+            return (None, dxw, None, None, dh_T, dc_T if ctx.has[1] else None, None, None, None,
+                    None)
         w_hh, w_hr, lengths, act, hprev, cprev = ctx.saved_tensors
         dev = w_hh.device
         H = GH // GATES[mode]
@@ -52,7 +53,7 @@ class FusedRecurrence(torch.autograd.Function):
         dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, {"act": act, "hprev": hprev, "cprev": cprev,
                                                     "plan": ctx.plan},
                                              w_hh, dy.contiguous(), dh_T, dc_T, lengths,
-                                             ctx.reverse, w_hr)
+                                             ctx.reverse, w_hr, ctx.clip)
         drec2 = drec.reshape(T * B, GH)
         d_w_hh = drec2.t() @ hprev.reshape(T * B, P)  # [G*H, P], fp32
         d_b_hh = drec2.sum(0) if ctx.has[0] else None
@@ -65,4 +66,4 @@ class FusedRecurrence(torch.autograd.Function):
         d_b_hh = None if d_b_hh is None else d_b_hh.to(dtype)
         d_c0 = dc0.to(hdt) if (dc0 is not None and ctx.has[1]) else None
         return (None, dxw.to(dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(hdt), d_c0, None, None,
-                d_w_hr)
+                d_w_hr, None)

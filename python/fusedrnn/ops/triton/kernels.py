@@ -266,11 +266,12 @@ def rnn_bwd_kernel(
     r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
     counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32
     T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
+    clip,  # recurrent_grad_clip (used when CLIP)
     MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
-    X3: tl.constexpr,
+    X3: tl.constexpr, CLIP: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -347,6 +348,11 @@ def rnn_bwd_kernel(
                                       G, DOT_T, PREC, X3)  # [BO, BB]
         else:
             dh = R + _rec_grad(wt, d0, d1, d2, d3, G, DOT_T, PREC, X3)  # [BO, BB]
+        if CLIP:
+            # what the previous (later-in-time) step sent back to h_t through the recurrence is
+            # clamped when that step was live; a finished sequence's pass-through is not
+            sent = (tn < lens) & (s > 0)  # [1, BB]
+            dh = tl.where(sent, tl.minimum(tl.maximum(dh, -clip), clip), dh)
         live = (t < lens) & valid  # [1, BB]
         dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
         if HAS_PROJ:
@@ -389,6 +395,8 @@ def rnn_bwd_kernel(
             R = tl.where(live, dhd, dh_tot)
         else:
             R = tl.where(live, 0.0, dh_tot)
+        if CLIP:
+            dcp = tl.minimum(tl.maximum(dcp, -clip), clip)
         dc = tl.where(live, dcp, dc)
 
     if s_end > T:

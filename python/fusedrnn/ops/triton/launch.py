@@ -232,11 +232,13 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     return y, h_out.to(xw.dtype), c_T, saved
 
 
-def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr=None):
+def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr=None,
+            recurrent_grad_clip=None):
     """Run the fused backward kernel(s) of one layer and direction.
 
     Args: ``saved`` from ``rnn_fwd``; ``dy [T, B, P]``, ``dh_T [B, P]``, ``dc_T [B, H] | None``
-    (any float dtype). Returns fp32 ``(d_xw [T, B, G*H], d_rec [T, B, G*H], dh0 [B, P],
+    (any float dtype); ``recurrent_grad_clip`` clamps what each live step sends back to its
+    input state (see ``recurrence_ref``). Returns fp32 ``(d_xw [T, B, G*H], d_rec [T, B, G*H], dh0 [B, P],
     dc0 [B, H] | None, dh_tot [T, B, P] | None)``: ``d_rec`` is the gradient of
     ``W_hh h + b_hh`` (the same tensor as ``d_xw`` except for GRU), ``dh_tot`` the gradient of
     each step's projected output (projection only), for the weight GEMMs after the loop.
@@ -249,6 +251,8 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     proj = w_hr is not None
     k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse)
     k.pop("SAVE", None)
+    k["CLIP"] = recurrent_grad_clip is not None
+    clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
     dxw = torch.empty(T, B, G * H, device=dev, dtype=f32)
     drec = torch.empty_like(dxw) if mode == "GRU" else dxw
     dhtot = torch.empty(T, B, P, device=dev, dtype=f32) if proj else None
@@ -262,6 +266,6 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     steps = [(s, s + 1) for s in range(T + 1)] if pl.path == "per_step" else [(0, T + 1)]
     for s0, s1 in steps:
-        rnn_bwd_kernel[grid](*args, s0, s1, num_warps=pl.num_warps, num_stages=NUM_STAGES,
+        rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps, num_stages=NUM_STAGES,
                              **_regs(), **k)
     return dxw, drec, dh0, dc0, dhtot
