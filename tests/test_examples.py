@@ -41,3 +41,16 @@ def test_example_quick_mode(name, tmp_path):
     png = tmp_path / EXAMPLES[name]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / EXAMPLES[name].replace(".png", ".json")).stat().st_size > 0
+
+
+def test_timeseries_without_statsmodels_says_how_to_install(tmp_path):
+    # None in sys.modules makes `import statsmodels` raise ImportError, as if not installed
+    code = ("import runpy, sys; sys.modules['statsmodels'] = None; "
+            f"sys.argv = ['timeseries.py', '--quick', '--out', {str(tmp_path)!r}]; "
+            f"sys.path.insert(0, {str(ROOT / 'examples')!r}); "
+            f"runpy.run_path({str(ROOT / 'examples' / 'timeseries.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SKIPPED" in proc.stdout and "pip install statsmodels" in proc.stdout
+    assert not list(tmp_path.glob("*.png"))
