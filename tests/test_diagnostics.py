@@ -95,8 +95,10 @@ def _cell_loop_norms(cell, x, loss_fn):
         h.retain_grad()
         hs.append(h)
     loss_fn(h, T - 1).backward()
-    # the last c_t is passed nowhere, so it gets no gradient
-    norm = lambda g: torch.zeros((), dtype=x.dtype) if g is None else g.norm(dim=1).mean()  # noqa: E731
+
+    def norm(g):  # None: the last c_t is passed nowhere, so it gets no gradient
+        return torch.zeros((), dtype=x.dtype) if g is None else g.norm(dim=1).mean()
+
     return (torch.stack([norm(v.grad) for v in hs]),
             torch.stack([norm(v.grad) for v in cs]) if cs else None)
 

@@ -3,8 +3,8 @@
 ``gradient_flow(model, x)`` places a loss at chosen steps (default: the last) and measures, for
 every time step t, the gradient norms
 
-    ‖∂L/∂x_t‖   the input at step t                (how much step t's input can still be learned from)
-    ‖∂L/∂h_t‖   the top layer's hidden state at t  (the signal BPTT carries back through the recurrence)
+    ‖∂L/∂x_t‖  the input at step t: how much the loss can still learn from step t's input
+    ‖∂L/∂h_t‖  the top layer's hidden state at t: the signal BPTT carries back through time
 
 and fits a geometric decay rate to them: vanishing gradients show up as a rate well below 1,
 exploding ones as a rate above 1.
@@ -251,8 +251,10 @@ def _state_grad_norms(model, x, hx, steps, loss_fn, tdim):
             # it after the probe puts the direct loss term into ∂L/∂probe_t as well.
             loss = loss + loss_fn(h[-1], t)
     grads = torch.autograd.grad(loss, probes_h + probes_c, allow_unused=True)
-    # no gradient at all: the step lies after every loss step
-    norm = lambda g: torch.zeros((), dtype=torch.float64) if g is None else _per_seq_norm(g, 0)  # noqa: E731
+
+    def norm(g):  # None: the step lies after every loss step, no gradient reaches it
+        return torch.zeros((), dtype=torch.float64) if g is None else _per_seq_norm(g, 0)
+
     h_norm = torch.stack([norm(g) for g in grads[:T]])
     c_norm = torch.stack([norm(g) for g in grads[T:]]) if probes_c else None
     return h_norm, c_norm

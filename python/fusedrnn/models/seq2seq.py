@@ -164,7 +164,8 @@ class Seq2Seq(nn.Module):
             ``Seq2SeqOutput(logits [B, T, V], decoder_inputs [B, T], attention [B, T, S]|None)``.
         """
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
-            raise ValueError(f"teacher_forcing_ratio must lie in [0, 1], got {teacher_forcing_ratio}")
+            raise ValueError(
+                f"teacher_forcing_ratio must lie in [0, 1], got {teacher_forcing_ratio}")
         enc_out, state, mask = self.encode(src, src_lengths)
         keys = None if self.attention is None else self.attention.keys(enc_out)
         B, T = tgt.shape
