@@ -15,9 +15,9 @@ from fusedrnn.scan import linear_scan_ref, log_linear_scan_ref
 CPU_MISSING = scan_cpu.unavailable()
 needs_cpu = pytest.mark.skipif(CPU_MISSING is not None, reason=f"cpu scan: {CPU_MISSING}")
 
-# (B, T, D): T=1, odd T, T long enough that small B*D makes the C++ kernel chunk time,
-# D across the 16-channel blocks of the C++ kernel
-SHAPES = [(2, 1, 3), (3, 63, 5), (2, 63, 40), (1, 1000, 3), (1, 1000, 1)]
+# (B, T, D): T=1, odd T, D across the 16-channel blocks of the C++ kernel, and B=1 with
+# B*T*D >= 2**17 so that the C++ kernel cuts time into chunks (one task cannot feed the threads)
+SHAPES = [(2, 1, 3), (3, 63, 5), (2, 63, 40), (1, 1000, 3), (1, 1025, 131)]
 IDS = [f"B{b}T{t}D{d}" for b, t, d in SHAPES]
 
 

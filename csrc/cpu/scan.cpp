@@ -27,6 +27,7 @@ namespace {
 constexpr int64_t kMinBlock = 16;   // channels per task at least: one 64-byte line of float32
 constexpr int64_t kMaxBlock = 512;  // and at most: the carried state lives on the stack
 constexpr int64_t kMinChunk = 256; // below this many steps a chunk costs more than it saves
+constexpr int64_t kMinWork = 1 << 16;  // elements per thread below which waking threads costs more
 
 template <typename T>
 inline T neg_inf() { return -std::numeric_limits<T>::infinity(); }
@@ -160,12 +161,15 @@ void run_scan(const K& kern, const Geo& g) {
   const int64_t nblk = (g.D + block - 1) / block;
   const int64_t tasks = g.B * nblk;
   int64_t nchunk = 1;
-  if (tasks < want) nchunk = std::max<int64_t>(1, std::min((want + tasks - 1) / tasks, g.T / kMinChunk));
+  if (tasks < want && g.B * g.D * g.T >= 2 * kMinWork) nchunk = std::max<int64_t>(1, std::min((want + tasks - 1) / tasks, g.T / kMinChunk));
   const int64_t clen = (g.T + nchunk - 1) / nchunk;
   nchunk = g.T == 0 ? 1 : (g.T + clen - 1) / clen;
 
+  // small problems stay on the calling thread: a parallel region's wake-up costs far more than
+  // the work (on a busy machine, a scheduler time slice)
+  const int64_t grain = std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, clen * block));
   if (nchunk == 1) {
-    at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, tasks, grain, [&](int64_t lo, int64_t hi) {
       acc_t s[kMaxBlock];
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t bi = i / nblk, d0 = (i % nblk) * block, nd = std::min(block, g.D - d0);
@@ -178,7 +182,7 @@ void run_scan(const K& kern, const Geo& g) {
   }
   // Phase 1: the aggregate (A, S) of every chunk but the last, from the identity state.
   std::vector<acc_t> agg_a(tasks * nchunk * block), agg_s(tasks * nchunk * block);
-  at::parallel_for(0, tasks * (nchunk - 1), 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, tasks * (nchunk - 1), grain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t task = i / (nchunk - 1), c = i % (nchunk - 1);
       const int64_t bi = task / nblk, d0 = (task % nblk) * block, nd = std::min(block, g.D - d0);
@@ -191,7 +195,7 @@ void run_scan(const K& kern, const Geo& g) {
     }
   });
   // Phase 2: each chunk composes the aggregates before it into its carry-in, then writes.
-  at::parallel_for(0, tasks * nchunk, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, tasks * nchunk, grain, [&](int64_t lo, int64_t hi) {
     acc_t s[kMaxBlock];
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t task = i / nchunk, c = i % nchunk;

@@ -69,9 +69,11 @@ def linear_scan_ref(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: boo
     acc = compute_dtype(a.dtype)
     B, T, D = a.shape
     h = a.new_zeros((B, D), dtype=acc) if h0 is None else h0.to(acc)
+    # unbind, not a[:, t]: each indexing's backward would fill a whole [B, T, D] zero tensor
+    a_t, b_t = a.to(acc).unbind(1), b.to(acc).unbind(1)
     out = [None] * T
     for t in _time_order(T, reverse):
-        h = a[:, t].to(acc) * h + b[:, t].to(acc)
+        h = a_t[t] * h + b_t[t]
         out[t] = h
     if T == 0:
         return a.new_empty((B, 0, D))
@@ -109,9 +111,10 @@ def log_linear_scan_ref(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = No
         h = log_a.new_full((B, D), float("-inf"), dtype=acc)
     else:
         h = log_h0.to(acc)
+    a_t, b_t = log_a.to(acc).unbind(1), log_b.to(acc).unbind(1)
     out = [None] * T
     for t in _time_order(T, reverse):
-        h = _logaddexp(log_a[:, t].to(acc) + h, log_b[:, t].to(acc))
+        h = _logaddexp(a_t[t] + h, b_t[t])
         out[t] = h
     if T == 0:
         return log_a.new_empty((B, 0, D))

@@ -229,6 +229,7 @@ class _Scan(torch.autograd.Function):
         return h
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):
         a, b, h0, h = ctx.saved_tensors
         da, db, dh0 = scan_bwd(a, b, h, h0, grad_h, ctx.reverse, ctx.log_space, ctx.block_t)
