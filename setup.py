@@ -73,6 +73,7 @@ setup(
         "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
         "triton": ["triton"],
+        "examples": ["matplotlib", "statsmodels"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
