@@ -156,7 +156,8 @@ if triton is not None:
             mn = (valid & (t + step >= 0) & (t + step < T))[:, None] & mask_d[None, :]
             h_t = tl.load(h_ptr + offs, mask=m, other=0.0).to(ACC)
             c = _weight(a_ptr, h_ptr, offs + step * D, h_t, mn, LOG, ACC)
-            c = tl.where(m, c, 1.0)  # padding rows: identity, so the last row holds the carry
+            # no next step: 0; padding rows: the identity 1, so the last row holds the carry
+            c = tl.where(mn, c, tl.where(m, 0.0, 1.0))
             x = tl.load(gh_ptr + offs, mask=m, other=0.0).to(ACC)
             C, G = tl.associative_scan((c, x), 0, _lin_combine)
             g = C * carry[None, :] + G  # [BLOCK_T, BLOCK_D]
