@@ -114,8 +114,8 @@ if triton is not None:
     @triton.jit
     def _weight(a_ptr, h_ptr, offs, h_prev, m, LOG: tl.constexpr, ACC: tl.constexpr):
         # w_t = dh_t / dh_prev: a_t, or exp(log_a_t + log_h_prev - log_h_t) in log space
-        if LOG:
-            a = tl.load(a_ptr + offs, mask=m, other=0.0).to(ACC)
+        if LOG:  # masked out (no such step): log a = -inf, so w = 0 whatever h_prev is
+            a = tl.load(a_ptr + offs, mask=m, other=float("-inf")).to(ACC)
             h = tl.load(h_ptr + offs, mask=m, other=0.0).to(ACC)
             dead = h == float("-inf")  # h_t = 0 exactly: no gradient reaches it
             return tl.where(dead, 0.0, tl.exp(a + h_prev - tl.where(dead, 0.0, h)))
@@ -156,8 +156,7 @@ if triton is not None:
             mn = (valid & (t + step >= 0) & (t + step < T))[:, None] & mask_d[None, :]
             h_t = tl.load(h_ptr + offs, mask=m, other=0.0).to(ACC)
             c = _weight(a_ptr, h_ptr, offs + step * D, h_t, mn, LOG, ACC)
-            # no next step: 0; padding rows: the identity 1, so the last row holds the carry
-            c = tl.where(mn, c, tl.where(m, 0.0, 1.0))
+            c = tl.where(m, c, 1.0)  # padding rows: identity, so the last row holds the carry
             x = tl.load(gh_ptr + offs, mask=m, other=0.0).to(ACC)
             C, G = tl.associative_scan((c, x), 0, _lin_combine)
             g = C * carry[None, :] + G  # [BLOCK_T, BLOCK_D]
