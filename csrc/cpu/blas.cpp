@@ -12,6 +12,9 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// the C entry point (mkl_service.h maps mkl_set_num_threads_local to it; the lowercase symbol is
+// the Fortran one, which takes a pointer)
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
 
 namespace fusedrnn {
@@ -55,6 +58,20 @@ void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, in
     c.copy_(prod);
   else
     c.add_(prod);
+}
+
+SmallGemmGuard::SmallGemmGuard(int64_t macs_per_step) {
+  // Below ~4M multiply-adds a step's GEMM is faster on one thread than the wake-up of a second
+  // (and on a busy machine the wake-up can stall a whole step), so MKL runs these sequentially.
+  constexpr int64_t kThreadedMacs = int64_t(1) << 22;
+  if (macs_per_step < kThreadedMacs && MKL_Set_Num_Threads_Local != nullptr) {
+    prev_ = MKL_Set_Num_Threads_Local(1);
+    active_ = true;
+  }
+}
+
+SmallGemmGuard::~SmallGemmGuard() {
+  if (active_) MKL_Set_Num_Threads_Local(prev_);
 }
 
 template void gemm_rows<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,

@@ -61,9 +61,10 @@ Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
 }
 
 int64_t row_grain(int64_t work_per_row) {
-  // below ~16k element-updates a second thread costs more than it saves (measured with
-  // benchmarks/bench_cpu.py on 2 cores)
-  constexpr int64_t kMinWork = 16384;
+  // below ~64k element-updates per chunk a second thread costs more than it saves: the
+  // vectorized cell math is ~1-4 ns per unit, a parallel region's wake-up several us (and far
+  // more on a loaded machine; measured with benchmarks/bench_cpu.py on 2 cores)
+  constexpr int64_t kMinWork = 65536;
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_row));
 }
 

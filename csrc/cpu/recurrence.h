@@ -77,6 +77,19 @@ template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// While alive, the per-step GEMMs run on one BLAS thread if they are small (blas.cpp).
+class SmallGemmGuard {
+ public:
+  explicit SmallGemmGuard(int64_t macs_per_step);
+  ~SmallGemmGuard();
+  SmallGemmGuard(const SmallGemmGuard&) = delete;
+  SmallGemmGuard& operator=(const SmallGemmGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool active_ = false;
+};
+
 // Rows per at::parallel_for chunk so that one chunk has enough work to pay for a thread.
 int64_t row_grain(int64_t work_per_row);
 

@@ -64,6 +64,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
   T* rr = proj ? o.r.data_ptr<T>() : nullptr;
   T* drp = proj ? dr.data_ptr<T>() : nullptr;
 
+  SmallGemmGuard gemm_threads(B * GH * Ho);
   for (int64_t s = TT - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];

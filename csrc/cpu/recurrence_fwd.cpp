@@ -52,6 +52,7 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
   const std::vector<T> zeros_v(std::max(H, Ho), T(0));
   const T* zeros = zeros_v.data();
 
+  SmallGemmGuard gemm_threads(B * GH * Ho);
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];  // live prefix (all rows when masking)
