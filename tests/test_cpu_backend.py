@@ -261,3 +261,20 @@ def test_torch_compile_fullgraph_op(mode):
     torch.testing.assert_close(compiled, eager, **TOL[torch.float32])
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_nn_cell_no_grad_fast_path(kind):
+    """Under no_grad the nn cells take the single-op cell_step path; same numbers as torch.nn."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(6, 11, dtype=torch.float64)
+    cell = getattr(fusedrnn, kind)(6, 11, dtype=torch.float64, backend="cpu")
+    cell.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 6, dtype=torch.float64)
+    hx = torch.randn(4, 11, dtype=torch.float64)
+    state = (hx, torch.randn_like(hx)) if kind == "LSTMCell" else hx
+    with torch.no_grad():
+        want, got = ref(x, state), cell(x, state)
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])

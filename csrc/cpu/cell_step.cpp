@@ -77,12 +77,29 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
                 "fusedrnn: c must have shape ", h.sizes(), " and dtype ", dt, ", got ",
                 c->sizes(), " ", c->scalar_type());
 
-  Tensor gx = (b_ih.has_value() && b_ih->defined()) ? at::addmm(*b_ih, x, w_ih.t())
-                                                    : at::mm(x, w_ih.t());  // [B, G*H]
-  Tensor gh = (b_hh.has_value() && b_hh->defined()) ? at::addmm(*b_hh, h, w_hh.t())
-                                                    : at::mm(h, w_hh.t());  // [B, G*H]
-  const Tensor hc = h.contiguous();
+  // both projections straight into BLAS: at B = 1 the dispatcher overhead of at::addmm is a
+  // large share of the step
+  const Tensor xc = x.contiguous(), hc = h.contiguous(), wi = w_ih.contiguous(),
+               wh = w_hh.contiguous();
   const Tensor cc = has_c ? c->contiguous() : Tensor();
+  Tensor gx = at::empty({B, GH}, x.options()), gh = at::empty({B, GH}, x.options());
+  const int64_t I = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES(dt, "fusedrnn_cell_step", [&] {
+    auto project = [&](Tensor& out, const Tensor& in, const Tensor& w, const OptTensor& bias,
+                       int64_t K) {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const bool has_bias = bias.has_value() && bias->defined();
+      if (has_bias) {
+        const Tensor bc = bias->contiguous();
+        for (int64_t b = 0; b < B; ++b)
+          std::copy(bc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>() + GH, o + b * GH);
+      }
+      gemm_rows<scalar_t>(false, true, B, GH, K, in.data_ptr<scalar_t>(), K,
+                          w.data_ptr<scalar_t>(), K, has_bias ? scalar_t(1) : scalar_t(0), o, GH);
+    };
+    project(gx, xc, wi, b_ih, I);   // [B, G*H]
+    project(gh, hc, wh, b_hh, H);   // [B, G*H]
+  });
   Tensor h_new = alloc({B, H}, h.options());
   Tensor c_new = lstm ? alloc({B, H}, h.options()) : at::empty({0}, h.options());
   if (dt == at::kDouble)

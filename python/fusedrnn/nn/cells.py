@@ -62,8 +62,14 @@ class _FusedCellMixin:
                     f"{type(self).__name__}: expected {name} dtype {self.weight_ih.dtype} "
                     f"(the weights' dtype), got {t.dtype}"
                 )
-        xw = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)  # [1, B, G*H]
         c0 = states[1] if mode == "LSTM" else None
+        step = getattr(backends.resolve(self.backend, x.device), "cell_step", None)
+        if (step is not None and not torch.is_grad_enabled()
+                and x.dtype in (torch.float32, torch.float64)):
+            # streaming inference: the whole step (both projections) in one op
+            return step(mode, x, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh,
+                        states[0], c0)
+        xw = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)  # [1, B, G*H]
         _, h, c = backends.recurrence(
             mode, xw, self.weight_hh, self.bias_hh, states[0], c0, backend=self.backend
         )
