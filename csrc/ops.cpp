@@ -51,7 +51,8 @@ PyMethodDef kMethods[] = {
     {"_debug_poison", get_debug_poison, METH_NOARGS, "Whether the NaN-poison hook is on."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods};
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods,
+                       nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 
