@@ -94,3 +94,31 @@ def test_cells_parity(backend, cls, tcls, kw, batched, with_hx):
         torch.testing.assert_close(b, a, **TOL[torch.float64])
     for a, b in zip(g_ref, g_ours, strict=True):
         torch.testing.assert_close(b, a, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name,kw", [("RNNCell", {}), ("RNNCell", {"nonlinearity": "relu"}),
+                                     ("LSTMCell", {}), ("GRUCell", {}), ("GRUCell", {"bias": False})],
+                         ids=["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_nobias"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cells_streaming_no_grad(backend, name, kw, dtype):
+    """Inference steps (no grad; the cpu backend's single-op path) over a short stream."""
+    import fusedrnn
+
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(5, 7, dtype=dtype, **kw)
+    ours = getattr(fusedrnn, name)(5, 7, dtype=dtype, backend=backend, **kw)
+    ours.load_state_dict(ref.state_dict())
+    xs = torch.randn(6, 2, 5, dtype=dtype)
+    s_ref = s_ours = None
+    with torch.no_grad():
+        for x in xs:
+            s_ref, s_ours = ref(x, s_ref), ours(x, s_ours)
+            for a, b in zip(s_ref if isinstance(s_ref, tuple) else (s_ref,),
+                            s_ours if isinstance(s_ours, tuple) else (s_ours,), strict=True):
+                torch.testing.assert_close(b, a, **TOL[dtype])
+        one = ours(xs[0, 0])  # unbatched
+        want = ref(xs[0, 0])
+    for a, b in zip(want if isinstance(want, tuple) else (want,),
+                    one if isinstance(one, tuple) else (one,), strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, **TOL[dtype])
