@@ -65,7 +65,12 @@ class _FusedRNNMixin:
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d)
-                xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], one GEMM over all steps
+                if b_ih is not None and self.mode != "GRU":
+                    # both biases sit outside any gate product here, so b_ih joins b_hh and
+                    # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
+                    xw, b_hh = F.linear(x, w_ih), b_ih + b_hh  # [T, B, G*H]
+                else:
+                    xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], one GEMM over all steps
                 y, h, c = backends.recurrence(
                     self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
