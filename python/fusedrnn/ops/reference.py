@@ -119,14 +119,17 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
     if lengths is not None:
         lengths = lengths.to(xw.device)
     ys: list[Tensor | None] = [None] * T
+    # one unbind, not xw[t] per step: each select's backward would write a full [T, B, G*H]
+    # zero gradient, making the backward O(T^2)
+    xs = xw.unbind(0)
     for t in range(T - 1, -1, -1) if reverse else range(T):
         if recurrent_grad_clip is None:
-            h_new, c_new = step(xw[t], h, c, w_hh, b_hh, w_hr)
+            h_new, c_new = step(xs[t], h, c, w_hh, b_hh, w_hr)
         else:
             clip = float(recurrent_grad_clip)
             h_in = _ClampGrad.apply(h, clip)
             c_in = None if c is None else _ClampGrad.apply(c, clip)
-            h_new, c_new = step(xw[t], h_in, c_in, w_hh, b_hh, w_hr)
+            h_new, c_new = step(xs[t], h_in, c_in, w_hh, b_hh, w_hr)
         if lengths is None:
             h, c, ys[t] = h_new, c_new, h_new
         else:
