@@ -17,7 +17,7 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor xw, Tensor w_hh, "
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
-      "Tensor y, Tensor cs) "
+      "Tensor y, Tensor cs, float clip=0.0) "
       "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr)");
   m.def(
       "cell_step(str mode, Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "

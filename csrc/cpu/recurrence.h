@@ -37,7 +37,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& cs);
+    const Tensor& y, const Tensor& cs, double clip);
 
 // One step of a cell with its input projection, for the streaming nn cells:
 //   x [B, I], w_ih [G*H, I], b_ih [G*H]?, w_hh [G*H, H], b_hh [G*H]?, h [B, H], c [B, H]?

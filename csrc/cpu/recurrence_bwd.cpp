@@ -20,6 +20,7 @@ struct BwdArgs {
   Lengths L;
   bool reverse;
   int64_t T, B, H, H_out;
+  double clip = 0.0;  // recurrent_grad_clip; 0 = off
 };
 
 struct BwdOut {
@@ -31,6 +32,19 @@ struct BwdOut {
   Tensor dhp;   // [T, B, P]    projection: dL/dh per step (for d_w_hr)
   Tensor r;     // [T, B, H]    projection: o * tanh(c) per step (for d_w_hr)
 };
+
+// recurrent_grad_clip: what a live step sent back to its input state (dh, and dc for LSTM) is
+// clamped to [-clip, clip]; rows that did not run this step pass their gradient through as is.
+template <typename T>
+void clamp_sent(const BwdArgs& a, T* dh, T* dc, int64_t t, int64_t nb, bool masked) {
+  const T lo = T(-a.clip), hi = T(a.clip);
+  for (int64_t b = 0; b < nb; ++b) {
+    if (masked && !a.L.live(t, b)) continue;
+    for (int64_t k = 0; k < a.H_out; ++k) dh[b * a.H_out + k] = std::min(hi, std::max(lo, dh[b * a.H_out + k]));
+    if (dc)
+      for (int64_t k = 0; k < a.H; ++k) dc[b * a.H + k] = std::min(hi, std::max(lo, dc[b * a.H + k]));
+  }
+}
 
 template <Cell C, typename T>
 void backward_loop(const BwdArgs& a, BwdOut& o) {
@@ -93,6 +107,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
       // dh_prev += dgates_hh @ W_hh over the live prefix
       const T* dg = kGru ? dgh_p : dxw + t * B * GH;  // [nb, G*H]
       gemm_rows<T>(false, false, nb, Ho, GH, dg, GH, a.w_hh.data_ptr<T>(), Ho, T(1), dh, Ho);
+      if (a.clip > 0) clamp_sent(a, dh, dc, t, nb, masked);
     }
     if (nb < B) {
       std::fill(dxw + (t * B + nb) * GH, dxw + (t + 1) * B * GH, T(0));
@@ -174,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& cs) {
+    const Tensor& y, const Tensor& cs, double clip) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell), S = num_saved(cell);
   const bool lstm = cell == Cell::LSTM;
@@ -206,6 +221,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   a.L = make_lengths(lengths, T, B);
   a.reverse = reverse;
   a.T = T; a.B = B; a.H = H; a.H_out = Ho;
+  TORCH_CHECK(clip >= 0, "fusedrnn: clip must be >= 0 (0 = off), got ", clip);
+  a.clip = clip;
 
   const auto opts = a.w_hh.options();
   BwdOut o;

@@ -2,13 +2,14 @@
 
 from . import backends, ops
 from .backends import available_backends, recurrence
-from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, MinGRU, MinLSTM, RNNCell
+from .scan import linear_scan, log_linear_scan
+from . import diagnostics, models, training  # noqa: E402  (after the layers they build on)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
-    "recurrence", "available_backends", "backends", "ops",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MinGRU", "MinLSTM",
+    "linear_scan", "log_linear_scan", "recurrence", "available_backends",
+    "backends", "ops", "diagnostics", "models", "training",
 ]
-from . import diagnostics, models, training  # noqa: E402  (issue 8: toolkit)
-from .scan import linear_scan, log_linear_scan; from .nn.minrnn import MinGRU, MinLSTM  # noqa: E402,E702  (issue 7)

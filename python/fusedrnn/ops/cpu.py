@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .. import _ext
 from .cells import GATES
-from .reference import check_contract, recurrence_ref
+from .reference import check_clip, check_contract, recurrence_ref
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -47,7 +48,8 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr):
     )
 
 
-def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, cs):
+def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, cs,
+              clip=0.0):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -91,24 +93,47 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
     return [next(grads) if t is not None and t.requires_grad else None for t in ins]
 
 
-def _backward(ctx, dy, dh_T, dc_T, _dcs):
+def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
+    """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr), None where the
+    input was None."""
     mode = ctx.mode
-    if torch.is_grad_enabled():
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
-        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr
     xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
         mode, dy, dh_T, dc_T if mode == "LSTM" else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, cs,
+        ctx.reverse, w_hr, y, cs, clip,
     )
-    return (
-        None, d_xw, d_w_hh,
-        d_b_hh if b_hh is not None else None,
-        dh0,
-        dc0 if c0 is not None else None,
-        None, None,
-        d_w_hr if w_hr is not None else None,
-    )
+    return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
+            dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None)
+
+
+def _backward(ctx, dy, dh_T, dc_T, _dcs):
+    if torch.is_grad_enabled():
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
+    else:
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T)
+    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr
+
+
+class _ClippedRecurrence(torch.autograd.Function):
+    """The same two ops with ``recurrent_grad_clip``. The clip changes only the backward, and
+    the autograd formula registered on ``recurrence_fwd`` cannot receive it, so this path is a
+    plain autograd.Function (torch.compile graph-breaks here; first-order gradients only)."""
+
+    @staticmethod
+    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
+        y, h_T, c_T, cs = torch.ops.fusedrnn.recurrence_fwd(
+            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr
+        )
+        ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs)
+        ctx.set_materialize_grads(False)
+        return y, h_T, c_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T, dc_T):
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T, ctx.clip)
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
 
 
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
@@ -136,7 +161,8 @@ def _check(mode, tensors) -> None:
             )
 
 
-def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
+def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
+               recurrent_grad_clip=None):
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
@@ -150,6 +176,8 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             Sorted (descending) lengths run only the live rows; unsorted lengths are masked.
         reverse: run t = lengths[b]-1 .. 0 per sequence.
         w_hr: [P, H] or None, LSTM projection.
+        recurrent_grad_clip: None or > 0; clamps the gradient each live step sends back to
+            its input state (see ``recurrence_ref``).
 
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
@@ -165,9 +193,14 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
     _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
                   ("lengths", lengths), ("w_hr", w_hr)))
-    y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-        mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr
-    )
+    check_clip(recurrent_grad_clip)
+    if recurrent_grad_clip is not None:
+        y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
+                                               bool(reverse), w_hr, float(recurrent_grad_clip))
+    else:
+        y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr
+        )
     return y, h_T, (c_T if mode == "LSTM" else None)
 
 
