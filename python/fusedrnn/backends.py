@@ -22,75 +22,91 @@ from types import ModuleType
 
 import torch
 
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
-_MODULES = {
-    "reference": "fusedrnn.ops.reference_backend",
-    "cpu": "fusedrnn.ops.cpu",
-    "triton": "fusedrnn.ops.triton",
-    "cuda": "fusedrnn.ops.cuda",
-}
-#: preference order of "auto" per device type
-_AUTO = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
-_warned: set[tuple[str, str]] = set()
+class Registry:
+    """Backends of one op: loading (once), validation, and the choice for a device.
 
+    Args:
+        label: how messages name a backend ("backend", "scan backend").
+        modules: backend name -> module path.
+        auto: device type -> backend names "auto" tries in order before the reference.
+    """
 
-def _load(name: str) -> tuple[ModuleType | None, str | None]:
-    try:
-        mod = importlib.import_module(_MODULES[name])
-        return mod, mod.unavailable()
-    except Exception as e:  # the backend's Python side is missing or broken: say why, go on
-        return None, f"backend {name!r} could not be loaded: {type(e).__name__}: {e}"
+    def __init__(self, label: str, modules: dict[str, str], auto: dict[str, tuple[str, ...]]):
+        self.label, self.modules, self.auto = label, modules, auto
+        self.names = ("auto", *modules)
+        # filled once: later calls are dict lookups, which torch.compile can trace
+        self._loaded: dict[str, tuple[ModuleType | None, str | None]] = {}
+        self._resolved: dict[tuple[str, str], ModuleType] = {}
+        self._warned: set[tuple[str, str]] = set()
 
+    def load(self, name: str) -> tuple[ModuleType | None, str | None]:
+        """(module, None) when the backend can run in this process, else (module?, why not)."""
+        if name not in self._loaded:
+            try:
+                mod = importlib.import_module(self.modules[name])
+                self._loaded[name] = (mod, mod.unavailable())
+            except Exception as e:  # its Python side is missing or broken: say why, go on
+                self._loaded[name] = (None, f"{self.label} {name!r} could not be loaded: "
+                                            f"{type(e).__name__}: {e}")
+        return self._loaded[name]
 
-def check_backend(name) -> str:
-    """Validate a backend name at construction; raise if it can never run in this process."""
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name != "auto":
-        _, why = _load(name)
+    def available(self) -> list[str]:
+        """Names of the backends that can run in this process (any device)."""
+        return [n for n in self.modules if self.load(n)[1] is None]
+
+    def check(self, name) -> str:
+        """Validate a backend name at construction; raise if it can never run here."""
+        if not isinstance(name, str) or name not in self.names:
+            raise ValueError(f"backend must be one of {self.names}, got {name!r}")
+        if name != "auto":
+            _, why = self.load(name)
+            if why is not None:
+                raise RuntimeError(f"{self.label} {name!r} is not available: {why}")
+        return name
+
+    def resolve(self, name: str, device: torch.device) -> ModuleType:
+        """The backend module that runs tensors on ``device`` for the requested ``name``."""
+        key = (name, device.type)
+        mod = self._resolved.get(key)
+        if mod is None:  # resolved once per (name, device type): this sits on every forward
+            mod = self._resolved[key] = self._resolve(name, device)
+        return mod
+
+    def _resolve(self, name: str, device: torch.device) -> ModuleType:
+        self.check(name)
+        if name == "auto":
+            for cand in self.auto.get(device.type, ()):
+                mod, why = self.load(cand)
+                if why is None and mod.supports(device):
+                    return mod
+                if (cand, device.type) not in self._warned:
+                    self._warned.add((cand, device.type))
+                    warnings.warn(
+                        f"fusedrnn: {self.label} {cand!r} is not available "
+                        f"({why or 'unsupported device'}); falling back to the reference "
+                        f"{self.label} on {device.type}",
+                        stacklevel=4,
+                    )
+            name = "reference"
+        mod, why = self.load(name)
         if why is not None:
-            raise RuntimeError(f"backend {name!r} is not available: {why}")
-    return name
+            raise RuntimeError(f"{self.label} {name!r} is not available: {why}")
+        if not mod.supports(device):
+            raise RuntimeError(f"{self.label} {name!r} does not run on {device.type} tensors")
+        return mod
 
 
-def available_backends() -> list[str]:
-    """Names of the backends that can run in this process (any device)."""
-    return [n for n in _MODULES if _load(n)[1] is None]
-
-
-_resolved: dict[tuple[str, str], ModuleType] = {}
-
-
-def resolve(name: str, device: torch.device) -> ModuleType:
-    """The backend module that runs tensors on ``device`` for the requested ``name``."""
-    key = (name, device.type)
-    mod = _resolved.get(key)
-    if mod is None:  # resolved once per (name, device type): this sits on every forward
-        mod = _resolved[key] = _resolve(name, device)
-    return mod
-
-
-def _resolve(name: str, device: torch.device) -> ModuleType:
-    if name == "auto":
-        for cand in _AUTO.get(device.type, ()):
-            mod, why = _load(cand)
-            if why is None and mod.supports(device):
-                return mod
-            key = (cand, device.type)
-            if key not in _warned:
-                _warned.add(key)
-                warnings.warn(
-                    f"fusedrnn: backend {cand!r} is not available ({why or 'unsupported device'}); "
-                    f"falling back to the reference backend on {device.type}",
-                    stacklevel=3,
-                )
-        name = "reference"
-    mod, why = _load(name)
-    if why is not None:
-        raise RuntimeError(f"backend {name!r} is not available: {why}")
-    if not mod.supports(device):
-        raise RuntimeError(f"backend {name!r} does not run on {device.type} tensors")
-    return mod
+#: the recurrence op's backends; "auto" prefers cpu on CPU, then triton and cuda on CUDA
+RECURRENCE = Registry(
+    "backend",
+    {"reference": "fusedrnn.ops.reference_backend", "cpu": "fusedrnn.ops.cpu",
+     "triton": "fusedrnn.ops.triton", "cuda": "fusedrnn.ops.cuda"},
+    {"cpu": ("cpu",), "cuda": ("triton", "cuda")},
+)
+BACKENDS = RECURRENCE.names
+check_backend = RECURRENCE.check
+available_backends = RECURRENCE.available
+resolve = RECURRENCE.resolve
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,

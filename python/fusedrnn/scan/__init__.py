@@ -26,78 +26,26 @@ gradients, ``g_t = dh_t + a_{t+1} g_{t+1}``, with ``da_t = h_{t-1} g_t``, ``db_t
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from types import ModuleType
-
-import torch
 from torch import Tensor
+
+from ..backends import Registry
 
 from .reference import check_scan_args, linear_scan_ref, log_linear_scan_ref
 
 __all__ = ["linear_scan", "log_linear_scan", "linear_scan_ref", "log_linear_scan_ref",
            "available_scan_backends", "SCAN_BACKENDS"]
 
-SCAN_BACKENDS = ("auto", "reference", "cpu", "triton")
-_MODULES = {
-    "reference": "fusedrnn.scan.reference",
-    "cpu": "fusedrnn.scan.cpu",
-    "triton": "fusedrnn.scan.triton",
-}
-_AUTO = {"cpu": ("cpu",), "cuda": ("triton",)}
-_warned: set[tuple[str, str]] = set()
-#: name -> (module | None, why unavailable | None), filled once; a dict lookup is all that
-#: torch.compile has to trace on later calls (it cannot trace importlib)
-_LOADED: dict[str, tuple[ModuleType | None, str | None]] = {}
-
-
-def _load(name: str) -> tuple[ModuleType | None, str | None]:
-    if name not in _LOADED:
-        try:
-            mod = importlib.import_module(_MODULES[name])
-        except ImportError as e:  # e.g. triton not installed
-            _LOADED[name] = (None, f"scan backend {name!r} could not be imported: {e}")
-        else:
-            _LOADED[name] = (mod, mod.unavailable())
-    return _LOADED[name]
-
-
-def available_scan_backends() -> list[str]:
-    """Names of the scan backends that can run in this process (on some device)."""
-    return [n for n in _MODULES if _load(n)[1] is None]
-
-
-def check_scan_backend(name) -> str:
-    """Validate a scan backend name; raise when it can never run in this process."""
-    if not isinstance(name, str) or name not in SCAN_BACKENDS:
-        raise ValueError(f"backend must be one of {SCAN_BACKENDS}, got {name!r}")
-    if name != "auto":
-        _, why = _load(name)
-        if why is not None:
-            raise RuntimeError(f"scan backend {name!r} is not available: {why}")
-    return name
-
-
-def resolve(name: str, device: torch.device) -> ModuleType:
-    """The backend module that runs tensors on ``device`` for the requested ``name``."""
-    check_scan_backend(name)
-    if name == "auto":
-        for cand in _AUTO.get(device.type, ()):
-            mod, why = _load(cand)
-            if why is None and mod.supports(device):
-                return mod
-            if (cand, device.type) not in _warned:
-                _warned.add((cand, device.type))
-                warnings.warn(f"fusedrnn.scan: backend {cand!r} is not available "
-                              f"({why or 'unsupported device'}); falling back to the reference "
-                              f"scan on {device.type}", stacklevel=3)
-        name = "reference"
-    mod, why = _load(name)
-    if why is not None:
-        raise RuntimeError(f"scan backend {name!r} is not available: {why}")
-    if not mod.supports(device):
-        raise RuntimeError(f"scan backend {name!r} does not run on {device.type} tensors")
-    return mod
+#: the scan's backends (the registry logic is fusedrnn.backends.Registry)
+SCAN = Registry(
+    "scan backend",
+    {"reference": "fusedrnn.scan.reference", "cpu": "fusedrnn.scan.cpu",
+     "triton": "fusedrnn.scan.triton"},
+    {"cpu": ("cpu",), "cuda": ("triton",)},
+)
+SCAN_BACKENDS = SCAN.names
+available_scan_backends = SCAN.available
+check_scan_backend = SCAN.check
+resolve = SCAN.resolve
 
 
 def _check_reverse(reverse) -> bool:
@@ -106,8 +54,8 @@ def _check_reverse(reverse) -> bool:
     return reverse
 
 
-_load("reference")
-_load("cpu")  # the "auto" choice for CPU tensors; triton is loaded on first use
+SCAN.load("reference")
+SCAN.load("cpu")  # the "auto" choice for CPU tensors; triton is loaded on first use
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: bool = False,
