@@ -99,8 +99,8 @@ def anchor_model(cell: str, input_size: int, hidden: int, weights, device, T: in
     """The float64 model every row of ``cell`` at length ``T`` is checked against, and its name.
 
     Classic cells: torch.nn's layer. Min cells: their ``reference`` backend up to
-    ``reference_max_t``; beyond, the reference's backward (a select per step, each of whose
-    gradients is a full [B, T, D] tensor) grows as T^2, so the anchor is the first compiled scan
+    ``reference_max_t`` (``--reference-max-t``, all of the default sweep); beyond, where the
+    user chose not to wait for the Python loop, the anchor is the first compiled scan
     backend that runs here, in float64 -- a check of rounding, not of the algorithm, which the
     test suite checks against the reference.
     """

@@ -40,7 +40,7 @@ class Config:
     min_repeats: int = 3  # never fewer, even when a call is slow
     max_case_time: float = 1.0  # seconds of timing per case when repeats do not fit
     warmup_s: float = 0.05
-    reference_max_t: int = 256  # the reference backend is a Python loop: skip it beyond this
+    reference_max_t: int = 4096  # the reference backend is a Python loop: skip it beyond this
     memory: bool = True
     seed: int = 0
     notes: list[str] = field(default_factory=list)
