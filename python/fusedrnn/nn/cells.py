@@ -42,26 +42,30 @@ class _FusedCellMixin:
     def _step(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
         """x [B, I], states ([B, H],) or ([B, H], [B, H]) -> (h [B, H], c [B, H] | None)."""
         mode = self._mode()
-        if x.size(1) != self.input_size:
+        # the checks sit on every streaming step: plain shape/dtype reads, messages built
+        # only when one fails
+        B, w_dtype = x.shape[0], self.weight_ih.dtype
+        if x.shape[1] != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
             )
         for i, s in enumerate(states):
-            if s.size(0) != x.size(0):
+            if s.shape[0] != B:
                 raise RuntimeError(
-                    f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {s.size(0)}"
+                    f"Input batch size {B} doesn't match hidden{i} batch size {s.size(0)}"
                 )
-            if s.dim() != 2 or s.size(1) != self.hidden_size:
+            if s.dim() != 2 or s.shape[1] != self.hidden_size:
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
-        for name, t in (("input", x), *((f"hx[{i}]", s) for i, s in enumerate(states))):
-            if t.dtype != self.weight_ih.dtype:
-                raise RuntimeError(
-                    f"{type(self).__name__}: expected {name} dtype {self.weight_ih.dtype} "
-                    f"(the weights' dtype), got {t.dtype}"
-                )
+        if x.dtype != w_dtype or any(s.dtype != w_dtype for s in states):
+            name, t = next((n, t) for n, t in (("input", x), *(
+                (f"hx[{i}]", s) for i, s in enumerate(states))) if t.dtype != w_dtype)
+            raise RuntimeError(
+                f"{type(self).__name__}: expected {name} dtype {w_dtype} "
+                f"(the weights' dtype), got {t.dtype}"
+            )
         c0 = states[1] if mode == "LSTM" else None
         step = getattr(backends.resolve(self.backend, x.device), "cell_step", None)
         if (step is not None and not torch.is_grad_enabled()
