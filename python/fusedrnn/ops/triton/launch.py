@@ -139,6 +139,15 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     return _check_smem(pl, tile + 4 * BLOCK_B * PP, smem, H, P, dtype)
 
 
+def layer_plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool,
+               device: torch.device, tile_units: int | None = None) -> Plan:
+    """``plan`` for a layer on ``device`` (its SM count and shared memory): what ``rnn_fwd`` runs.
+
+    Deterministic in its arguments, so a backward can recompute the forward's plan.
+    """
+    return plan(mode, H, P, B, dtype, proj, sm_count(device), smem_limit(device), tile_units)
+
+
 def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
     """Refuse, clearly, a tiling whose shared memory (weights + staged state) cannot fit."""
     if smem is not None and need > smem:
@@ -196,8 +205,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     G = GATES[mode]
     H, P = GH // G, h0.shape[1]
     dev, f32 = xw.device, torch.float32
-    pl = plan(mode, H, P, B, xw.dtype, w_hr is not None, sm_count(dev), smem_limit(dev),
-              tile_units)
+    pl = layer_plan(mode, H, P, B, xw.dtype, w_hr is not None, dev, tile_units)
     k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
