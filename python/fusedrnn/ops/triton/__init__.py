@@ -1,9 +1,10 @@
 """The Triton backend: fused persistent forward and BPTT kernels for RNN, LSTM and GRU.
 
 Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
-``recurrence(...)``. Launchers without autograd: ``<cell>_fwd`` / ``<cell>_bwd`` (and the
-mode-generic ``rnn_fwd`` / ``rnn_bwd`` in ``launch.py``). Design, paths and the performance model:
-``docs/triton_backend.md``.
+``recurrence(...)``. Custom ops (``autograd.py``): ``torch.ops.fusedrnn.triton_recurrence_fwd``
+(with its autograd formula) and ``triton_recurrence_bwd``. Launchers without autograd:
+``<cell>_fwd`` / ``<cell>_bwd`` (and the mode-generic ``rnn_fwd`` / ``rnn_bwd`` in
+``launch.py``). Design, paths and the performance model: ``docs/triton_backend.md``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ except ImportError as e:  # the package still imports; unavailable() says why
     _IMPORT_ERROR = e
 
 if _IMPORT_ERROR is None:
-    from .autograd import FusedRecurrence
+    from .autograd import recurrence_bwd, recurrence_fwd
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
 
 __all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
            "rnn_tanh_fwd", "rnn_tanh_bwd", "rnn_relu_fwd", "rnn_relu_bwd", "lstm_fwd", "lstm_bwd",
-           "gru_fwd", "gru_bwd", "FusedRecurrence"]
+           "gru_fwd", "gru_bwd", "recurrence_fwd", "recurrence_bwd"]
 
 
 def unavailable() -> str | None:
@@ -44,7 +45,7 @@ def supports(device: torch.device) -> bool:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None):
+               recurrent_grad_clip=None, *, tile_units=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
@@ -55,8 +56,12 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hr: [P, H] | None, LSTM projection (resident path only, see docs).
         recurrent_grad_clip: None | > 0, clamps the gradient carried back through the
             recurrence at every step (see ``recurrence_ref``).
+        tile_units: None, or a power of two >= 16 forcing the split path with tiles of that
+            many units (a test knob; the backward recomputes the same plan).
     Returns:
-        (y [T, B, P], h_T [B, P], c_T [B, H] | None), differentiable in every tensor input.
+        (y [T, B, P], h_T [B, P], c_T [B, H] | None), differentiable in every tensor input
+        (first order: double backward raises). A ``torch.library`` custom op, so
+        ``torch.compile(fullgraph=True)`` traces through it.
 
     Example:
         >>> y, h, c = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
@@ -68,12 +73,16 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     if not supports(xw.device):
         raise RuntimeError(f"triton backend: tensors must be on a CUDA device (or CPU under "
                            f"TRITON_INTERPRET=1), got {xw.device}")
-    if lengths is not None:
-        if lengths.numel() and int(lengths.max()) > xw.shape[0]:
-            raise ValueError(f"lengths must be <= T={xw.shape[0]}, got max {int(lengths.max())}")
+    if lengths is not None:  # lengths <= T is checked inside the op (it reads values)
         lengths = lengths.to(xw.device)
-    return FusedRecurrence.apply(mode, _contig(xw), _contig(w_hh), _contig(b_hh), _contig(h0), _contig(c0),
-                                 lengths, bool(reverse), _contig(w_hr), recurrent_grad_clip)
+    ins = (xw, w_hh, b_hh, h0, c0, w_hr)
+    # keep the activations only when a backward can follow (custom ops cannot see that)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)
+    clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
+    y, h_T, c_T, _ = torch.ops.fusedrnn.triton_recurrence_fwd(
+        mode, *(_contig(t) for t in ins[:5]), lengths, bool(reverse), _contig(w_hr), save, clip,
+        tile_units or 0)
+    return y, h_T, (c_T if mode == "LSTM" else None)
 
 
 def _contig(t):

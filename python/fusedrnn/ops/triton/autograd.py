@@ -1,69 +1,191 @@
-"""Autograd for the fused Triton recurrence: the kernels' loop, then the weight GEMMs.
+"""The fused Triton recurrence as ``torch.library`` custom ops, with fake impls and autograd.
+
+Ladder (CONVENTIONS.md): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate, launch) ->
+``fusedrnn::triton_recurrence_fwd`` / ``fusedrnn::triton_recurrence_bwd`` (here: custom ops, so
+``torch.compile(fullgraph=True)`` keeps them as opaque nodes instead of graph-breaking) -> the
+autograd formula registered on the forward op -> ``recurrence`` in ``__init__``.
 
 The backward kernel carries dh (and dc) through reversed time and writes the gate gradients;
 ``d_w_hh`` and ``d_b_hh`` are then one GEMM / one reduction over all T*B rows, and ``d_w_hr``
-(projection) one more GEMM against the recomputed cell outputs.
+(projection) one more GEMM against the recomputed cell outputs. These GEMMs sit in the autograd
+formula, outside the bwd op, so torch.compile sees (and may fuse) them.
+
+Custom ops cannot return None or Python objects, so an absent tensor (``c_T`` of a non-LSTM,
+what the forward saves when nothing needs gradients) is an empty placeholder, and the kernels'
+``plan`` is not carried from forward to backward: the bwd op recomputes it with
+``launch.layer_plan``, which is deterministic in its arguments.
+
+``torch.library.triton_op`` is not used: it needs every kernel launch wrapped by
+``torch.library.wrap_triton`` inside the op body (launch.py launches them directly), and it
+gains nothing here, where the op is opaque to Inductor anyway (a persistent kernel).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from ..cells import GATES
-from .launch import rnn_bwd, rnn_fwd
+from .launch import SAVED, layer_plan, rnn_bwd, rnn_fwd
+
+#: fp32 tensors the forward keeps for backward, in the order the fwd op returns them (its
+#: ``saved`` list output); ``_saved_shapes`` gives their shapes for the fake impl
+SAVED_KEYS = ("act", "hprev", "cprev")
+_F32 = torch.float32
 
 
-class FusedRecurrence(torch.autograd.Function):
-    """(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip) -> (y, h_T, c_T)."""
+def _saved_shapes(mode: str, T: int, B: int, H: int, P: int) -> dict:
+    """Shape of each saved tensor, None where the mode has none (cprev outside LSTM)."""
+    return {"act": (T, B, SAVED[mode] * H), "hprev": (T, B, P),
+            "cprev": (T, B, H) if mode == "LSTM" else None}
 
-    @staticmethod
-    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip=None):
-        save = any(ctx.needs_input_grad)
-        y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
-        ctx.mode, ctx.reverse, ctx.plan, ctx.clip = mode, reverse, None, clip
-        ctx.has = (b_hh is not None, c0 is not None)
-        ctx.dtypes = (xw.dtype, h0.dtype)
-        ctx.device = xw.device
-        if saved is not None:
-            ctx.plan = saved["plan"]
-            ctx.save_for_backward(w_hh, w_hr, lengths, saved["act"], saved["hprev"], saved["cprev"])
-        ctx.shape = (xw.shape, h0.shape)
-        return y, h_T, c_T
 
-    @staticmethod
-    @once_differentiable  # the backward kernels are not themselves differentiable
-    def backward(ctx, dy, dh_T, dc_T):
-        mode = ctx.mode
-        (T, B, GH), (_, P) = ctx.shape
-        dtype = ctx.dtypes[0]
-        if ctx.plan is None:  # T == 0 (nothing saved): the states pass straight through
-            dxw = torch.zeros(ctx.shape[0], dtype=dtype, device=ctx.device)
-            return (None, dxw, None, None, dh_T, dc_T if ctx.has[1] else None, None, None, None,
-                    None)
-        w_hh, w_hr, lengths, act, hprev, cprev = ctx.saved_tensors
-        dev = w_hh.device
-        H = GH // GATES[mode]
-        if dy is None:
-            dy = torch.zeros(T, B, P, device=dev)
-        if dh_T is None:
-            dh_T = torch.zeros(B, P, device=dev)
-        if mode == "LSTM" and dc_T is None:
-            dc_T = torch.zeros(B, H, device=dev)
-        dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, {"act": act, "hprev": hprev, "cprev": cprev,
-                                                    "plan": ctx.plan},
-                                             w_hh, dy.contiguous(), dh_T, dc_T, lengths,
-                                             ctx.reverse, w_hr, ctx.clip)
-        drec2 = drec.reshape(T * B, GH)
-        d_w_hh = drec2.t() @ hprev.reshape(T * B, P)  # [G*H, P], fp32
-        d_b_hh = drec2.sum(0) if ctx.has[0] else None
-        d_w_hr = None
-        if w_hr is not None:
-            i, f, g, o = act.chunk(4, dim=2)
-            m = o * torch.tanh(f * cprev + i * g)  # [T, B, H] the projected cell output
-            d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
-        hdt = ctx.dtypes[1]
-        d_b_hh = None if d_b_hh is None else d_b_hh.to(dtype)
-        d_c0 = dc0.to(hdt) if (dc0 is not None and ctx.has[1]) else None
-        return (None, dxw.to(dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(hdt), d_c0, None, None,
-                d_w_hr, None)
+def _sizes(mode: str, xw: Tensor, h0: Tensor):
+    T, B, GH = xw.shape
+    return T, B, GH // GATES[mode], h0.shape[1]
+
+
+def _pack(mode: str, saved: dict | None, xw: Tensor, h0: Tensor, save: bool) -> list[Tensor]:
+    """``rnn_fwd``'s saved dict as the op's tensor list: empty placeholders for absent tensors;
+    shaped empties at T == 0, where ``rnn_fwd`` saves nothing but backward still runs."""
+    shapes = _saved_shapes(mode, *_sizes(mode, xw, h0))
+    if saved is None:
+        saved = {k: None if s is None or not save else xw.new_empty(s, dtype=_F32)
+                 for k, s in shapes.items()}
+    extra = set(saved) - {"plan"} - set(SAVED_KEYS)
+    if extra:  # launch.rnn_fwd gained a saved tensor: it must become an op output too
+        raise NotImplementedError(f"triton custom op: rnn_fwd saved {sorted(extra)}, expected only "
+                                  f"{SAVED_KEYS}; add them to SAVED_KEYS and _saved_shapes")
+    return [xw.new_empty(0, dtype=_F32) if saved[k] is None else saved[k] for k in SAVED_KEYS]
+
+
+@torch.library.custom_op("fusedrnn::triton_recurrence_fwd", mutates_args=())
+def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
+                   c0: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                   w_hr: Optional[Tensor], save: bool, clip: float, tile_units: int
+                   ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """The fused forward of one layer and direction (inputs contiguous, on one device).
+
+    Args: the op contract (see ``fusedrnn.ops.reference``); ``save``: keep what backward needs;
+    ``clip``: ``recurrent_grad_clip`` of the backward, 0.0 = off (unused here: an argument only
+    so that the autograd formula receives it); ``tile_units``: force the split path with tiles
+    of that many units (tests), 0 = the plan's own choice.
+    Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] (empty unless LSTM), saved)``, the first
+    three in ``xw``'s dtype, ``saved`` the fp32 tensors of ``SAVED_KEYS`` (empty when absent
+    or not ``save``).
+    """
+    T = xw.shape[0]
+    if lengths is not None and lengths.numel() and int(lengths.max()) > T:
+        # checked here rather than in recurrence(): reading a value graph-breaks torch.compile
+        raise ValueError(f"lengths must be <= T={T}, got max {int(lengths.max())}")
+    y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save,
+                                 tile_units or None)
+    # T == 0 returns (copies of) the initial states: their dtype, not xw's
+    c_T = xw.new_empty(0) if c_T is None else c_T.to(xw.dtype)
+    return y, h_T.to(xw.dtype), c_T, _pack(mode, saved, xw, h0, save)
+
+
+@recurrence_fwd.register_fake
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units):
+    T, B, H, P = _sizes(mode, xw, h0)
+    saved = [xw.new_empty(0, dtype=_F32) if s is None or not save else xw.new_empty(s, dtype=_F32)
+             for s in _saved_shapes(mode, T, B, H, P).values()]
+    c_T = xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0)
+    return xw.new_empty(T, B, P), xw.new_empty(B, P), c_T, saved
+
+
+@torch.library.custom_op("fusedrnn::triton_recurrence_bwd", mutates_args=())
+def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
+                   saved: list[Tensor], w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,
+                   w_hr: Optional[Tensor], dtype: torch.dtype, clip: float, tile_units: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward loop of one layer and direction (no weight GEMMs).
+
+    Args: ``dy [T, B, P]`` (contiguous), ``dh_T [B, P]``, ``dc_T [B, H]`` (LSTM, else None),
+    ``saved`` the fwd op's list, ``dtype`` the forward's input dtype and ``tile_units`` its
+    knob (together they recompute the forward's plan), ``clip`` as in the fwd op.
+    Returns fp32 ``(d_xw [T, B, G*H], d_rec [T, B, G*H] (GRU; empty otherwise, where it equals
+    d_xw), dh0 [B, P], dc0 [B, H] (LSTM, else empty), dh_tot [T, B, P] (projection, else
+    empty))`` as ``launch.rnn_bwd`` describes them.
+    """
+    T, B, P = dy.shape
+    GH = w_hh.shape[0]
+    H = GH // GATES[mode]
+    empty = dy.new_empty(0, dtype=_F32)
+    if mode == "LSTM" and dc_T is None:
+        dc_T = dh_T.new_zeros(B, H, dtype=_F32)
+    if T == 0:  # nothing to run: the states' gradients pass straight through
+        dc0 = dc_T.to(_F32, copy=True) if mode == "LSTM" else empty
+        dhtot = dy.new_zeros(0, B, P, dtype=_F32) if w_hr is not None else empty.clone()
+        return (dy.new_zeros(0, B, GH, dtype=_F32),
+                dy.new_zeros(0, B, GH, dtype=_F32) if mode == "GRU" else empty.clone(),
+                dh_T.to(_F32, copy=True), dc0, dhtot)
+    state = dict(zip(SAVED_KEYS, saved))
+    state["plan"] = layer_plan(mode, H, P, B, dtype, w_hr is not None, w_hh.device,
+                               tile_units or None)
+    dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, state, w_hh, dy, dh_T, dc_T, lengths, reverse,
+                                         w_hr, clip or None)
+    return (dxw, drec if mode == "GRU" else empty, dh0, empty.clone() if dc0 is None else dc0,
+            empty.clone() if dhtot is None else dhtot)
+
+
+@recurrence_bwd.register_fake
+def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, clip,
+              tile_units):
+    T, B, P = dy.shape
+    GH = w_hh.shape[0]
+    H = GH // GATES[mode]
+
+    def e(*shape):
+        return dy.new_empty(shape, dtype=_F32)
+
+    return (e(T, B, GH), e(T, B, GH) if mode == "GRU" else e(0), e(B, P),
+            e(B, H) if mode == "LSTM" else e(0), e(T, B, P) if w_hr is not None else e(0))
+
+
+def _setup_context(ctx, inputs, output):
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units = inputs
+    saved = output[3]
+    ctx.mode, ctx.reverse, ctx.save, ctx.clip, ctx.tile_units = mode, reverse, save, clip, tile_units
+    ctx.xw_dtype = xw.dtype
+    # dtype of each differentiable input's gradient, None where the input is absent
+    ctx.dtypes = [None if t is None else t.dtype for t in (b_hh, h0, c0)]
+    ctx.save_for_backward(w_hh, w_hr, lengths, *saved)
+    ctx.mark_non_differentiable(*saved)
+
+
+def _backward(ctx, dy, dh_T, dc_T, _d_saved):
+    if torch.is_grad_enabled():
+        # create_graph=True: the bwd op has no derivative of its own, and silently cutting the
+        # graph would give wrong higher-order gradients
+        raise RuntimeError("triton backend: double backward (create_graph=True through the "
+                           "recurrence) is not supported; use backend='reference' or 'cpu'")
+    if not ctx.save:
+        raise RuntimeError("fusedrnn::triton_recurrence_fwd ran with save=False, so it kept "
+                           "nothing for backward; call it with save=True when gradients are needed")
+    mode = ctx.mode
+    w_hh, w_hr, lengths, *saved = ctx.saved_tensors
+    b_dt, h_dt, c_dt = ctx.dtypes
+    dxw, drec, dh0, dc0, dhtot = torch.ops.fusedrnn.triton_recurrence_bwd(
+        mode, dy.contiguous(), dh_T, dc_T if mode == "LSTM" else None, saved, w_hh, lengths,
+        ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units)
+    act, hprev, cprev = (dict(zip(SAVED_KEYS, saved))[k] for k in ("act", "hprev", "cprev"))
+    T, B, P = hprev.shape
+    GH = w_hh.shape[0]
+    H = GH // GATES[mode]
+    drec2 = (drec if mode == "GRU" else dxw).reshape(T * B, GH)
+    d_w_hh = drec2.t() @ hprev.reshape(T * B, P)  # [G*H, P], fp32
+    d_b_hh = None if b_dt is None else drec2.sum(0).to(b_dt)
+    d_w_hr = None
+    if w_hr is not None:
+        i, f, g, o = act.chunk(4, dim=2)
+        m = o * torch.tanh(f * cprev + i * g)  # [T, B, H] the projected cell output
+        d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
+    d_c0 = None if c_dt is None else dc0.to(c_dt)
+    return (None, dxw.to(ctx.xw_dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(h_dt), d_c0, None,
+            None, d_w_hr, None, None, None)
+
+
+recurrence_fwd.register_autograd(_backward, setup_context=_setup_context)
