@@ -80,13 +80,19 @@ def fwd_args(mode, ins, lens, reverse, save=True, clip=0.0, tile_units=0):
             tile_units)
 
 
-OP_CASES = [(m, case) for m in MODES for case in ("plain", "len-rev")] + [("LSTM", "proj")]
+OP_CASES = ([(m, case) for m in MODES for case in ("plain", "len-rev")]
+            + [("LSTM", "proj"), ("LSTM", "T0-proj"), ("GRU", "T0")])
+
+
+def op_inputs(mode, case, lengths):
+    """make() for an OP_CASES case: "proj" adds w_hr, "T0" an empty sequence, "len-rev" lengths."""
+    return make(mode, T=0 if "T0" in case else 3, P=3 if "proj" in case else None,
+                lengths=lengths if case == "len-rev" else None)
 
 
 @pytest.mark.parametrize("mode,case", OP_CASES, ids=[f"{m}-{c}" for m, c in OP_CASES])
 def test_opcheck_fwd(mode, case):
-    ins, lens = make(mode, P=3 if case == "proj" else None,
-                     lengths=[3, 2] if case == "len-rev" else None)
+    ins, lens = op_inputs(mode, case, [3, 2])
     args = fwd_args(mode, leaves(ins, torch.float32), None if lens is None else lens.to(DEV),
                     case == "len-rev")
     torch.library.opcheck(FWD, args)
@@ -94,8 +100,7 @@ def test_opcheck_fwd(mode, case):
 
 @pytest.mark.parametrize("mode,case", OP_CASES, ids=[f"{m}-{c}" for m, c in OP_CASES])
 def test_opcheck_bwd(mode, case):
-    ins, lens = make(mode, P=3 if case == "proj" else None,
-                     lengths=[1, 3] if case == "len-rev" else None)
+    ins, lens = op_inputs(mode, case, [1, 3])
     ins = {k: None if v is None else v.to(DEV, torch.float32) for k, v in ins.items()}
     lens = None if lens is None else lens.to(DEV)
     rev = case == "len-rev"

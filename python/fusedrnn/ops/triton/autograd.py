@@ -113,22 +113,25 @@ def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
     T, B, P = dy.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
-    empty = dy.new_empty(0, dtype=_F32)
+
+    def absent():  # a fresh placeholder each time: custom op outputs may not alias
+        return dy.new_empty(0, dtype=_F32)
+
     if mode == "LSTM" and dc_T is None:
         dc_T = dh_T.new_zeros(B, H, dtype=_F32)
     if T == 0:  # nothing to run: the states' gradients pass straight through
-        dc0 = dc_T.to(_F32, copy=True) if mode == "LSTM" else empty
-        dhtot = dy.new_zeros(0, B, P, dtype=_F32) if w_hr is not None else empty.clone()
+        dc0 = dc_T.to(_F32, copy=True) if mode == "LSTM" else absent()
+        dhtot = dy.new_zeros(0, B, P, dtype=_F32) if w_hr is not None else absent()
         return (dy.new_zeros(0, B, GH, dtype=_F32),
-                dy.new_zeros(0, B, GH, dtype=_F32) if mode == "GRU" else empty.clone(),
+                dy.new_zeros(0, B, GH, dtype=_F32) if mode == "GRU" else absent(),
                 dh_T.to(_F32, copy=True), dc0, dhtot)
     state = dict(zip(SAVED_KEYS, saved))
     state["plan"] = layer_plan(mode, H, P, B, dtype, w_hr is not None, w_hh.device,
                                tile_units or None)
     dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, state, w_hh, dy, dh_T, dc_T, lengths, reverse,
                                          w_hr, clip or None)
-    return (dxw, drec if mode == "GRU" else empty, dh0, empty.clone() if dc0 is None else dc0,
-            empty.clone() if dhtot is None else dhtot)
+    return (dxw, drec if mode == "GRU" else absent(), dh0, absent() if dc0 is None else dc0,
+            absent() if dhtot is None else dhtot)
 
 
 @recurrence_bwd.register_fake
@@ -171,7 +174,8 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
     dxw, drec, dh0, dc0, dhtot = torch.ops.fusedrnn.triton_recurrence_bwd(
         mode, dy.contiguous(), dh_T, dc_T if mode == "LSTM" else None, saved, w_hh, lengths,
         ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units)
-    act, hprev, cprev = (dict(zip(SAVED_KEYS, saved))[k] for k in ("act", "hprev", "cprev"))
+    st = dict(zip(SAVED_KEYS, saved))
+    act, hprev, cprev = st["act"], st["hprev"], st["cprev"]
     T, B, P = hprev.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
