@@ -16,8 +16,10 @@ what the forward saves when nothing needs gradients) is an empty placeholder, an
 ``launch.layer_plan``, which is deterministic in its arguments.
 
 ``torch.library.triton_op`` is not used: it needs every kernel launch wrapped by
-``torch.library.wrap_triton`` inside the op body (launch.py launches them directly), and it
-gains nothing here, where the op is opaque to Inductor anyway (a persistent kernel).
+``torch.library.wrap_triton`` inside the op body (launch.py launches them directly), and under
+TRITON_INTERPRET=1 on CPU tensors torch.compile fails on a triton_op even with the launch
+wrapped (fake-tensor tracing of the kernel; torch 2.13, triton 3.9), so the CI could not check
+it. A persistent kernel gains nothing from Inductor seeing inside it.
 """
 
 from __future__ import annotations
