@@ -113,16 +113,80 @@ def test_lstm_without_c0(nan_poison):
     check("LSTM", ins, lens, False)
 
 
+def force_tiles(monkeypatch, units):
+    """Make ``tri.recurrence`` plan every layer with tiles of ``units`` units (on chip if the
+    tile fits the budget, else streamed)."""
+    orig = launch.plan
+    monkeypatch.setattr(launch, "plan", lambda *a: orig(*a[:8], units))
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("mode", MODES)
 def test_parity_split(nan_poison, monkeypatch, mode, reverse):
-    """H=20 pads to 32 and splits into two 16-unit programs per batch block: the state goes
-    through global memory every step (per-step launches here; a grid barrier on a GPU)."""
-    monkeypatch.setattr(launch, "TILE_BYTES", 0)
-    pl = launch.plan(mode, 20, 20, 3, torch.float32, False, launch.sm_count(DEV))
-    assert pl.path in ("per_step", "persistent") and pl.n_tiles == 2 and pl.BU == 16
+    """On-chip split: H=20 pads to 32 and splits into two 16-unit programs per batch block that
+    hold their weights; the state goes through global memory every step (per-step launches
+    here; a grid barrier on a GPU)."""
+    force_tiles(monkeypatch, 16)
+    pl = launch.layer_plan(mode, 20, 20, 3, torch.float32, False, DEV)
+    assert (pl.n_tiles, pl.BU, pl.stream) == (2, 16, False)
     ins, lens = make(mode, T=4, B=3, H=20, lengths=[4, 1, 3])
     check(mode, ins, lens, reverse)
+
+
+@pytest.fixture
+def streamed(monkeypatch):
+    """Every layer takes the streamed path (no tile fits on chip) with 16-wide K-chunks, so the
+    tiny test sizes still run several chunks and a ragged last one."""
+    monkeypatch.setattr(launch, "TILE_BYTES", 0)
+    monkeypatch.setattr(launch, "TILE_BYTES_FP32", 0)
+    monkeypatch.setattr(launch, "STREAM_BK", 16)
+    return monkeypatch
+
+
+def split_streamed(monkeypatch):
+    """Streamed tiles of 16 units: several programs per batch block exchange every step."""
+    monkeypatch.setattr(launch, "STREAM_SOLO_MAX", 16)
+    monkeypatch.setattr(launch, "STREAM_BU", 16)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("layout", ["solo", "split"])
+@pytest.mark.parametrize("mode", MODES)
+def test_parity_stream(nan_poison, streamed, mode, layout, reverse):
+    """Streamed weights (K-chunks re-read every step). ``solo``: one program per batch block
+    runs the whole sequence in one launch (CTA barrier between steps); ``split``: three
+    16-unit programs per batch block, H=37 not a multiple of the tile (per-step launches)."""
+    if layout == "split":
+        split_streamed(streamed)
+    pl = launch.layer_plan(mode, 37, 37, 3, torch.float32, False, DEV)
+    assert pl.stream and pl.n_tiles == (1 if layout == "solo" else 3)
+    assert pl.path == ("stream" if layout == "solo" else "per_step")
+    ins, lens = make(mode, T=3, B=3, H=37, lengths=[3, 1, 2])
+    check(mode, ins, lens, reverse)
+
+
+@pytest.mark.parametrize("layout", ["solo", "split"])
+@pytest.mark.parametrize("HP", [(37, 20), (20, 37)], ids=["P<H", "P>H"])
+def test_parity_stream_proj(nan_poison, streamed, HP, layout):
+    """Projected LSTM on the streamed path. ``split``: the cell output m and dh are exchanged
+    mid-step (two launches per step here, two barriers per step on a GPU); P's rows are spread
+    over the programs, some of which own no row at all (P<H)."""
+    if layout == "split":
+        split_streamed(streamed)
+    H, P = HP
+    pl = launch.layer_plan("LSTM", H, P, 3, torch.float32, True, DEV)
+    assert pl.stream and (pl.n_tiles > 1) == (layout == "split")
+    ins, lens = make("LSTM", T=3, B=3, H=H, P=P, lengths=[2, 3, 1])
+    check("LSTM", ins, lens, False)
+    check("LSTM", ins, lens, True)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_parity_stream_half(nan_poison, streamed, mode):
+    """bf16 weights streamed in chunks: loaded and cast to fp32 at once, as the on-chip path."""
+    split_streamed(streamed)
+    ins, lens = make(mode, T=3, B=3, H=37, lengths=[3, 1, 2])
+    check(mode, ins, lens, False, torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -175,34 +239,37 @@ def test_errors():
     with pytest.raises(ValueError, match="lengths must be <= T=2"):
         tri.recurrence("LSTM", *(args[k].float() for k in NAMES[:5]),
                        torch.tensor([3, 1]).to(DEV), False, args["w_hr"].float())
-    big = make("LSTM", T=1, B=1, H=200, P=150)[0]
-    with pytest.raises(NotImplementedError, match="w_hr"):
-        tri.recurrence("LSTM", *(big[k].float().to(DEV) for k in NAMES[:5]), None, False,
-                       big["w_hr"].float().to(DEV))
 
 
 def test_plan_paths(monkeypatch):
-    """Which sizes take which path on a GPU (documented in docs/triton_backend.md)."""
+    """Which sizes take which path on an H100 (documented in docs/triton_backend.md)."""
     monkeypatch.setattr(launch, "interpreting", lambda: False)  # GPU operand sizes
     bf, f32 = torch.bfloat16, torch.float32
-    assert launch.plan("LSTM", 64, 64, 16, bf, False, 132).path == "resident"
-    assert launch.plan("LSTM", 32, 32, 16, f32, False, 132).path == "resident"
-    f64 = launch.plan("LSTM", 64, 64, 16, f32, False, 132)  # fp32 tiles are half as large
-    assert (f64.path, f64.BU, f64.n_tiles) == ("persistent", 16, 4)
-    big = launch.plan("LSTM", 768, 768, 16, bf, False, 132)
-    assert (big.path, big.HP, big.BU, big.n_tiles) == ("persistent", 1024, 16, 64)
-    assert launch.plan("LSTM", 768, 768, 64, bf, False, 132).path == "per_step"  # 256 programs
-    assert launch.plan("LSTM", 2048, 2048, 16, bf, False, 132).path == "per_step"  # tile too big
-    assert launch.plan("GRU", 256, 256, 16, bf, False, 0).path == "per_step"  # no GPU: no barrier
-    a100 = 166912  # shared memory per block: LSTM H=768 (128 KiB tile + staged state) does not fit
-    assert launch.plan("LSTM", 512, 512, 16, bf, False, 108, a100).path == "persistent"
-    with pytest.raises(NotImplementedError, match="hidden size too large"):
-        launch.plan("LSTM", 768, 768, 16, bf, False, 108, a100)
+
+    def pl(mode, H, B=16, dtype=bf, P=None, n_sm=132, smem=None):
+        p = launch.plan(mode, H, P or H, B, dtype, P is not None, n_sm, smem)
+        return p.path, p.BU, p.n_tiles, p.stream
+
+    assert pl("LSTM", 64) == ("resident", 64, 1, False)
+    assert pl("RNN_TANH", 128) == ("resident", 128, 1, False)
+    assert pl("LSTM", 128) == ("persistent", 32, 4, False)  # 32 KiB of weights per program
+    assert pl("LSTM", 32, dtype=f32) == ("stream", 32, 1, True)  # fp32 tiles: hi + lo halves
+    assert pl("GRU", 64, dtype=f32) == ("stream", 64, 1, True)
+    assert pl("LSTM", 128, dtype=f32) == ("stream", 64, 2, True)
+    assert pl("RNN_TANH", 256) == ("stream", 64, 4, True)  # full-K tiles beyond K=128 spill
+    assert pl("LSTM", 768) == ("stream", 64, 12, True)  # 768 = 12 x 64: no padding to 1024
+    assert pl("LSTM", 768, B=256) == ("per_step", 64, 12, True)  # 16 x 12 programs > 132 SMs
+    assert pl("LSTM", 4096, dtype=f32) == ("stream", 64, 64, True)  # nothing is refused
+    assert pl("GRU", 256, n_sm=0)[0] == "per_step"  # no GPU: no grid barrier
+    assert pl("LSTM", 768, n_sm=108, smem=166912)[0] == "stream"  # fits an A100 too
+    assert pl("LSTM", 64, P=32) == ("resident", 64, 1, False)  # 20 KiB with w_hr
+    p = launch.plan("LSTM", 128, 64, 16, bf, True, 132)
+    assert (p.path, p.BU, p.n_tiles, p.BO) == ("stream", 64, 2, 32)  # P's rows split as well
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("H", [64, 256, 768])
+@pytest.mark.parametrize("H", [64, 128, 256, 768])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_gpu_parity_sizes(mode, H, dtype):
     """On a GPU: resident, persistent-split and per-step paths at real sizes, tensor-core dots."""

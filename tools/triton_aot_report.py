@@ -54,15 +54,17 @@ def _signature(kernel, ptrs: dict, consts: dict) -> dict:
 
 
 def _weight_bytes(mode, pl, dt, proj) -> int:
-    """Weight bytes one program holds on chip for the whole sequence."""
+    """Weight bytes one program holds on chip for the whole sequence (0: streamed per step)."""
+    if pl.stream:
+        return 0
     elt = 8 if dt == torch.float32 else 2  # fp32: hi and lo TF32 halves
     return GATES[mode] * pl.BU * pl.PP * elt + (pl.PP * pl.HP * elt if proj else 0)
 
 
-def _fits(mode, H, P, dt, proj, arch) -> bool:
+def _fits(mode, H, P, B, dt, proj, arch) -> bool:
     """Whether launch.plan accepts the layer within ``arch``'s shared memory per block."""
     try:
-        launch.plan(mode, H, P, _BATCH, dt, proj, N_SM, SMEM_LIMIT[arch])
+        launch.plan(mode, H, P, B, dt, proj, N_SM, SMEM_LIMIT[arch])
     except NotImplementedError:
         return False
     return True
@@ -71,40 +73,43 @@ def _fits(mode, H, P, dt, proj, arch) -> bool:
 def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
     """(label, kernel, signature, constexprs, plan, weight bytes, refused archs) per config.
 
-    The plan is the one ``launch.plan`` makes on an H100 for B=16. LSTM with a projection
-    (P = H/2) is added where the resident path admits it.
+    The plan is the one ``launch.plan`` makes on an H100 for B=16; every LSTM also with a
+    projection (P = H/2). ``extra`` adds the published cuDNN comparison point (LSTM H=768 bf16)
+    and, at B=256 where its grid exceeds the SMs, its per-step path (one launch per step, and
+    for the projected split one per half-step: PHASE 1 and 2).
     """
     out = []
-    todo = [(m, H, d) for m in modes for H in hidden for d in dtypes]
+    todo = [(m, H, d, _BATCH) for m in modes for H in hidden for d in dtypes]
     if extra and "LSTM" in modes:
-        todo.append(("LSTM", 768, "bf16"))  # the published cuDNN comparison point (docs)
-    for mode, H, dname in todo:
+        todo += [("LSTM", 768, "bf16", _BATCH), ("LSTM", 768, "bf16", 256)]
+    for mode, H, dname, B in todo:
         dt = DTYPES[dname]
         projs = (False, True) if mode == "LSTM" else (False,)
         for proj in projs:
             P = H // 2 if proj else H
-            try:
-                pl = launch.plan(mode, H, P, _BATCH, dt, proj, N_SM)
-            except NotImplementedError:
-                continue  # projection beyond the resident path: refused by design
+            pl = launch.plan(mode, H, P, B, dt, proj, N_SM)
             k = launch._consts(mode, pl, dt, proj, None, False)
             tag = f"P={P}" if proj else ""
-            label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}"
+            label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}" + (f" B={B}" if B != _BATCH else "")
             t = _PTR[dt]
             fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", y=t,
-                            h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F,
+                            h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F, mbuf=_F,
                             counter="*i32")
             bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
                             lengths="*i64", dxw=_F, drec=_F, dhtot=_F, r_state=_F,
                             dc_state=_F, dh0=_F, dc0=_F, counter="*i32", clip="fp32")
-            fwd_consts = dict(k, HAS_BIAS=True, SAVE=True)
-            kernels = [("fwd", rnn_fwd_kernel, fwd_ptrs, fwd_consts),
-                       ("bwd", rnn_bwd_kernel, bwd_ptrs, dict(k, CLIP=False))]
+            kernels = []
+            for phase in launch._phases(k) if pl.path == "per_step" else (0,):
+                suffix = f"/{phase}" if phase else ""
+                kernels += [(f"fwd{suffix}", rnn_fwd_kernel, fwd_ptrs,
+                             dict(k, HAS_BIAS=True, SAVE=True, PHASE=phase)),
+                            (f"bwd{suffix}", rnn_bwd_kernel, bwd_ptrs,
+                             dict(k, CLIP=False, PHASE=phase))]
             if H == 64 and not proj:  # the recurrent_grad_clip variant, once per cell and dtype
                 kernels.append(("bwd+clip", rnn_bwd_kernel, bwd_ptrs, dict(k, CLIP=True)))
             for name, kern, ptrs, cs in kernels:
                 used = {n: v for n, v in cs.items() if n in kern.arg_names}
-                refused = tuple(a for a in ARCHS if not _fits(mode, H, P, dt, proj, a))
+                refused = tuple(a for a in ARCHS if not _fits(mode, H, P, B, dt, proj, a))
                 out.append((f"{name} {label}", kern, _signature(kern, ptrs, used), used,
                             pl, _weight_bytes(mode, pl, dt, proj), refused))
     return out

@@ -24,112 +24,8 @@ import triton
 import triton.language as tl
 
 from .cells import cell_bwd, cell_fwd
-
-
-@triton.jit
-def _grid_barrier(counter, target):
-    """Wait until ``target`` arrivals: bar.sync, a gpu-scope release add, an acquire spin."""
-    tl.debug_barrier()  # every thread's stores of this step are issued before the release
-    tl.atomic_add(counter, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-    while seen < target:
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()  # no thread reads the exchanged state before the acquire
-
-
-@triton.jit
-def _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr):
-    """A [len(rows), len(cols)] weight tile ptr[rows * srow + cols * scol], zero where masked."""
-    offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
-    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(DT)
-
-
-@triton.jit
-def _split_tf32(x):
-    """x = hi + lo with hi on the TF32 grid (low 13 mantissa bits cleared): fp32 in, fp32 out."""
-    hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return hi, x - hi
-
-
-@triton.jit
-def _wload(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr, X3: tl.constexpr):
-    """A weight tile as the (hi, lo) pair the dot takes; lo is a dummy unless X3."""
-    w = _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT)
-    if X3:
-        return _split_tf32(w)
-    return w, w
-
-
-@triton.jit
-def _mm(w_hi, w_lo, x, DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
-    """w @ x with fp32 accumulation.
-
-    X3 (fp32 on a GPU): three TF32 tensor-core products hi*hi + hi*lo + lo*hi, about 22
-    mantissa bits, with both weight halves plain dot operands so they stay staged in shared
-    memory (Triton's own "tf32x3" splits the weights in registers, which spills).
-    """
-    if X3:
-        x_hi, x_lo = _split_tf32(x)
-        acc = tl.dot(w_hi, x_hi, input_precision="tf32")
-        acc = tl.dot(w_hi, x_lo, acc, input_precision="tf32")
-        return tl.dot(w_lo, x_hi, acc, input_precision="tf32")
-    return tl.dot(w_hi, x.to(DT), input_precision=PREC)
-
-
-@triton.jit
-def _offs(rows, cols, rmask, cmask, scol):
-    """int32 offsets rows + cols * scol of a [units, batch] tile and its mask, built once.
-
-    Built before the time loop and shared by every tile of the same stride, so the loop holds a
-    few int32 tensors instead of one 64-bit pointer tensor per load and store.
-    """
-    return rows[:, None] + cols[None, :] * scol, rmask[:, None] & cmask[None, :]
-
-
-@triton.jit
-def _ld(ptr, offs, mask):
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _ldx(ptr, offs, mask):
-    """Load state another program wrote this launch: .cg reads L2, never a stale L1 line."""
-    return tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-
-
-@triton.jit
-def _st(ptr, offs, mask, val):
-    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rec_grad_global(wt, base, offs, mask, H, G: tl.constexpr, DT: tl.constexpr,
-                     PREC: tl.constexpr, X3: tl.constexpr):
-    """``_rec_grad`` with the gate gradients [HP, BB] read from global memory one gate at a time
-    (split layers), so only one full-K tile is live at once."""
-    acc = _mm(wt[0], wt[1], _ldx(base, offs, mask), DT, PREC, X3)
-    if G > 1:
-        acc += _mm(wt[2], wt[3], _ldx(base + H, offs, mask), DT, PREC, X3)
-        acc += _mm(wt[4], wt[5], _ldx(base + 2 * H, offs, mask), DT, PREC, X3)
-    if G > 3:
-        acc += _mm(wt[6], wt[7], _ldx(base + 3 * H, offs, mask), DT, PREC, X3)
-    return acc
-
-
-@triton.jit
-def _rec_grad(wt, f0, f1, f2, f3, G: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-              X3: tl.constexpr):
-    """sum_g W_g^T [BO, HP] @ dgate_g [HP, BB]: the part of dh_prev that goes through W_hh.
-
-    ``wt`` is the tuple (hi0, lo0, hi1, lo1, ...) of the transposed gate tiles.
-    """
-    acc = _mm(wt[0], wt[1], f0, DT, PREC, X3)
-    if G > 1:
-        acc += _mm(wt[2], wt[3], f1, DT, PREC, X3)
-        acc += _mm(wt[4], wt[5], f2, DT, PREC, X3)
-    if G > 3:
-        acc += _mm(wt[6], wt[7], f3, DT, PREC, X3)
-    return acc
+from .tiles import (_gate_tiles, _gates_mm, _ld, _ldx, _mm, _offs, _rec_grad, _rec_grad_global,
+                    _st, _step_barrier, _stream_mm, _wload)
 
 
 @triton.jit
@@ -137,17 +33,24 @@ def rnn_fwd_kernel(
     xw, w, b, w_hr, h0, c_in, lengths,  # inputs (c_in may alias c_out)
     y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
     act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
-    hbuf, counter,  # SPLIT only: h ping-pong [2, B, P] fp32, barrier counters [n_bblocks] i32
+    hbuf, mbuf, counter,  # SPLIT: h ping-pong [2, B, P] fp32; projected split: cell output
+    # [B, H] fp32; SYNC: barrier counters [n_bblocks] i32
     T, B, H, P, s0, s_end,  # runs steps s0 .. s_end-1 of the sequence
     MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
-    SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
+    BK: tl.constexpr, PHASE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr,
 ):
+    # A projected split layer exchanges twice per step: h (all programs' outputs) before the
+    # gates, the cell output m before the projection h = W_hr m. PHASE 1 / 2 run only the first
+    # / second half of a step (per-step launches, where the kernel boundary is the barrier).
     pid_b = tl.program_id(0)
     pid_u = tl.program_id(1)
     GH = G * H
+    PSPLIT: tl.constexpr = HAS_PROJ and SPLIT
+    NBAR: tl.constexpr = 2 if PSPLIT else 1  # barriers per step
     offs_b = pid_b * BB + tl.arange(0, BB)  # [BB] batch columns
     mb = offs_b < B
     offs_u = pid_u * BU + tl.arange(0, BU)  # [BU] own cell units
@@ -157,16 +60,12 @@ def rnn_fwd_kernel(
     offs_k = tl.arange(0, PP)  # [PP] the whole previous state, K of the recurrent product
     mk = offs_k < P
 
-    # the recurrent weights, loaded once and kept on chip for all T steps: gate g, own units, all K
-    w0, v0 = _wload(w, 0 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)  # [BU, PP] hi, lo
-    w1, v1 = w0, v0
-    w2, v2 = w0, v0
-    w3, v3 = w0, v0
-    if G > 1:
-        w1, v1 = _wload(w, 1 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
-        w2, v2 = _wload(w, 2 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
-    if G > 3:
-        w3, v3 = _wload(w, 3 * H + offs_u, offs_k, mu, mk, P, 1, DOT_T, X3)
+    if STREAM:
+        wt = (0,)  # the weights are re-read in K-chunks every step (_stream_mm)
+    else:
+        # the recurrent weights, loaded once and kept on chip for all T steps: gate g, own
+        # units, all K: G tiles [BU, PP] (hi, lo)
+        wt = _gate_tiles(w, offs_u, offs_k, mu, mk, H * P, P, 1, G, DOT_T, X3)
     b0 = tl.zeros([BU, 1], tl.float32)
     b1 = b0
     b2 = b0
@@ -178,8 +77,7 @@ def rnn_fwd_kernel(
             b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
         if G > 3:
             b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
-    whr, vhr = w0, v0
-    if HAS_PROJ:
+    if HAS_PROJ and not STREAM:
         offs_hk = tl.arange(0, HP)
         whr, vhr = _wload(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T, X3)  # [PP, HP]
 
@@ -206,57 +104,72 @@ def rnn_fwd_kernel(
         else:
             t = s
         t = t.to(tl.int64)
+        live = t < lens  # [1, BB]
         if SPLIT:
             if SYNC:
                 if s > 0:
-                    _grid_barrier(counter + pid_b, s * tl.num_programs(1))
+                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO)
             cur = hbuf + (s % 2) * B * P
-            h_full = _ldx(cur, ok, mkb)  # [PP, BB]
             h_own = _ldx(cur, oh, mh)  # [BO, BB]
         else:
-            h_full = h
             h_own = h
-        xt = xw + t * B * GH
-        a0 = _ld(xt + 0 * H, ox, mx)  # [BU, BB]
-        r0 = _mm(w0, v0, h_full, DOT_T, PREC, X3) + b0  # [BU, BB]
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        r1 = r0
-        r2 = r0
-        r3 = r0
-        if G > 1:
-            a1 = _ld(xt + 1 * H, ox, mx)
-            a2 = _ld(xt + 2 * H, ox, mx)
-            r1 = _mm(w1, v1, h_full, DOT_T, PREC, X3) + b1
-            r2 = _mm(w2, v2, h_full, DOT_T, PREC, X3) + b2
-        if G > 3:
-            a3 = _ld(xt + 3 * H, ox, mx)
-            r3 = _mm(w3, v3, h_full, DOT_T, PREC, X3) + b3
-        out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
-        if HAS_PROJ:
-            h_new = _mm(whr, vhr, out, DOT_T, PREC, X3)  # [PP, BB]
-        else:
-            h_new = out
-        live = t < lens  # [1, BB]
-        if SAVE:
-            _st(hprev + t * B * P, oh, mh, h_own)
-            at = act + t * B * (NA * H)
-            _st(at + 0 * H, oa, mx, e0)
-            if NA > 1:
-                _st(at + 1 * H, oa, mx, e1)
-                _st(at + 2 * H, oa, mx, e2)
-                _st(at + 3 * H, oa, mx, e3)
-            if HAS_C:
-                _st(cprev + t * B * H, oc, mx, c)
-        c = tl.where(live, c_new, c)
-        h = tl.where(live, h_new, h_own)
-        _st(y + t * B * P, oh, mh, tl.where(live, h_new, 0.0))
-        if SPLIT:
-            _st(hbuf + ((s + 1) % 2) * B * P, oh, mh, h)
-    _st(h_out, oh, mh, h)
+        if PHASE != 2:  # the gates and the cell
+            if not SPLIT:
+                r0, r1, r2, r3 = _gates_mm(wt, h, G, DOT_T, PREC, X3)  # [BU, BB] each
+            elif STREAM:
+                r0, r1, r2, r3 = _stream_mm(w, H * P, P, 1, cur, P, offs_u, mu, offs_b, mb, P, G,
+                                            BU, BB, BK, DOT_T, PREC, X3)
+            else:
+                r0, r1, r2, r3 = _gates_mm(wt, _ldx(cur, ok, mkb), G, DOT_T, PREC, X3)
+            xt = xw + t * B * GH
+            a0 = _ld(xt + 0 * H, ox, mx)  # [BU, BB]
+            r0 += b0
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            if G > 1:
+                a1 = _ld(xt + 1 * H, ox, mx)
+                a2 = _ld(xt + 2 * H, ox, mx)
+                r1 += b1
+                r2 += b2
+            if G > 3:
+                a3 = _ld(xt + 3 * H, ox, mx)
+                r3 += b3
+            out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
+            if SAVE:
+                at = act + t * B * (NA * H)
+                _st(at + 0 * H, oa, mx, e0)
+                if NA > 1:
+                    _st(at + 1 * H, oa, mx, e1)
+                    _st(at + 2 * H, oa, mx, e2)
+                    _st(at + 3 * H, oa, mx, e3)
+                if HAS_C:
+                    _st(cprev + t * B * H, oc, mx, c)
+            c = tl.where(live, c_new, c)
+            if PSPLIT:
+                _st(mbuf, oc, mx, out)  # [BU, BB] own units of m, for every program's projection
+        if PSPLIT:
+            if SYNC:
+                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO)
+        if PHASE != 1:  # the output (projected) and the state exchange
+            if PSPLIT:
+                h_new = _stream_mm(w_hr, 0, H, 1, mbuf, H, offs_o, mo, offs_b, mb, H, 1, BO, BB, BK,
+                                   DOT_T, PREC, X3)[0]  # [BO, BB]
+            elif HAS_PROJ:
+                h_new = _mm(whr, vhr, out, DOT_T, PREC, X3)  # [PP, BB]
+            else:
+                h_new = out
+            if SAVE:
+                _st(hprev + t * B * P, oh, mh, h_own)
+            h = tl.where(live, h_new, h_own)
+            _st(y + t * B * P, oh, mh, tl.where(live, h_new, 0.0))
+            if SPLIT:
+                _st(hbuf + ((s + 1) % 2) * B * P, oh, mh, h)
+    if PHASE != 1:
+        _st(h_out, oh, mh, h)
     if HAS_C:
-        _st(c_out, oc, mx, c)
+        if PHASE != 2:
+            _st(c_out, oc, mx, c)
 
 
 @triton.jit
@@ -269,16 +182,21 @@ def rnn_bwd_kernel(
     clip,  # recurrent_grad_clip (used when CLIP)
     MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
-    SPLIT: tl.constexpr, SYNC: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
+    SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
+    BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
     X3: tl.constexpr, CLIP: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
     # program's own remainder (dy, GRU's z * dh, or the pass-through of a finished sequence).
+    # A projected split layer also exchanges dh_t (through dhtot) before dm = W_hr^T dh_t;
+    # PHASE 1 / 2 run only the part before / after that exchange (per-step launches).
     pid_b = tl.program_id(0)
     pid_u = tl.program_id(1)
     GH = G * H
+    PSPLIT: tl.constexpr = HAS_PROJ and SPLIT
+    NBAR: tl.constexpr = 2 if PSPLIT else 1  # barriers per step
     offs_b = pid_b * BB + tl.arange(0, BB)  # [BB]
     mb = offs_b < B
     offs_u = pid_u * BU + tl.arange(0, BU)  # [BU] own cell units
@@ -288,19 +206,12 @@ def rnn_bwd_kernel(
     offs_k = tl.arange(0, HP)  # [HP] every cell unit, K of the transposed product
     mk = offs_k < H
 
-    # W_g^T restricted to own output units: [BO, HP], loaded once
-    wt0, vt0 = _wload(w + 0 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
-    wt1, vt1 = wt0, vt0
-    wt2, vt2 = wt0, vt0
-    wt3, vt3 = wt0, vt0
-    if G > 1:
-        wt1, vt1 = _wload(w + 1 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
-        wt2, vt2 = _wload(w + 2 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
-    if G > 3:
-        wt3, vt3 = _wload(w + 3 * H * P, offs_o, offs_k, mo, mk, 1, P, DOT_T, X3)
-    wt = (wt0, vt0, wt1, vt1, wt2, vt2, wt3, vt3)
-    whrt, vhrt = wt0, vt0
-    if HAS_PROJ:
+    if STREAM:
+        wt = (0,)  # re-read in chunks every step (_rec_grad_global, _stream_mm)
+    else:
+        # W_g^T restricted to own output units: G tiles [BO, HP], loaded once
+        wt = _gate_tiles(w, offs_o, offs_k, mo, mk, H * P, 1, P, G, DOT_T, X3)
+    if HAS_PROJ and not STREAM:
         offs_p = tl.arange(0, PP)
         whrt, vhrt = _wload(w_hr, offs_k, offs_p, mk, offs_p < P, 1, H, DOT_T, X3)  # [HP, PP]
 
@@ -339,65 +250,77 @@ def rnn_bwd_kernel(
         t = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
         sx = mx & valid  # store masks of this step
         sh = mh & valid
+        live = (t < lens) & valid  # [1, BB]
         if SPLIT:
             if SYNC:
                 if s > 0:
-                    _grid_barrier(counter + pid_b, s * tl.num_programs(1))
-            # the first step has no later step: the masked load gives zeros
-            dh = R + _rec_grad_global(wt, dsrc + tn.to(tl.int64) * B * GH, ok, mkb & (s > 0), H,
-                                      G, DOT_T, PREC, X3)  # [BO, BB]
-        else:
-            dh = R + _rec_grad(wt, d0, d1, d2, d3, G, DOT_T, PREC, X3)  # [BO, BB]
-        if CLIP:
-            # what the previous (later-in-time) step sent back to h_t through the recurrence is
-            # clamped when that step was live; a finished sequence's pass-through is not
-            sent = (tn < lens) & (s > 0)  # [1, BB]
-            dh = tl.where(sent, tl.minimum(tl.maximum(dh, -clip), clip), dh)
-        live = (t < lens) & valid  # [1, BB]
-        dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
-        if HAS_PROJ:
-            _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
-            dm = _mm(whrt, vhrt, dh_tot, DOT_T, PREC, X3)  # [HP, BB]
-        else:
-            dm = dh_tot
-        at = act + t * B * (NA * H)
-        e0 = _ld(at + 0 * H, oa, mx)  # [BU, BB]
-        e1 = e0
-        e2 = e0
-        e3 = e0
-        if NA > 1:
-            e1 = _ld(at + 1 * H, oa, mx)
-            e2 = _ld(at + 2 * H, oa, mx)
-            e3 = _ld(at + 3 * H, oa, mx)
-        cp = dc
-        if HAS_C:
-            cp = _ld(cprev + t * B * H, oc, mx)
-        hp = dm
-        if MODE == 3:
-            hp = _ld(hprev + t * B * P, oh, mh)
-        x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp, hp)
-        xt = dxw + t * B * GH
-        d0 = tl.where(live, q0, 0.0)
-        _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
-        if G > 1:
-            d1 = tl.where(live, q1, 0.0)
-            d2 = tl.where(live, q2, 0.0)
-            _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
-            _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
-        if G > 3:
-            d3 = tl.where(live, q3, 0.0)
-            _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
-        if MODE == 3:
-            rt = drec + t * B * GH
-            _st(rt + 0 * H, ox, sx, d0)
-            _st(rt + 1 * H, ox, sx, d1)
-            _st(rt + 2 * H, ox, sx, d2)
-            R = tl.where(live, dhd, dh_tot)
-        else:
-            R = tl.where(live, 0.0, dh_tot)
-        if CLIP:
-            dcp = tl.minimum(tl.maximum(dcp, -clip), clip)
-        dc = tl.where(live, dcp, dc)
+                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO)
+        if PHASE != 2:  # dh_t: the recurrence's share plus dy_t
+            if SPLIT:
+                # the first step has no later step: the masked load gives zeros
+                dh = R + _rec_grad_global(wt, w, dsrc + tn.to(tl.int64) * B * GH, offs_o, mo,
+                                          offs_b, mb, ok, mkb, s > 0, H, P, GH, G, BO, BB, BK,
+                                          STREAM, DOT_T, PREC, X3)  # [BO, BB]
+            else:
+                dh = R + _rec_grad(wt, d0, d1, d2, d3, G, DOT_T, PREC, X3)  # [BO, BB]
+            if CLIP:
+                # what the previous (later-in-time) step sent back to h_t through the recurrence
+                # is clamped when that step was live; a finished sequence's pass-through is not
+                sent = (tn < lens) & (s > 0)  # [1, BB]
+                dh = tl.where(sent, tl.minimum(tl.maximum(dh, -clip), clip), dh)
+            dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
+            if HAS_PROJ:
+                _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
+            if MODE != 3:
+                R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
+        if PSPLIT:
+            if SYNC:
+                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO)
+        if PHASE != 1:  # the cell's backward on own units
+            if PSPLIT:
+                dm = _stream_mm(w_hr, 0, 1, H, dhtot + t * B * P, P, offs_u, mu, offs_b, mb, P, 1,
+                                BU, BB, BK, DOT_T, PREC, X3)[0]  # [BU, BB]
+            elif HAS_PROJ:
+                dm = _mm(whrt, vhrt, dh_tot, DOT_T, PREC, X3)  # [HP, BB]
+            else:
+                dm = dh_tot
+            at = act + t * B * (NA * H)
+            e0 = _ld(at + 0 * H, oa, mx)  # [BU, BB]
+            e1 = e0
+            e2 = e0
+            e3 = e0
+            if NA > 1:
+                e1 = _ld(at + 1 * H, oa, mx)
+                e2 = _ld(at + 2 * H, oa, mx)
+                e3 = _ld(at + 3 * H, oa, mx)
+            cp = dc
+            if HAS_C:
+                cp = _ld(cprev + t * B * H, oc, mx)
+            hp = dm
+            if MODE == 3:
+                hp = _ld(hprev + t * B * P, oh, mh)
+            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp,
+                                                                hp)
+            xt = dxw + t * B * GH
+            d0 = tl.where(live, q0, 0.0)
+            _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
+            if G > 1:
+                d1 = tl.where(live, q1, 0.0)
+                d2 = tl.where(live, q2, 0.0)
+                _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
+                _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
+            if G > 3:
+                d3 = tl.where(live, q3, 0.0)
+                _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
+            if MODE == 3:
+                rt = drec + t * B * GH
+                _st(rt + 0 * H, ox, sx, d0)
+                _st(rt + 1 * H, ox, sx, d1)
+                _st(rt + 2 * H, ox, sx, d2)
+                R = tl.where(live, dhd, dh_tot)
+            if CLIP:
+                dcp = tl.minimum(tl.maximum(dcp, -clip), clip)
+            dc = tl.where(live, dcp, dc)
 
     if s_end > T:
         _st(dh0, oh, mh, R)

@@ -39,11 +39,23 @@ MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}
 #: Weight bytes one program keeps on chip (Triton stages them in shared memory and feeds the
 #: tensor cores from there): the largest tiles that compile without register spills on sm_90
-#: (tools/triton_aot_report.py). Bigger tiles still compile, spilling, up to the MAX.
+#: (tools/triton_aot_report.py). Larger layers stream their weights instead.
 TILE_BYTES = 32 * 1024
-#: largest tile accepted at all: the projected LSTM's resident path and the persistent split
-#: with the minimum 16-unit tile (fits the shared memory of sm_80 and sm_90)
+#: the same for fp32, whose tiles hold a hi and a lo half (8 bytes per weight)
+TILE_BYTES_FP32 = 16 * 1024
+#: on-chip tiles hold the full K (= P) of the product; beyond this, full-K tiles spill
+ONCHIP_K_MAX = 128
+#: narrowest on-chip split tile
+ONCHIP_MIN_UNITS = 32
+#: largest tile accepted for the projected LSTM, which only has the resident path
 TILE_MAX_BYTES = 128 * 1024
+#: streamed path: K-chunk of the products, units per program, and the padded H up to which one
+#: program per batch block holds every unit (no grid barrier, only a CTA barrier per step)
+STREAM_BK = 16
+STREAM_BU = 64
+STREAM_SOLO_MAX = 64
+#: streamed tiles of at least this many units run 8 warps, narrower ones 4
+STREAM_WARPS8_UNITS = 32
 NUM_WARPS = 8
 #: batch columns per program: the minimum N of tl.dot
 BLOCK_B = 16
@@ -70,13 +82,16 @@ def _pow2(n: int) -> int:
 class Plan:
     """Tiling of one layer: which path, the padded sizes and the per-program tile."""
 
-    path: str  # "resident" | "persistent" | "per_step"
+    path: str  # "resident" | "persistent" | "stream" | "per_step"
     HP: int  # H padded to a power of two (>= 16, the minimum K/M of tl.dot)
     PP: int  # P padded likewise
     BU: int  # cell units per program
     BB: int  # batch columns per program
     n_tiles: int  # programs per batch block along the units
     num_warps: int
+    stream: bool = False  # weights re-read in K-chunks every step instead of held on chip
+    BK: int = 0  # K-chunk of the streamed products
+    BO: int = 0  # output (h) rows per program: PP resident, BU split, P's share with projection
 
 
 def sm_count(device: torch.device) -> int:
@@ -102,41 +117,55 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
          smem: int | None = None, tile_units: int | None = None) -> Plan:
     """Pick the path and the tiling of a layer.
 
-    ``n_sm`` is the SM count of the device (0: never the persistent split), ``smem`` the shared
-    memory one program may use (None: unlimited); ``tile_units`` forces a split into tiles of
-    that many units (tests). Raises NotImplementedError for layers the kernels cannot hold.
+    ``n_sm`` is the SM count of the device (0: no grid barrier, the interpreter), ``smem`` the
+    shared memory one program may use (None: unlimited); ``tile_units`` forces tiles of that
+    many units (tests). Only a projected LSTM too large for one program is refused
+    (NotImplementedError); every other layer has a path.
     """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
     # on-chip bytes per weight: fp32 keeps a hi and a lo half (X3)
     elt = 8 if dtype == torch.float32 else (4 if interpreting() else 2)
+    budget = TILE_BYTES_FP32 if dtype == torch.float32 else TILE_BYTES
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
-    if tile_units is None and resident <= (TILE_MAX_BYTES if proj else TILE_BYTES):
-        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS)
+    if tile_units is None and resident <= budget:
+        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS, BO=PP)
         return _check_smem(pl, resident + 4 * BLOCK_B * (PP + HP), smem, H, P, dtype)
-    if proj:
-        raise NotImplementedError(
-            f"LSTM projection (w_hr) on the triton backend needs the layer to fit one program: "
-            f"expected G*H*P + P*H weight bytes <= {TILE_MAX_BYTES}, got {resident} "
-            f"(H={H}, proj_size={P}, {dtype}); use backend='reference' or 'cuda'")
-    BU = tile_units
-    if BU is None:
-        BU = HP
-        while BU > 16 and G * BU * PP * elt > TILE_BYTES:
-            BU //= 2
-    if BU < 16 or BU > HP or BU & (BU - 1):
-        raise ValueError(f"tile_units must be a power of two in [16, {HP}], got {BU}")
-    n_tiles = HP // BU
     n_bblocks = triton.cdiv(B, BLOCK_B)
-    tile = G * BU * PP * elt
-    persistent = tile <= TILE_MAX_BYTES and n_tiles * n_bblocks <= n_sm
-    # 16 warps for the largest bf16/fp16 tiles: at 8, ptxas drops the H=768 LSTM kernels to 32
-    # registers with 12-20 KB of spills; at 16 they spill under 1.2 KB (AOT report). Smaller
-    # tiles and fp32 do better (or no worse) at 8.
-    warps = 16 if (elt == 2 and tile >= 96 * 1024) else NUM_WARPS
-    pl = Plan("persistent" if persistent else "per_step", HP, PP, BU, BLOCK_B, n_tiles, warps)
+    if tile_units is not None:
+        BU = tile_units
+        if BU < 16 or BU > HP or BU & (BU - 1):
+            raise ValueError(f"tile_units must be a power of two in [16, {HP}], got {BU}")
+        stream = G * BU * PP * elt > budget or proj
+    elif HP <= STREAM_SOLO_MAX:
+        # small layers whose tile is over budget: one program per batch block, weights streamed
+        # (a CTA barrier per step beats a split's grid barrier at this size)
+        BU, stream = HP, True
+    else:
+        # weights on chip, split over programs of at least ONCHIP_MIN_UNITS units (narrower
+        # tiles leave most warps idle in the product and spilled in the AOT report), full K
+        BU = HP
+        while BU > ONCHIP_MIN_UNITS and G * BU * PP * elt > budget:
+            BU //= 2
+        stream = (G * BU * PP * elt > budget or PP > ONCHIP_K_MAX
+                  or HP // BU * n_bblocks > n_sm or proj)
+        if stream:
+            BU = min(STREAM_BU, HP)
+    # streamed tiles need not cover a power of two: masks end the last one (768 = 12 x 64)
+    n_tiles = triton.cdiv(H, BU) if stream else HP // BU
+    barrier_ok = n_tiles == 1 or n_tiles * n_bblocks <= n_sm  # one program needs no barrier
+    if stream:
+        path = "stream" if barrier_ok else "per_step"
+        warps = NUM_WARPS if BU >= STREAM_WARPS8_UNITS else 4  # [BU, 16] products: few warps
+        # output rows per program: the projection's P rows are spread over the same programs
+        BO = max(16, triton.next_power_of_2(triton.cdiv(P, n_tiles))) if proj else BU
+        pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, STREAM_BK, BO)
+        # shared memory: layout conversions and the staged dot operands of one chunk
+        return _check_smem(pl, 4 * (G * BU + BLOCK_B) * STREAM_BK * 2, smem, H, P, dtype)
+    pl = Plan("persistent" if barrier_ok else "per_step", HP, PP, BU, BLOCK_B, n_tiles,
+              NUM_WARPS, BO=BU)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
-    return _check_smem(pl, tile + 4 * BLOCK_B * PP, smem, H, P, dtype)
+    return _check_smem(pl, G * BU * PP * elt + 4 * BLOCK_B * PP, smem, H, P, dtype)
 
 
 def layer_plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool,
@@ -185,10 +214,18 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
     split = pl.path != "resident"
     return dict(
         MODE=MODE_ID[mode], G=G, NA=SAVED[mode], HP=pl.HP, PP=pl.PP, BU=pl.BU,
-        BO=pl.PP if not split else pl.BU, BB=pl.BB, SPLIT=split, SYNC=pl.path == "persistent",
+        BO=pl.BO, BB=pl.BB, SPLIT=split, PHASE=0,
+        SYNC=pl.path in ("persistent", "stream"), SOLO=pl.n_tiles == 1, STREAM=pl.stream,
+        BK=max(pl.BK, 16),
         HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=mode == "LSTM", REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3,
     )
+
+
+def _phases(k: dict) -> tuple:
+    """Launches per step on the per-step path: a projected split layer exchanges twice per step,
+    so each half gets its own launch (the kernel boundary is the barrier)."""
+    return (1, 2) if k["HAS_PROJ"] and k["SPLIT"] else (0,)
 
 
 def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
@@ -219,20 +256,24 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     if T == 0:
         return y, h0.clone(), None if c0 is None else c0.clone(), None
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
-    hbuf = counter = None
+    hbuf = mbuf = counter = None
     if k["SPLIT"]:
         hbuf = torch.empty(2, B, P, device=dev, dtype=f32)
         hbuf[0] = h0
         counter = torch.zeros(grid[0], device=dev, dtype=torch.int32)
+        if w_hr is not None:
+            mbuf = torch.empty(B, H, device=dev, dtype=f32)
     args = (xw, w_hh, b_hh, w_hr, h0)
-    tail = (y, h_out, c_out, act, hprev, cprev, hbuf, counter)
+    tail = (y, h_out, c_out, act, hprev, cprev, hbuf, mbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
                num_stages=NUM_STAGES, **_regs(), **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
         for s in range(T):
-            rnn_fwd_kernel[grid](*args, c_out, lengths, *tail, T, B, H, P, s, s + 1, **run)
+            for phase in _phases(k):
+                run["PHASE"] = phase
+                rnn_fwd_kernel[grid](*args, c_out, lengths, *tail, T, B, H, P, s, s + 1, **run)
     else:
         rnn_fwd_kernel[grid](*args, c0, lengths, *tail, T, B, H, P, 0, T, **run)
     saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
@@ -272,8 +313,12 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     counter = torch.zeros(grid[0], device=dev, dtype=torch.int32) if k["SYNC"] else None
     args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths,
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
-    steps = [(s, s + 1) for s in range(T + 1)] if pl.path == "per_step" else [(0, T + 1)]
-    for s0, s1 in steps:
+    if pl.path == "per_step":
+        steps = [(s, s + 1, phase) for s in range(T + 1) for phase in _phases(k)]
+    else:
+        steps = [(0, T + 1, 0)]
+    for s0, s1, phase in steps:
+        k["PHASE"] = phase
         rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps, num_stages=NUM_STAGES,
                              **_regs(), **k)
     return dxw, drec, dh0, dc0, dhtot

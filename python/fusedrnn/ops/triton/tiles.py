@@ -1,0 +1,210 @@
+"""Tile helpers shared by the fused time loops in ``kernels.py``: loads and stores of
+[units, batch] tiles, the products (on-chip tiles, or weights streamed in K-chunks), the fp32
+3xTF32 split and the barriers between steps.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _grid_barrier(counter, target):
+    """Wait until ``target`` arrivals: bar.sync, a gpu-scope release add, an acquire spin."""
+    tl.debug_barrier()  # every thread's stores of this step are issued before the release
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()  # no thread reads the exchanged state before the acquire
+
+
+@triton.jit
+def _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr):
+    """A [len(rows), len(cols)] weight tile ptr[rows * srow + cols * scol], zero where masked."""
+    offs = rows[:, None].to(tl.int64) * srow + cols[None, :].to(tl.int64) * scol
+    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(DT)
+
+
+@triton.jit
+def _split_tf32(x):
+    """x = hi + lo with hi on the TF32 grid (low 13 mantissa bits cleared): fp32 in, fp32 out."""
+    hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return hi, x - hi
+
+
+@triton.jit
+def _wload(ptr, rows, cols, rmask, cmask, srow, scol, DT: tl.constexpr, X3: tl.constexpr):
+    """A weight tile as the (hi, lo) pair the dot takes; lo is a dummy unless X3."""
+    w = _load_tile(ptr, rows, cols, rmask, cmask, srow, scol, DT)
+    if X3:
+        return _split_tf32(w)
+    return w, w
+
+
+@triton.jit
+def _mm(w_hi, w_lo, x, DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
+    """w @ x with fp32 accumulation.
+
+    X3 (fp32 on a GPU): three TF32 tensor-core products hi*hi + hi*lo + lo*hi, about 22
+    mantissa bits, with both weight halves plain dot operands so they stay staged in shared
+    memory (Triton's own "tf32x3" splits the weights in registers, which spills).
+    """
+    if X3:
+        x_hi, x_lo = _split_tf32(x)
+        acc = tl.dot(w_hi, x_hi, input_precision="tf32")
+        acc = tl.dot(w_hi, x_lo, acc, input_precision="tf32")
+        return tl.dot(w_lo, x_hi, acc, input_precision="tf32")
+    return tl.dot(w_hi, x.to(DT), input_precision=PREC)
+
+
+@triton.jit
+def _offs(rows, cols, rmask, cmask, scol):
+    """int32 offsets rows + cols * scol of a [units, batch] tile and its mask, built once.
+
+    Built before the time loop and shared by every tile of the same stride, so the loop holds a
+    few int32 tensors instead of one 64-bit pointer tensor per load and store.
+    """
+    return rows[:, None] + cols[None, :] * scol, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _ld(ptr, offs, mask):
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _ldx(ptr, offs, mask):
+    """Load state another program wrote this launch: .cg reads L2, never a stale L1 line."""
+    return tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def _st(ptr, offs, mask, val):
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gate_tiles(ptr, rows, cols, rmask, cmask, gstride, srow, scol, G: tl.constexpr,
+                DT: tl.constexpr, X3: tl.constexpr):
+    """The ``G`` gate tiles of a weight as the tuple (hi0, lo0, hi1, lo1, ...), each
+    ``ptr[g * gstride + rows * srow + cols * scol]``; unused slots repeat gate 0."""
+    w0, v0 = _wload(ptr, rows, cols, rmask, cmask, srow, scol, DT, X3)
+    w1, v1 = w0, v0
+    w2, v2 = w0, v0
+    w3, v3 = w0, v0
+    if G > 1:
+        w1, v1 = _wload(ptr + gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
+        w2, v2 = _wload(ptr + 2 * gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
+    if G > 3:
+        w3, v3 = _wload(ptr + 3 * gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
+    return (w0, v0, w1, v1, w2, v2, w3, v3)
+
+
+@triton.jit
+def _gates_mm(wt, x, G: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
+    """Per gate, the on-chip tile times the same operand: (W_0 @ x, W_1 @ x, W_2 @ x, W_3 @ x)."""
+    r0 = _mm(wt[0], wt[1], x, DT, PREC, X3)
+    r1 = r0
+    r2 = r0
+    r3 = r0
+    if G > 1:
+        r1 = _mm(wt[2], wt[3], x, DT, PREC, X3)
+        r2 = _mm(wt[4], wt[5], x, DT, PREC, X3)
+    if G > 3:
+        r3 = _mm(wt[6], wt[7], x, DT, PREC, X3)
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _stream_mm(w, gstride, srow, scol, src, sstride, offs_u, mu, offs_b, mb, K,
+               G: tl.constexpr, BU: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+               DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
+    """Per gate g, ``W_g[own rows, :] @ x`` [BU, BB] with the weights streamed:
+    ``W_g[u, k] = w[g * gstride + u * srow + k * scol]`` and ``x[k, b] = src[b * sstride + k]``
+    (read with .cg: other programs may have written it this launch), summed over K-chunks of
+    ``BK``. The weight chunks are re-read every step (from L1/L2), so only [BU, BK] of one gate
+    is live at a time: registers do not grow with K, and K is not padded beyond a multiple of BK.
+    """
+    r0 = tl.zeros([BU, BB], tl.float32)
+    r1 = r0
+    r2 = r0
+    r3 = r0
+    for kk in range(0, K, BK):
+        offs_c = kk + tl.arange(0, BK)  # [BK] this chunk of K
+        mc = offs_c < K
+        xc = _ldx(src, offs_c[:, None] + offs_b[None, :] * sstride, mc[:, None] & mb[None, :])
+        wa, va = _wload(w, offs_u, offs_c, mu, mc, srow, scol, DT, X3)  # [BU, BK]
+        r0 += _mm(wa, va, xc, DT, PREC, X3)
+        if G > 1:
+            wa, va = _wload(w + gstride, offs_u, offs_c, mu, mc, srow, scol, DT, X3)
+            r1 += _mm(wa, va, xc, DT, PREC, X3)
+            wa, va = _wload(w + 2 * gstride, offs_u, offs_c, mu, mc, srow, scol, DT, X3)
+            r2 += _mm(wa, va, xc, DT, PREC, X3)
+        if G > 3:
+            wa, va = _wload(w + 3 * gstride, offs_u, offs_c, mu, mc, srow, scol, DT, X3)
+            r3 += _mm(wa, va, xc, DT, PREC, X3)
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _rec_grad_global(wt, w, dsrc, offs_o, mo, offs_b, mb, ok, mkb, more, H, P, GH,
+                     G: tl.constexpr,
+                     BO: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr, STREAM: tl.constexpr,
+                     DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
+    """sum_g W_g^T [own outputs, :] @ dgate_g with every unit's gate gradients read from
+    ``dsrc`` [B, G*H] (split layers). On-chip tiles (``wt``): one full-K gate at a time.
+    ``STREAM``: chunks of ``BK`` units, the transposed weight chunks re-read every step.
+    ``more`` False (the first backward step, which has no later step) loads zeros."""
+    if STREAM:
+        acc = tl.zeros([BO, BB], tl.float32)
+        for kk in range(0, H, BK):
+            offs_c = kk + tl.arange(0, BK)  # [BK] chunk of the units
+            mc = offs_c < H
+            od = offs_c[:, None] + offs_b[None, :] * GH
+            md = mc[:, None] & mb[None, :] & more
+            wa, va = _wload(w, offs_o, offs_c, mo, mc, 1, P, DT, X3)  # [BO, BK] of W_0^T
+            acc += _mm(wa, va, _ldx(dsrc, od, md), DT, PREC, X3)
+            if G > 1:
+                wa, va = _wload(w + H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
+                acc += _mm(wa, va, _ldx(dsrc + H, od, md), DT, PREC, X3)
+                wa, va = _wload(w + 2 * H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
+                acc += _mm(wa, va, _ldx(dsrc + 2 * H, od, md), DT, PREC, X3)
+            if G > 3:
+                wa, va = _wload(w + 3 * H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
+                acc += _mm(wa, va, _ldx(dsrc + 3 * H, od, md), DT, PREC, X3)
+        return acc
+    else:
+        mkb = mkb & more
+        acc = _mm(wt[0], wt[1], _ldx(dsrc, ok, mkb), DT, PREC, X3)
+        if G > 1:
+            acc += _mm(wt[2], wt[3], _ldx(dsrc + H, ok, mkb), DT, PREC, X3)
+            acc += _mm(wt[4], wt[5], _ldx(dsrc + 2 * H, ok, mkb), DT, PREC, X3)
+        if G > 3:
+            acc += _mm(wt[6], wt[7], _ldx(dsrc + 3 * H, ok, mkb), DT, PREC, X3)
+        return acc
+
+
+@triton.jit
+def _rec_grad(wt, f0, f1, f2, f3, G: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+              X3: tl.constexpr):
+    """sum_g W_g^T [BO, HP] @ dgate_g [HP, BB]: the part of dh_prev that goes through W_hh.
+
+    ``wt`` is the tuple (hi0, lo0, hi1, lo1, ...) of the transposed gate tiles.
+    """
+    acc = _mm(wt[0], wt[1], f0, DT, PREC, X3)
+    if G > 1:
+        acc += _mm(wt[2], wt[3], f1, DT, PREC, X3)
+        acc += _mm(wt[4], wt[5], f2, DT, PREC, X3)
+    if G > 3:
+        acc += _mm(wt[6], wt[7], f3, DT, PREC, X3)
+    return acc
+
+
+@triton.jit
+def _step_barrier(counter, target, SOLO: tl.constexpr):
+    """Between two steps of a persistent launch: the grid barrier, or with one program per batch
+    block (``SOLO``) a CTA barrier, which orders the block's global stores before its loads."""
+    if SOLO:
+        tl.debug_barrier()
+    else:
+        _grid_barrier(counter, target)
