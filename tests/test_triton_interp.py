@@ -257,9 +257,10 @@ def test_plan_paths(monkeypatch):
     assert pl("GRU", 64, dtype=f32) == ("stream", 64, 1, True)
     assert pl("LSTM", 128, dtype=f32) == ("stream", 64, 2, True)
     assert pl("RNN_TANH", 256) == ("stream", 64, 4, True)  # full-K tiles beyond K=128 spill
-    assert pl("LSTM", 768) == ("stream", 64, 12, True)  # 768 = 12 x 64: no padding to 1024
-    assert pl("LSTM", 768, B=256) == ("per_step", 64, 12, True)  # 16 x 12 programs > 132 SMs
-    assert pl("LSTM", 4096, dtype=f32) == ("stream", 64, 64, True)  # nothing is refused
+    # 16-unit tiles: 96 KiB of weights per program (L1-sized); 768 = 48 x 16, no padding to 1024
+    assert pl("LSTM", 768) == ("stream", 16, 48, True)
+    assert pl("LSTM", 768, B=256) == ("per_step", 64, 12, True)  # even 16 x 12 programs > 132
+    assert pl("LSTM", 4096, dtype=f32) == ("stream", 32, 128, True)  # nothing is refused
     assert pl("GRU", 256, n_sm=0)[0] == "per_step"  # no GPU: no grid barrier
     assert pl("LSTM", 768, n_sm=108, smem=166912)[0] == "stream"  # fits an A100 too
     assert pl("LSTM", 64, P=32) == ("resident", 64, 1, False)  # 20 KiB with w_hr

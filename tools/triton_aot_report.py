@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             spill = f"{r['spill_st']}/{r['spill_ld']}"
             print(f"{label:<48} {arch:>3} {pl.BU:>4} {pl.n_tiles:>5} {wbytes / 1024:>6.0f} "
                   f"{pl.num_warps:>5} {r['regs']:>5} {spill:>14} {r['smem']:>7}", flush=True)
-            rows.append(dict(config=label, arch=arch, BU=pl.BU, n_tiles=pl.n_tiles,
+            rows.append(dict(config=label, arch=arch, BU=pl.BU, n_tiles=pl.n_tiles, BK=pl.BK,
                              weight_bytes=wbytes, num_warps=pl.num_warps, **r))
     if args.json:
         with open(args.json, "w") as fh:

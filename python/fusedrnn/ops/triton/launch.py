@@ -54,6 +54,8 @@ TILE_MAX_BYTES = 128 * 1024
 STREAM_BK = 16
 STREAM_BU = 64
 STREAM_SOLO_MAX = 64
+#: weight bytes per program a streamed split tile aims to keep within (to stay in L1)
+STREAM_L1_BYTES = 128 * 1024
 #: streamed tiles of at least this many units run 8 warps, narrower ones 4
 STREAM_WARPS8_UNITS = 32
 NUM_WARPS = 8
@@ -150,7 +152,7 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
         stream = (G * BU * PP * elt > budget or PP > ONCHIP_K_MAX
                   or HP // BU * n_bblocks > n_sm or proj)
         if stream:
-            BU = min(STREAM_BU, HP)
+            BU = _stream_units(G, H, P, dtype, n_bblocks, n_sm)
     # streamed tiles need not cover a power of two: masks end the last one (768 = 12 x 64)
     n_tiles = triton.cdiv(H, BU) if stream else HP // BU
     barrier_ok = n_tiles == 1 or n_tiles * n_bblocks <= n_sm  # one program needs no barrier
@@ -159,13 +161,31 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
         warps = NUM_WARPS if BU >= STREAM_WARPS8_UNITS else 4  # [BU, 16] products: few warps
         # output rows per program: the projection's P rows are spread over the same programs
         BO = max(16, triton.next_power_of_2(triton.cdiv(P, n_tiles))) if proj else BU
-        pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, STREAM_BK, BO)
+        BK = STREAM_BK if BU > 16 else 2 * STREAM_BK  # 16-unit tiles afford wider chunks
+        pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, BK, BO)
         # shared memory: layout conversions and the staged dot operands of one chunk
         return _check_smem(pl, 4 * (G * BU + BLOCK_B) * STREAM_BK * 2, smem, H, P, dtype)
     pl = Plan("persistent" if barrier_ok else "per_step", HP, PP, BU, BLOCK_B, n_tiles,
               NUM_WARPS, BO=BU)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
     return _check_smem(pl, G * BU * PP * elt + 4 * BLOCK_B * PP, smem, H, P, dtype)
+
+
+def _stream_units(G: int, H: int, P: int, dtype: torch.dtype, n_bblocks: int, n_sm: int) -> int:
+    """Units per program of a streamed split layer.
+
+    The widest tile (at most STREAM_BU) whose weight slice, re-read every step, fits
+    STREAM_L1_BYTES -- so after the first step it can be served from the SM's L1 rather than L2
+    (modelled: the kernels use a few KiB of shared memory, leaving most of the 256 KiB L1/shared
+    array to L1) -- then widened again if the grid would exceed the SMs (no persistent launch).
+    """
+    src = 4 if dtype == torch.float32 else 2  # streamed in the weights' own dtype
+    BU = STREAM_BU
+    while BU > 16 and G * BU * P * src > STREAM_L1_BYTES:
+        BU //= 2
+    while BU < STREAM_BU and triton.cdiv(H, BU) * n_bblocks > n_sm:
+        BU *= 2
+    return BU
 
 
 def layer_plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool,
