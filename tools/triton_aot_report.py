@@ -148,11 +148,11 @@ def _cubin_regs(cubin: bytes) -> int:
     return int(re.search(r"REG:(\d+)", out).group(1))
 
 
-def compile_one(kern, sig, consts, arch, num_warps) -> dict:
+def compile_one(kern, sig, consts, arch, num_warps, num_stages=launch.NUM_STAGES) -> dict:
     """Compile for one arch and measure it; raises when Triton or ptxas fails."""
     src = ASTSource(fn=kern, signature=sig, constexprs=consts)
     ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": num_warps, "num_stages": launch.NUM_STAGES,
+                        options={"num_warps": num_warps, "num_stages": num_stages,
                                  **launch._regs()})
     if ck.metadata.shared > SMEM_LIMIT[arch]:
         raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
                 print(f"{label:<48} {arch:>3} refused by launch.plan: shared memory", flush=True)
                 continue
             try:
-                r = compile_one(kern, sig, consts, arch, pl.num_warps)
+                r = compile_one(kern, sig, consts, arch, pl.num_warps, pl.stages)
             except Exception as e:  # counted; --check turns it into a non-zero exit
                 failed += 1
                 msg = " ".join(str(e).split())[:300]
@@ -197,6 +197,7 @@ def main(argv=None) -> int:
             print(f"{label:<48} {arch:>3} {pl.BU:>4} {pl.n_tiles:>5} {wbytes / 1024:>6.0f} "
                   f"{pl.num_warps:>5} {r['regs']:>5} {spill:>14} {r['smem']:>7}", flush=True)
             rows.append(dict(config=label, arch=arch, BU=pl.BU, n_tiles=pl.n_tiles, BK=pl.BK,
+                             stages=pl.stages,
                              weight_bytes=wbytes, num_warps=pl.num_warps, **r))
     if args.json:
         with open(args.json, "w") as fh:

@@ -61,9 +61,11 @@ STREAM_WARPS8_UNITS = 32
 NUM_WARPS = 8
 #: batch columns per program: the minimum N of tl.dot
 BLOCK_B = 16
-#: no software pipelining of the time loop: step t+1 depends on step t, and the prefetch
-#: buffers it would add cost registers
+#: no software pipelining of the on-chip paths' time loop (their innermost loop): the prefetch
+#: buffers for step t+1's loads cost registers the weight tiles need
 NUM_STAGES = 1
+#: pipeline stages of the streamed path's K-chunk loop
+STREAM_STAGES = 2
 #: ptxas register cap: None leaves it to ptxas. It caps a few sm_80 backward kernels at 128
 #: registers with small spills; maxnreg=255 removes those but makes several fp32 backward
 #: kernels spill on sm_90 (tools/triton_aot_report.py), so the default stays.
@@ -94,6 +96,7 @@ class Plan:
     stream: bool = False  # weights re-read in K-chunks every step instead of held on chip
     BK: int = 0  # K-chunk of the streamed products
     BO: int = 0  # output (h) rows per program: PP resident, BU split, P's share with projection
+    stages: int = 1  # software-pipeline stages (Triton's num_stages) of the innermost loop
 
 
 def sm_count(device: torch.device) -> int:
@@ -131,7 +134,7 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     budget = TILE_BYTES_FP32 if dtype == torch.float32 else TILE_BYTES
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
     if tile_units is None and resident <= budget:
-        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS, BO=PP)
+        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS, BO=PP, stages=NUM_STAGES)
         return _check_smem(pl, resident + 4 * BLOCK_B * (PP + HP), smem, H, P, dtype)
     n_bblocks = triton.cdiv(B, BLOCK_B)
     if tile_units is not None:
@@ -162,11 +165,17 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
         # output rows per program: the projection's P rows are spread over the same programs
         BO = max(16, triton.next_power_of_2(triton.cdiv(P, n_tiles))) if proj else BU
         BK = STREAM_BK if BU > 16 else 2 * STREAM_BK  # 16-unit tiles afford wider chunks
-        pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, BK, BO)
+        # the K-chunk loop is the innermost loop: two stages prefetch chunk k+1 (cp.async) while
+        # chunk k is multiplied, hiding the L1/L2 latency of each chunk's loads. Not for 64-unit
+        # LSTM tiles in fp32 or with the projection: with the prefetch buffers they spill 4-32 B
+        # on sm_90 (AOT report).
+        fat = G == 4 and BU >= 64 and (dtype == torch.float32 or proj)
+        pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, BK, BO,
+                  1 if fat else STREAM_STAGES)
         # shared memory: layout conversions and the staged dot operands of one chunk
         return _check_smem(pl, 4 * (G * BU + BLOCK_B) * STREAM_BK * 2, smem, H, P, dtype)
     pl = Plan("persistent" if barrier_ok else "per_step", HP, PP, BU, BLOCK_B, n_tiles,
-              NUM_WARPS, BO=BU)
+              NUM_WARPS, BO=BU, stages=NUM_STAGES)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
     return _check_smem(pl, G * BU * PP * elt + 4 * BLOCK_B * PP, smem, H, P, dtype)
 
@@ -286,7 +295,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     args = (xw, w_hh, b_hh, w_hr, h0)
     tail = (y, h_out, c_out, act, hprev, cprev, hbuf, mbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
-               num_stages=NUM_STAGES, **_regs(), **k)
+               num_stages=pl.stages, **_regs(), **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
@@ -339,6 +348,6 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
         steps = [(0, T + 1, 0)]
     for s0, s1, phase in steps:
         k["PHASE"] = phase
-        rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps, num_stages=NUM_STAGES,
+        rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps, num_stages=pl.stages,
                              **_regs(), **k)
     return dxw, drec, dh0, dc0, dhtot
