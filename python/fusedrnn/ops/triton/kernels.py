@@ -1,20 +1,30 @@
 """The fused time loops: one forward and one backward kernel shared by every cell.
 
-Each program owns ``BB`` batch columns and ``BU`` hidden units (all ``G`` gates of them). It
-loads its slice of ``w_hh`` once, before the time loop, so the weights stay on chip for all
-steps; per step it multiplies by the previous state and runs the cell's pointwise math
-(``cells.py``, the only per-cell code) on ``[units, batch]`` tiles.
+Each program owns ``BB`` batch columns and ``BU`` hidden units (all ``G`` gates of them); per
+step it multiplies the recurrent weights by the previous state and runs the cell's pointwise
+math (``cells.py``, the only per-cell code) on ``[units, batch]`` tiles.
 
-Two ways to get the full previous state each step (constexpr ``SPLIT``):
+Where the weights live (constexpr ``STREAM``):
 
-* ``SPLIT=False`` (resident): one program holds every unit (``BU = HP``), so the state never
-  leaves registers and no synchronisation is needed.
-* ``SPLIT=True``: the units are spread over ``tl.num_programs(1)`` programs. Each step they
-  exchange the state through global memory (forward: h in a ping-pong buffer; backward: the
-  gate gradients of the step just done). With ``SYNC=True`` a grid barrier separates the steps
-  inside one persistent launch (all programs must be co-resident: the launcher keeps the grid
-  within the SM count); with ``SYNC=False`` the launcher runs one step per launch and the
-  kernel boundary is the barrier (fallback for sizes whose weights do not fit on chip).
+* ``STREAM=False``: the program loads its slice of ``w_hh`` once, before the time loop, and keeps
+  it on chip for all T steps (Triton stages the dot operands in shared memory).
+* ``STREAM=True``: every step re-reads the weights in K-chunks of ``BK`` (``tiles._stream_mm``),
+  so only one chunk is live: registers and shared memory do not grow with H.
+
+How the full previous state reaches every program (constexpr ``SPLIT``):
+
+* ``SPLIT=False`` (resident): one program holds every unit, so the state never leaves registers
+  and no synchronisation is needed.
+* ``SPLIT=True``: the state goes through global memory every step (forward: h in a ping-pong
+  buffer; backward: the gate gradients of the step just done), which is also how the streamed
+  products read it chunk by chunk. ``SYNC=True`` runs all steps in one launch with a barrier
+  between steps: a grid barrier over the ``tl.num_programs(1)`` programs of a batch block (all
+  co-resident: the launcher keeps the grid within the SM count), or with one program per batch
+  block (``SOLO``) a CTA barrier. ``SYNC=False``: one step per launch, the kernel boundary being
+  the barrier.
+* The LSTM projection with ``SPLIT`` exchanges twice per step (h, then the cell output m before
+  ``h = W_hr m``; backward: dh before ``dm = W_hr^T dh``), so two barriers per step, and on the
+  per-step path two launches per step (``PHASE`` 1 and 2).
 
 Shapes (kernel view): xw [T, B, G*H], w [G*H, P], w_hr [P, H], states h [B, P], c [B, H];
 P = H without projection. HP/PP are H/P padded to powers of two; padded lanes load zeros.

@@ -1,25 +1,21 @@
 """Launchers of the fused Triton kernels: choose the path, allocate, launch. No autograd here.
 
-Path per (mode, H, P, dtype), chosen by ``plan``:
+Path per (mode, H, P, B, dtype), chosen by ``plan`` (table and reasons: docs/triton_backend.md):
 
-* **resident** -- all of ``w_hh`` fits one program (``G*HP*PP*elt <= TILE_BYTES``; with the
-  projection ``G*HP*PP*elt + PP*HP*elt <= TILE_MAX_BYTES``): one launch per sequence, no
-  synchronisation, the state never leaves the chip.
-* **persistent split** -- the gate rows are spread over ``HP // BU`` programs per batch block,
-  each holding ``G*BU*PP*elt <= TILE_BYTES`` (at least 16 units, up to ``TILE_MAX_BYTES``);
-  one launch per sequence with a grid barrier per step. Taken only on a GPU and only when every
-  program of the grid can be resident at once (grid <= SM count), which is what makes the spin
-  barrier deadlock-free.
-* **per-step** -- the same split kernel, one launch per step (T forward, T+1 backward launches);
-  the kernel boundary is the barrier. Taken when the split grid exceeds the SM count or the tile
-  exceeds ``TILE_MAX_BYTES``, and in the Triton interpreter (which runs programs one after
-  another, so a spin barrier would hang).
-
-A layer whose smallest tile (16 units, full K) plus the staged state exceeds the GPU's shared
-memory per program raises ``NotImplementedError`` (e.g. LSTM bf16 H > 512 on an A100).
-
-The LSTM projection ``w_hr`` needs every unit's cell output in one program, so it is supported
-on the resident path only; larger projected layers raise ``NotImplementedError``.
+* **resident** -- all of ``w_hh`` (and ``w_hr``) fits one program's on-chip tile
+  (``<= TILE_BYTES``, fp32 ``TILE_BYTES_FP32``): one launch per sequence, no synchronisation,
+  the state never leaves the chip.
+* **persistent** (on-chip split) -- the gate rows are spread over ``HP // BU`` programs per batch
+  block, each holding a tile within the budget (at least ``ONCHIP_MIN_UNITS`` units, full
+  K <= ``ONCHIP_K_MAX``); one launch per sequence, a grid barrier per step.
+* **stream** -- every other layer: the weights are re-read in K-chunks of ``BK`` every step (from
+  L1/L2) instead of held, so registers and shared memory do not grow with H and no size is
+  refused. One program per batch block up to ``STREAM_SOLO_MAX`` units (a CTA barrier per step),
+  else tiles sized to keep a program's weight slice within ``STREAM_L1_BYTES`` and a grid
+  barrier per step (two with the LSTM projection).
+* **per-step** -- the split kernels with one launch per step (per half-step for the projected
+  split), the kernel boundary being the barrier: when the split grid exceeds the SM count (the
+  spin barrier needs every program resident), and in the Triton interpreter.
 """
 
 from __future__ import annotations
