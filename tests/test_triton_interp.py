@@ -181,6 +181,29 @@ def test_parity_stream_proj(nan_poison, streamed, HP, layout):
     check("LSTM", ins, lens, True)
 
 
+@pytest.mark.parametrize("path", ["chip-split", "stream-split", "stream-proj-split"])
+def test_parity_several_batch_blocks(nan_poison, monkeypatch, path):
+    """B=18: two batch blocks of 16 columns (the second mostly masked) on the split paths, whose
+    programs index their batch block's exchange buffers and barrier counter."""
+    mode, P = ("GRU", None) if path != "stream-proj-split" else ("LSTM", 7)
+    if path == "chip-split":
+        force_tiles(monkeypatch, 16)
+    else:
+        monkeypatch.setattr(launch, "TILE_BYTES_FP32", 0)
+        split_streamed(monkeypatch)
+    lens = [(i % 3) + 1 for i in range(18)]
+    ins, lens = make(mode, T=3, B=18, H=20, P=P, lengths=lens)
+    check(mode, ins, lens, True)
+
+
+def test_strided_lengths(nan_poison):
+    """A non-contiguous lengths view is read by value, not by its storage."""
+    ins, _ = make("LSTM", T=4, B=3, H=5)
+    lens = torch.tensor([3, 9, 1, 9, 2, 9])[::2]
+    assert not lens.is_contiguous()
+    check("LSTM", ins, lens, False)
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_parity_stream_half(nan_poison, streamed, mode):
     """bf16 weights streamed in chunks: loaded and cast to fp32 at once, as the on-chip path."""

@@ -53,7 +53,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         xw: [T, B, G*H] input projection (bias_ih included); float32, bfloat16 or float16.
         w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
         lengths: [B] int64 | None; reverse: run each sequence from its end.
-        w_hr: [P, H] | None, LSTM projection (resident path only, see docs).
+        w_hr: [P, H] | None, LSTM projection (any size, see docs).
         recurrent_grad_clip: None | > 0, clamps the gradient carried back through the
             recurrence at every step (see ``recurrence_ref``).
         tile_units: None, or a power of two >= 16 forcing the split path with tiles of that
@@ -74,7 +74,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         raise RuntimeError(f"triton backend: tensors must be on a CUDA device (or CPU under "
                            f"TRITON_INTERPRET=1), got {xw.device}")
     if lengths is not None:  # lengths <= T is checked inside the op (it reads values)
-        lengths = lengths.to(xw.device)
+        lengths = lengths.to(xw.device).contiguous()  # the kernels read it with unit stride
     ins = (xw, w_hh, b_hh, h0, c0, w_hr)
     # keep the activations only when a backward can follow (custom ops cannot see that)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins)

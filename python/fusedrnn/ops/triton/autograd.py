@@ -79,7 +79,8 @@ def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
     or not ``save``).
     """
     T = xw.shape[0]
-    if lengths is not None and lengths.numel() and int(lengths.max()) > T:
+    capturing = xw.is_cuda and torch.cuda.is_current_stream_capturing()  # no host sync there
+    if lengths is not None and lengths.numel() and not capturing and int(lengths.max()) > T:
         # checked here rather than in recurrence(): reading a value graph-breaks torch.compile
         raise ValueError(f"lengths must be <= T={T}, got max {int(lengths.max())}")
     y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save,

@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 
 from .cells import cell_bwd, cell_fwd
-from .tiles import (_gate_tiles, _gates_mm, _ld, _ldx, _mm, _offs, _rec_grad, _rec_grad_global,
-                    _st, _step_barrier, _stream_mm, _wload)
+from .tiles import (_gate_tiles, _gates_mm, _ld, _ld_gates, _ldx, _mm, _offs, _rec_grad,
+                    _rec_grad_global, _st, _step_barrier, _stream_mm, _wload)
 
 
 @triton.jit
@@ -131,20 +131,11 @@ def rnn_fwd_kernel(
                                             BU, BB, BK, DOT_T, PREC, X3)
             else:
                 r0, r1, r2, r3 = _gates_mm(wt, _ldx(cur, ok, mkb), G, DOT_T, PREC, X3)
-            xt = xw + t * B * GH
-            a0 = _ld(xt + 0 * H, ox, mx)  # [BU, BB]
+            a0, a1, a2, a3 = _ld_gates(xw + t * B * GH, ox, mx, H, G)  # [BU, BB] each
             r0 += b0
-            a1 = a0
-            a2 = a0
-            a3 = a0
-            if G > 1:
-                a1 = _ld(xt + 1 * H, ox, mx)
-                a2 = _ld(xt + 2 * H, ox, mx)
-                r1 += b1
-                r2 += b2
-            if G > 3:
-                a3 = _ld(xt + 3 * H, ox, mx)
-                r3 += b3
+            r1 += b1  # (unused gate slots are dead code)
+            r2 += b2
+            r3 += b3
             out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
             if SAVE:
                 at = act + t * B * (NA * H)
@@ -294,15 +285,7 @@ def rnn_bwd_kernel(
                 dm = _mm(whrt, vhrt, dh_tot, DOT_T, PREC, X3)  # [HP, BB]
             else:
                 dm = dh_tot
-            at = act + t * B * (NA * H)
-            e0 = _ld(at + 0 * H, oa, mx)  # [BU, BB]
-            e1 = e0
-            e2 = e0
-            e3 = e0
-            if NA > 1:
-                e1 = _ld(at + 1 * H, oa, mx)
-                e2 = _ld(at + 2 * H, oa, mx)
-                e3 = _ld(at + 3 * H, oa, mx)
+            e0, e1, e2, e3 = _ld_gates(act + t * B * (NA * H), oa, mx, H, NA)  # [BU, BB] each
             cp = dc
             if HAS_C:
                 cp = _ld(cprev + t * B * H, oc, mx)

@@ -20,6 +20,7 @@ Path per (mode, H, P, B, dtype), chosen by ``plan`` (table and reasons: docs/tri
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -43,8 +44,6 @@ TILE_BYTES_FP32 = 16 * 1024
 ONCHIP_K_MAX = 128
 #: narrowest on-chip split tile
 ONCHIP_MIN_UNITS = 32
-#: largest tile accepted for the projected LSTM, which only has the resident path
-TILE_MAX_BYTES = 128 * 1024
 #: streamed path: K-chunk of the products, units per program, and the padded H up to which one
 #: program per batch block holds every unit (no grid barrier, only a CTA barrier per step)
 STREAM_BK = 16
@@ -120,8 +119,8 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
 
     ``n_sm`` is the SM count of the device (0: no grid barrier, the interpreter), ``smem`` the
     shared memory one program may use (None: unlimited); ``tile_units`` forces tiles of that
-    many units (tests). Only a projected LSTM too large for one program is refused
-    (NotImplementedError); every other layer has a path.
+    many units (tests). Every layer has a path; only a GPU whose shared memory per block cannot
+    hold even a streamed tile raises NotImplementedError.
     """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
@@ -169,7 +168,7 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
         pl = Plan(path, HP, PP, BU, BLOCK_B, n_tiles, warps, True, BK, BO,
                   1 if fat else STREAM_STAGES)
         # shared memory: layout conversions and the staged dot operands of one chunk
-        return _check_smem(pl, 4 * (G * BU + BLOCK_B) * STREAM_BK * 2, smem, H, P, dtype)
+        return _check_smem(pl, 4 * (G * BU + BLOCK_B) * BK * pl.stages * 2, smem, H, P, dtype)
     pl = Plan("persistent" if barrier_ok else "per_step", HP, PP, BU, BLOCK_B, n_tiles,
               NUM_WARPS, BO=BU, stages=NUM_STAGES)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
@@ -247,6 +246,18 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
     )
 
 
+def _on(device: torch.device):
+    """Launch on ``device``: Triton launches on the *current* CUDA device, which need not be the
+    tensors' (e.g. data-parallel code that moves the model without ``torch.cuda.set_device``)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _lengths(lengths, device):
+    """``lengths`` as the kernels read it: contiguous int64 on ``device`` (they index it with
+    unit stride, so a strided view would be read wrongly)."""
+    return None if lengths is None else lengths.to(device, torch.int64).contiguous()
+
+
 def _phases(k: dict) -> tuple:
     """Launches per step on the per-step path: a projected split layer exchanges twice per step,
     so each half gets its own launch (the kernel boundary is the barrier)."""
@@ -269,6 +280,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     dev, f32 = xw.device, torch.float32
     pl = layer_plan(mode, H, P, B, xw.dtype, w_hr is not None, dev, tile_units)
     k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse)
+    lengths = _lengths(lengths, dev)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
     y = torch.empty(T, B, P, device=dev, dtype=xw.dtype)
@@ -295,12 +307,13 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
-        for s in range(T):
-            for phase in _phases(k):
-                run["PHASE"] = phase
-                rnn_fwd_kernel[grid](*args, c_out, lengths, *tail, T, B, H, P, s, s + 1, **run)
+        launches = [(c_out, s, s + 1, phase) for s in range(T) for phase in _phases(k)]
     else:
-        rnn_fwd_kernel[grid](*args, c0, lengths, *tail, T, B, H, P, 0, T, **run)
+        launches = [(c0, 0, T, 0)]  # SYNC launches must start at step 0 (the barrier counts)
+    with _on(dev):
+        for c_in, s0, s1, phase in launches:
+            run["PHASE"] = phase
+            rnn_fwd_kernel[grid](*args, c_in, lengths, *tail, T, B, H, P, s0, s1, **run)
     saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
     c_T = None if c_out is None else c_out.to(xw.dtype)
     return y, h_out.to(xw.dtype), c_T, saved
@@ -324,6 +337,7 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     dev, f32 = dy.device, torch.float32
     proj = w_hr is not None
     k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse)
+    lengths = _lengths(lengths, dev)
     k.pop("SAVE", None)
     k["CLIP"] = recurrent_grad_clip is not None
     clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
@@ -342,8 +356,9 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
         steps = [(s, s + 1, phase) for s in range(T + 1) for phase in _phases(k)]
     else:
         steps = [(0, T + 1, 0)]
-    for s0, s1, phase in steps:
-        k["PHASE"] = phase
-        rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps, num_stages=pl.stages,
-                             **_regs(), **k)
+    with _on(dev):
+        for s0, s1, phase in steps:
+            k["PHASE"] = phase
+            rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps,
+                                 num_stages=pl.stages, **_regs(), **k)
     return dxw, drec, dh0, dc0, dhtot

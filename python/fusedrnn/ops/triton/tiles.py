@@ -73,8 +73,25 @@ def _ld(ptr, offs, mask):
 
 
 @triton.jit
+def _ld_gates(base, offs, mask, H, N: tl.constexpr):
+    """The ``N`` (1, 3 or 4) per-gate tiles ``base[g * H + offs]`` as fp32; unused slots repeat
+    gate 0 (RNN's dummies)."""
+    x0 = _ld(base, offs, mask)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if N > 1:
+        x1 = _ld(base + H, offs, mask)
+        x2 = _ld(base + 2 * H, offs, mask)
+    if N > 3:
+        x3 = _ld(base + 3 * H, offs, mask)
+    return x0, x1, x2, x3
+
+
+@triton.jit
 def _ldx(ptr, offs, mask):
-    """Load state another program wrote this launch: .cg reads L2, never a stale L1 line."""
+    """Load state another program wrote this launch, after a barrier (whose acquire invalidates
+    L1, so any load is fresh; .cg is a hint that the pipelined loop turns into cp.async.ca)."""
     return tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
 
 
