@@ -299,3 +299,17 @@ def test_gpu_parity_sizes(mode, H, dtype):
     """On a GPU: resident, persistent-split and per-step paths at real sizes, tensor-core dots."""
     ins, lens = make(mode, T=16, B=16, H=H, lengths=list(range(16, 0, -1)))
     check(mode, ins, lens, False, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", [("LSTM", 256, 128, 16), ("LSTM", 768, 384, 40),
+                                  ("GRU", 768, None, 2200), ("LSTM", 48, 24, 16)],
+                         ids=["proj-split", "proj-split-3blocks", "per-step", "proj-small"])
+def test_gpu_parity_paths(case, dtype):
+    """On a GPU: the projected streamed split (two grid barriers per step), several batch blocks,
+    the per-step path of a grid larger than the GPU, and a small projected layer (resident in
+    bf16, streamed solo in fp32)."""
+    mode, H, P, B = case
+    ins, lens = make(mode, T=8, B=B, H=H, P=P, lengths=[(i % 8) + 1 for i in range(B)])
+    check(mode, ins, lens, True, dtype)
