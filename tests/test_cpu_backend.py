@@ -278,3 +278,38 @@ def test_nn_cell_no_grad_fast_path(kind):
     for a, b in zip(got if isinstance(got, tuple) else (got,),
                     want if isinstance(want, tuple) else (want,)):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+# The per-step GEMM paths (csrc/cpu/blas.cpp StepGemm): "packed" packs W_hh (and W_hr) once per
+# op call with MKL's packed API, "plain" calls sgemm every step; the default "auto" is packed
+# wherever torch links MKL, so the grid above runs packed there and these pin each path.
+GEMM_PATH_CASES = [
+    pytest.param(mode, T, B, H, proj, lk, rev, id=f"{mode}-T{T}-B{B}-H{H}-P{proj}-len_{lk}-"
+                 f"{'rev' if rev else 'fwd'}")
+    for mode, T, B, H, proj, lk, rev in [
+        *[(m, 7, 5, 13, 0, lk, rev) for m in MODES for lk, rev in
+          (("sorted", False), ("unsorted", True))],
+        ("LSTM", 6, 5, 13, 5, "sorted", True),
+        ("LSTM", 6, 5, 13, 5, "unsorted", False),
+        # B * G*H * H_out above SmallGemmGuard's 4M multiply-adds: MKL runs the steps on 2 threads
+        ("LSTM", 3, 64, 160, 0, "sorted", False),
+        ("GRU", 3, 64, 160, 0, "none", True),
+    ]
+]
+
+
+@pytest.mark.parametrize("path", ["plain", "packed"])
+@pytest.mark.parametrize("mode,T,B,H,proj,lengths_kind,reverse", GEMM_PATH_CASES)
+def test_gemm_paths_float32(monkeypatch, path, mode, T, B, H, proj, lengths_kind, reverse):
+    if path == "packed" and not torch.backends.mkl.is_available():
+        pytest.skip("MKL's packed GEMM needs a torch built with MKL")
+    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", path)
+    compare(mode, T, B, H, lengths_kind, reverse, proj=proj, c0=True, bias=True,
+            dtype=torch.float32)
+
+
+def test_gemm_path_env_error(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", "fast")
+    inp = make_inputs("GRU", 3, 2, 4)
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_GEMM must be one of auto, plain, packed"):
+        cpu.recurrence("GRU", inp["xw"].float(), inp["w_hh"].float(), None, inp["h0"].float())

@@ -77,6 +77,29 @@ template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Which BLAS path the time loops' per-step GEMMs take, from the environment variable
+// FUSEDRNN_CPU_GEMM (read per op call): "auto" (default) packs the recurrent weights once per
+// call with MKL's packed API when torch's BLAS exports it (float32 compute only), "plain" always
+// calls gemm_rows, "packed" is auto that raises when the packed API is missing (tests).
+enum class GemmPath { kAuto, kPlain, kPacked };
+GemmPath gemm_path();
+
+// C [M, N] = A [M, K] @ op(B) [K, N] + beta * C for many A and one B (a recurrent weight), M <=
+// max_m. op(B) = B^T when tb; B [K, N] (or [N, K] when tb) with row stride ldb must outlive this
+// object. Packed once here on the packed path (gemm_path()), else run() is gemm_rows (blas.cpp).
+template <typename T>
+class StepGemm {
+ public:
+  StepGemm(bool tb, int64_t max_m, int64_t N, int64_t K, const T* B, int64_t ldb);
+  void run(int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const;
+
+ private:
+  bool tb_;
+  int64_t N_, K_, ldb_;
+  const T* B_;
+  Tensor packed_;  // MKL's packed op(B) as bytes; undefined on the plain path
+};
+
 // While alive, the per-step GEMMs run on one BLAS thread if they are small (blas.cpp).
 class SmallGemmGuard {
  public:

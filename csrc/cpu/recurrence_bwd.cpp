@@ -3,6 +3,7 @@
 // gradients as GEMMs over all T*B rows.
 #include <ATen/Parallel.h>
 
+#include <optional>
 #include <vector>
 
 #include "pointwise.h"
@@ -79,6 +80,10 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
   T* drp = proj ? dr.data_ptr<T>() : nullptr;
 
   SmallGemmGuard gemm_threads(B * GH * Ho);
+  // after the guard: the weights are packed for the thread count the steps run with
+  const StepGemm<T> rec(false, B, Ho, GH, a.w_hh.data_ptr<T>(), Ho);  // dg [nb, G*H] @ W_hh
+  std::optional<StepGemm<T>> prj;  // dL/dh [nb, P] @ W_hr [P, H]
+  if (proj) prj.emplace(false, B, H, Ho, a.w_hr.data_ptr<T>(), H);
   for (int64_t s = TT - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];
@@ -93,8 +98,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
           if (live) dh[i] = T(0);
         }
       }
-      Tensor dr_v = dr.narrow(0, 0, nb);
-      at::mm_out(dr_v, o.dhp[t].narrow(0, 0, nb), a.w_hr);  // [nb, H]
+      prj->run(nb, dhp_t, Ho, T(0), drp, H);  // [nb, H]
     }
     // lengths go in for sorted lengths too: a reversed sequence starts from h0 at len - 1
     BwdRows<T> rows{xw, y, dy, h0, c0, cs, drp, zeros,
@@ -106,7 +110,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
     if (nb > 0) {
       // dh_prev += dgates_hh @ W_hh over the live prefix
       const T* dg = kGru ? dgh_p : dxw + t * B * GH;  // [nb, G*H]
-      gemm_rows<T>(false, false, nb, Ho, GH, dg, GH, a.w_hh.data_ptr<T>(), Ho, T(1), dh, Ho);
+      rec.run(nb, dg, GH, T(1), dh, Ho);
       if (a.clip > 0) clamp_sent(a, dh, dc, t, nb, masked);
     }
     if (nb < B) {

@@ -2,6 +2,7 @@
 // then the cell's pointwise body (cells.h) over the live rows in parallel.
 #include <ATen/Parallel.h>
 
+#include <optional>
 #include <vector>
 
 #include "pointwise.h"
@@ -35,7 +36,6 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
 
   Tensor hh = alloc({B, GH}, opts);                                   // W_hh h + b_hh
   Tensor r = proj ? alloc({B, H}, opts) : Tensor();                   // o * tanh(c), unprojected
-  Tensor w_hr_t = proj ? a.w_hr.t() : Tensor();                       // [H, P]
   Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();                 // projected h of the step
 
   const T* xw = a.xw.data_ptr<T>();
@@ -53,6 +53,10 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
   const T* zeros = zeros_v.data();
 
   SmallGemmGuard gemm_threads(B * GH * Ho);
+  // after the guard: the weights are packed for the thread count the steps run with
+  const StepGemm<T> rec(true, B, GH, Ho, w_hh, Ho);  // h [nb, H_out] @ W_hh^T [H_out, G*H]
+  std::optional<StepGemm<T>> prj;                     // r [nb, H] @ W_hr^T [H, P]
+  if (proj) prj.emplace(true, B, Ho, H, a.w_hr.data_ptr<T>(), H);
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];  // live prefix (all rows when masking)
@@ -60,7 +64,7 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
       // hh[:nb] = h[:nb] @ W_hh^T + b_hh
       if (bias)
         for (int64_t b = 0; b < nb; ++b) std::copy(bias, bias + GH, hhp + b * GH);
-      gemm_rows<T>(false, true, nb, GH, Ho, h, Ho, w_hh, Ho, bias ? T(1) : T(0), hhp, GH);
+      rec.run(nb, h, Ho, bias ? T(1) : T(0), hhp, GH);
     }
     T* y_t = y + t * B * Ho;
     FwdRows<T> rows{xw + t * B * GH, hhp, h, c, kLstm ? cs + t * B * H : nullptr, y_t, rp,
@@ -69,9 +73,8 @@ void forward_loop(const FwdArgs& a, FwdOut& o) {
       fwd_rows<C, T>(rows, b0, b1);
     });
     if (proj && nb > 0) {
-      Tensor hp_v = hp.narrow(0, 0, nb);
-      at::mm_out(hp_v, r.narrow(0, 0, nb), w_hr_t);  // [nb, P]
-      const T* hpp = hp.data_ptr<T>();
+      T* hpp = hp.data_ptr<T>();
+      prj->run(nb, rp, H, T(0), hpp, Ho);  // [nb, P]
       for (int64_t b = 0; b < nb; ++b) {
         const bool live = !masked || L.live(t, b);
         for (int64_t k = 0; k < Ho; ++k) {
