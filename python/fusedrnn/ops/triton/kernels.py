@@ -124,14 +124,17 @@ def rnn_fwd_kernel(
         else:
             h_own = h
         if PHASE != 2:  # the gates and the cell
-            if not SPLIT:
-                r0, r1, r2, r3 = _gates_mm(wt, h, G, DOT_T, PREC, X3)  # [BU, BB] each
-            elif STREAM:
+            if STREAM:
+                # xw_t is loaded before the chunk loop so its HBM latency hides under it
+                a0, a1, a2, a3 = _ld_gates(xw + t * B * GH, ox, mx, H, G)  # [BU, BB] each
                 r0, r1, r2, r3 = _stream_mm(w, H * P, P, 1, cur, P, offs_u, mu, offs_b, mb, P, G,
                                             BU, BB, BK, DOT_T, PREC, X3)
             else:
-                r0, r1, r2, r3 = _gates_mm(wt, _ldx(cur, ok, mkb), G, DOT_T, PREC, X3)
-            a0, a1, a2, a3 = _ld_gates(xw + t * B * GH, ox, mx, H, G)  # [BU, BB] each
+                if SPLIT:
+                    r0, r1, r2, r3 = _gates_mm(wt, _ldx(cur, ok, mkb), G, DOT_T, PREC, X3)
+                else:
+                    r0, r1, r2, r3 = _gates_mm(wt, h, G, DOT_T, PREC, X3)  # [BU, BB] each
+                a0, a1, a2, a3 = _ld_gates(xw + t * B * GH, ox, mx, H, G)
             r0 += b0
             r1 += b1  # (unused gate slots are dead code)
             r2 += b2
