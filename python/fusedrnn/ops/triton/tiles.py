@@ -169,8 +169,10 @@ def _rec_grad_global(wt, w, dsrc, offs_o, mo, offs_b, mb, ok, mkb, more, H, P, G
                      BO: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr, STREAM: tl.constexpr,
                      DT: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr):
     """sum_g W_g^T [own outputs, :] @ dgate_g with every unit's gate gradients read from
-    ``dsrc`` [B, G*H] (split layers). On-chip tiles (``wt``): one full-K gate at a time.
-    ``STREAM``: chunks of ``BK`` units, the transposed weight chunks re-read every step.
+    ``dsrc`` [B, G*H] (split layers). On-chip tiles (``wt``): one full-K gate at a time (loading
+    all gates first, as ``_rec_grad`` takes them, spilled 60 B on sm_90). ``STREAM``: chunks of
+    ``BK`` units, every gate per chunk in one loop (one ``_stream_mm`` per gate spilled at
+    H=768), the transposed weight chunks re-read every step.
     ``more`` False (the first backward step, which has no later step) loads zeros."""
     if STREAM:
         acc = tl.zeros([BO, BB], tl.float32)
