@@ -7,7 +7,8 @@
 // A time loop multiplies the same recurrent weight every step. Plain sgemm copies that weight into
 // its blocked layout on every call (7 % of the LSTM forward at B x H = 32 x 64, more at H = 256,
 // per perf); MKL's packed API (cblas_sgemm_pack / cblas_sgemm_compute, float32 only in the MKL
-// torch links) packs it once per op call instead (StepGemm). docs/cpu_backend.md has the numbers.
+// torch links) packs it once per op call instead (StepGemm, used by the forward loop; backward's
+// dg @ W_hh gets MKL's no-copy kernel, faster unpacked). docs/cpu_backend.md has the numbers.
 #include <cstdlib>
 #include <cstring>
 

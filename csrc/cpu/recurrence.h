@@ -77,10 +77,10 @@ template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-// Which BLAS path the time loops' per-step GEMMs take, from the environment variable
-// FUSEDRNN_CPU_GEMM (read per op call): "auto" (default) packs the recurrent weights once per
-// call with MKL's packed API when torch's BLAS exports it (float32 compute only), "plain" always
-// calls gemm_rows, "packed" is auto that raises when the packed API is missing (tests).
+// Which BLAS path the forward time loop's per-step GEMMs (StepGemm) take, from the environment
+// variable FUSEDRNN_CPU_GEMM (read per op call): "auto" (default) packs the recurrent weights once
+// per call with MKL's packed API when torch's BLAS exports it (float32 compute only), "plain"
+// always calls gemm_rows, "packed" is auto that raises when the packed API is missing (tests).
 enum class GemmPath { kAuto, kPlain, kPacked };
 GemmPath gemm_path();
 

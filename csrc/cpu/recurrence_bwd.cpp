@@ -3,7 +3,6 @@
 // gradients as GEMMs over all T*B rows.
 #include <ATen/Parallel.h>
 
-#include <optional>
 #include <vector>
 
 #include "pointwise.h"
@@ -79,11 +78,11 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
   T* rr = proj ? o.r.data_ptr<T>() : nullptr;
   T* drp = proj ? dr.data_ptr<T>() : nullptr;
 
+  // Unlike the forward, the per-step GEMMs here are not packed (StepGemm): for dg @ W_hh MKL's
+  // sgemm takes a no-copy kernel, and packing W_hh measured 1-5 % slower (docs/cpu_backend.md).
   SmallGemmGuard gemm_threads(B * GH * Ho);
-  // after the guard: the weights are packed for the thread count the steps run with
-  const StepGemm<T> rec(false, B, Ho, GH, a.w_hh.data_ptr<T>(), Ho);  // dg [nb, G*H] @ W_hh
-  std::optional<StepGemm<T>> prj;  // dL/dh [nb, P] @ W_hr [P, H]
-  if (proj) prj.emplace(false, B, H, Ho, a.w_hr.data_ptr<T>(), H);
+  const T* w_hh = a.w_hh.data_ptr<T>();                    // [G*H, H_out]
+  const T* w_hr = proj ? a.w_hr.data_ptr<T>() : nullptr;  // [P, H]
   for (int64_t s = TT - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
     const int64_t nb = L.active[t];
@@ -98,7 +97,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
           if (live) dh[i] = T(0);
         }
       }
-      prj->run(nb, dhp_t, Ho, T(0), drp, H);  // [nb, H]
+      gemm_rows<T>(false, false, nb, H, Ho, dhp_t, Ho, w_hr, H, T(0), drp, H);  // [nb, H]
     }
     // lengths go in for sorted lengths too: a reversed sequence starts from h0 at len - 1
     BwdRows<T> rows{xw, y, dy, h0, c0, cs, drp, zeros,
@@ -110,7 +109,7 @@ void backward_loop(const BwdArgs& a, BwdOut& o) {
     if (nb > 0) {
       // dh_prev += dgates_hh @ W_hh over the live prefix
       const T* dg = kGru ? dgh_p : dxw + t * B * GH;  // [nb, G*H]
-      rec.run(nb, dg, GH, T(1), dh, Ho);
+      gemm_rows<T>(false, false, nb, Ho, GH, dg, GH, w_hh, Ho, T(1), dh, Ho);
       if (a.clip > 0) clamp_sent(a, dh, dc, t, nb, masked);
     }
     if (nb < B) {
