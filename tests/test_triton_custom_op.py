@@ -17,17 +17,9 @@ from conftest import TOL
 from fusedrnn import backends
 from fusedrnn.ops.cells import GATES
 from fusedrnn.ops.reference import recurrence_ref
-
-tri = pytest.importorskip("fusedrnn.ops.triton")
-if tri.unavailable() is not None:
-    pytest.skip(tri.unavailable(), allow_module_level=True)
+from triton_env import DEV, MODES, NAMES, tri  # skips the module without a Triton device
 from fusedrnn.ops.triton import autograd as tri_ag  # noqa: E402
 
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-if not tri.supports(DEV):
-    pytest.skip("no CUDA and TRITON_INTERPRET is not set", allow_module_level=True)
-MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
-NAMES = ("xw", "w_hh", "b_hh", "h0", "c0", "w_hr")
 FWD = torch.ops.fusedrnn.triton_recurrence_fwd.default
 BWD = torch.ops.fusedrnn.triton_recurrence_bwd.default
 F32 = TOL[torch.float32]
