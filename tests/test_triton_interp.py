@@ -19,6 +19,7 @@ from fusedrnn.ops.reference import recurrence_ref
 from triton_env import DEV, MODES, NAMES, tri  # skips the module without a Triton device
 from fusedrnn.ops.triton import launch  # noqa: E402
 
+
 def make(mode, T, B, H, P=None, bias=True, c0=True, lengths=None, seed=0):
     """float64 inputs of the op contract (None where absent) and lengths [B] int64."""
     g = torch.Generator().manual_seed(seed)
