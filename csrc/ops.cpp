@@ -6,6 +6,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/kernel.h"
 #include "cpu/recurrence.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -45,10 +46,32 @@ PyObject* get_debug_poison(PyObject*, PyObject*) {
   return PyBool_FromLong(fusedrnn::cpu::debug_poison());
 }
 
+PyObject* cpu_isas(PyObject*, PyObject*) {
+  int n = 0;
+  const char* const* names = fusedrnn::cpu::supported_isas(&n);
+  PyObject* list = PyList_New(n);
+  if (list == nullptr) return nullptr;
+  for (int i = 0; i < n; ++i) PyList_SET_ITEM(list, i, PyUnicode_FromString(names[i]));
+  return list;
+}
+
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(fusedrnn::cpu::kernels_f32().name);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef kMethods[] = {
     {"_set_debug_poison", set_debug_poison, METH_O,
      "Fill every buffer the CPU ops allocate with NaN (tests only)."},
     {"_debug_poison", get_debug_poison, METH_NOARGS, "Whether the NaN-poison hook is on."},
+    {"_cpu_isas", cpu_isas, METH_NOARGS,
+     "The instruction sets the CPU loops can use here, best first."},
+    {"_cpu_isa", cpu_isa, METH_NOARGS,
+     "The instruction set the CPU loops use now (FUSEDRNN_CPU_ISA or the best one)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods,

@@ -280,36 +280,127 @@ def test_nn_cell_no_grad_fast_path(kind):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
-# The per-step GEMM paths (csrc/cpu/blas.cpp StepGemm): "packed" packs W_hh (and W_hr) once per
-# op call with MKL's packed API, "plain" calls sgemm every step; the default "auto" is packed
-# wherever torch links MKL, so the grid above runs packed there and these pin each path.
-GEMM_PATH_CASES = [
+# The instruction-set paths of the fused loops (csrc/cpu/isa_*.cpp): "auto" runs the best one the
+# CPU has, so these pin each one the CPU can run, at sizes on and off every register-block edge
+# (AVX-512: 16-lane unit blocks, 6-8 row blocks; AVX2: 8 lanes, 2-4 rows; base: 4 lanes).
+ISAS = fusedrnn._ext._C._cpu_isas() if cpu.unavailable() is None else []
+ISA_CASES = [
     pytest.param(mode, T, B, H, proj, lk, rev, id=f"{mode}-T{T}-B{B}-H{H}-P{proj}-len_{lk}-"
                  f"{'rev' if rev else 'fwd'}")
     for mode, T, B, H, proj, lk, rev in [
-        *[(m, 7, 5, 13, 0, lk, rev) for m in MODES for lk, rev in
-          (("sorted", False), ("unsorted", True))],
-        ("LSTM", 6, 5, 13, 5, "sorted", True),
-        ("LSTM", 6, 5, 13, 5, "unsorted", False),
-        # B * G*H * H_out above SmallGemmGuard's 4M multiply-adds: MKL runs the steps on 2 threads
-        ("LSTM", 3, 64, 160, 0, "sorted", False),
-        ("GRU", 3, 64, 160, 0, "none", True),
+        *[(m, 5, B, H, 0, lk, rev) for m in MODES
+          for B, H, lk, rev in ((1, 1, "none", False), (3, 17, "sorted", True),
+                                (7, 33, "unsorted", False), (13, 16, "unsorted", True),
+                                (9, 65, "none", True))],
+        ("LSTM", 6, 7, 13, 5, "sorted", True),
+        ("LSTM", 6, 11, 20, 17, "unsorted", False),
+        ("LSTM", 4, 2, 33, 1, "none", False),
+        # enough work for partition_rows to use every thread (rows balanced by length)
+        ("LSTM", 9, 37, 70, 0, "unsorted", False),
+        ("GRU", 9, 37, 70, 0, "sorted", True),
     ]
 ]
 
 
-@pytest.mark.parametrize("path", ["plain", "packed"])
-@pytest.mark.parametrize("mode,T,B,H,proj,lengths_kind,reverse", GEMM_PATH_CASES)
-def test_gemm_paths_float32(monkeypatch, path, mode, T, B, H, proj, lengths_kind, reverse):
-    if path == "packed" and not torch.backends.mkl.is_available():
-        pytest.skip("MKL's packed GEMM needs a torch built with MKL")
-    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", path)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode,T,B,H,proj,lengths_kind,reverse", ISA_CASES)
+def test_isa_paths_float32(monkeypatch, isa, mode, T, B, H, proj, lengths_kind, reverse):
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    assert fusedrnn._ext._C._cpu_isa() == isa
     compare(mode, T, B, H, lengths_kind, reverse, proj=proj, c0=True, bias=True,
             dtype=torch.float32)
 
 
-def test_gemm_path_env_error(monkeypatch):
-    monkeypatch.setenv("FUSEDRNN_CPU_GEMM", "fast")
+def test_isa_env_error(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", "sse9")
     inp = make_inputs("GRU", 3, 2, 4)
-    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_GEMM must be one of auto, plain, packed"):
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CPU_ISA must be one of auto, avx512, avx2"):
         cpu.recurrence("GRU", inp["xw"].float(), inp["w_hh"].float(), None, inp["h0"].float())
+
+
+def _grads_f32(mode, inp, lengths, reverse, upstream):
+    return run(cpu.recurrence, mode, inp, lengths, reverse, torch.float32, upstream)
+
+
+def _upstream(T, B, H, Ho, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(T, B, Ho, generator=g, dtype=torch.float64),
+            torch.randn(B, Ho, generator=g, dtype=torch.float64),
+            torch.randn(B, H, generator=g, dtype=torch.float64))
+
+
+def _assert_bitwise(a, b, what):
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs (max {(a[k] - b[k]).abs().max()})"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode,proj", [(m, 0) for m in MODES] + [("LSTM", 7)])
+def test_bitwise_across_thread_counts(monkeypatch, isa, mode, proj):
+    """Rows are split over threads, never a row's arithmetic: 1 and 2 threads agree bitwise
+    (outputs and every gradient, the weight gradients included)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    T, B, H = 12, 40, 48
+    inp = make_inputs(mode, T, B, H, proj=proj, seed=3)
+    lengths = make_lengths("unsorted", T, B)
+    up = _upstream(T, B, H, proj or H)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _grads_f32(mode, inp, lengths, True, up)
+        torch.set_num_threads(2)
+        two = _grads_f32(mode, inp, lengths, True, up)
+    finally:
+        torch.set_num_threads(prev)
+    _assert_bitwise(one[0], two[0], "outputs")
+    _assert_bitwise(one[1], two[1], "gradients")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode,proj", [(m, 0) for m in MODES] + [("LSTM", 7)])
+def test_batch_invariance(monkeypatch, isa, mode, proj):
+    """A row's outputs and its input gradients (d_xw, dh0, dc0) are bitwise the same whether it
+    runs alone or in a batch of 32. (Weight gradients are sums over the batch: not per row.)"""
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    T, B, H = 9, 32, 37
+    inp = make_inputs(mode, T, B, H, proj=proj, seed=5)
+    lengths = make_lengths("unsorted", T, B)
+    up = _upstream(T, B, H, proj or H)
+    out, grad = _grads_f32(mode, inp, lengths, False, up)
+    for b in (0, 2, 5, 31):
+        row = {k: (v[:, b:b + 1] if k == "xw" else v[b:b + 1] if k in ("h0", "c0") else v)
+               if v is not None else None for k, v in inp.items()}
+        row = {k: (v.detach().requires_grad_() if v is not None else None) for k, v in row.items()}
+        up_b = (up[0][:, b:b + 1], up[1][b:b + 1], up[2][b:b + 1])
+        o1, g1 = _grads_f32(mode, row, lengths[b:b + 1], False, up_b)
+        assert torch.equal(o1["y"], out["y"][:, b:b + 1]), f"row {b}: y"
+        assert torch.equal(o1["h_T"], out["h_T"][b:b + 1]), f"row {b}: h_T"
+        if "c_T" in out:
+            assert torch.equal(o1["c_T"], out["c_T"][b:b + 1]), f"row {b}: c_T"
+        assert torch.equal(g1["xw"], grad["xw"][:, b:b + 1]), f"row {b}: d_xw"
+        assert torch.equal(g1["h0"], grad["h0"][b:b + 1]), f"row {b}: dh0"
+        if "c0" in g1:
+            assert torch.equal(g1["c0"], grad["c0"][b:b + 1]), f"row {b}: dc0"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_never_changes_a_result(mode):
+    """Values in the padded steps of xw and dy (t >= length) reach no output or gradient."""
+    T, B, H = 8, 6, 21
+    inp = make_inputs(mode, T, B, H, seed=9)
+    lengths = make_lengths("unsorted", T, B)
+    up = _upstream(T, B, H, H)
+    out, grad = _grads_f32(mode, inp, lengths, True, up)
+    pad = torch.arange(T)[:, None] >= lengths[None, :]  # [T, B]
+    noisy = dict(inp)
+    noisy["xw"] = torch.where(pad[..., None], torch.full_like(inp["xw"], 1e3),
+                              inp["xw"]).detach().requires_grad_()
+    up_noisy = (torch.where(pad[..., None], torch.full_like(up[0], -7.0), up[0]), up[1], up[2])
+    out2, grad2 = _grads_f32(mode, noisy, lengths, True, up_noisy)
+    _assert_bitwise(out, out2, "outputs")
+    for k in grad:
+        a, b = grad[k], grad2[k]
+        if k == "xw":
+            a, b = a[~pad], b[~pad]
+            assert torch.equal(grad2["xw"][pad], torch.zeros_like(grad2["xw"][pad]))
+        assert torch.equal(a, b), f"d{k} changed with padding"

@@ -1,6 +1,8 @@
 // Helpers shared by the CPU forward, backward and single-step ops.
+#include <algorithm>
 #include <atomic>
 #include <limits>
+#include <numeric>
 
 #include "recurrence.h"
 
@@ -31,41 +33,49 @@ Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 
 Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
   Lengths L;
-  if (!lengths.has_value() || !lengths->defined()) {
-    L.active.assign(T, B);
-    return L;
-  }
+  L.len.assign(B, T);
+  if (!lengths.has_value() || !lengths->defined()) return L;
   const Tensor l = lengths->to(at::kCPU).contiguous();
   TORCH_CHECK(l.scalar_type() == at::kLong, "fusedrnn: lengths must be int64, got ",
               l.scalar_type());
   TORCH_CHECK(l.dim() == 1 && l.size(0) == B, "fusedrnn: lengths must have shape (", B,
               ",), got ", l.sizes());
   const int64_t* p = l.data_ptr<int64_t>();
-  L.len.resize(B);
-  bool sorted = true;
-  for (int64_t b = 0; b < B; ++b) {
+  L.given = true;
+  for (int64_t b = 0; b < B; ++b)
     // lengths beyond T mean "live at every step", below 0 "never live", as in the reference
     L.len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
-    if (b > 0 && L.len[b] > L.len[b - 1]) sorted = false;
-  }
-  L.mode = sorted ? LenMode::kShrink : LenMode::kMask;
-  L.active.assign(T, B);
-  if (sorted) {
-    int64_t nb = B;
-    for (int64_t t = 0; t < T; ++t) {
-      while (nb > 0 && L.len[nb - 1] <= t) --nb;
-      L.active[t] = nb;
-    }
-  }
   return L;
 }
 
-int64_t row_grain(int64_t work_per_row) {
-  // below ~64k element-updates per chunk a second thread costs more than it saves: the
-  // vectorized cell math is ~1-4 ns per unit, a parallel region's wake-up several us (and far
-  // more on a loaded machine; measured with benchmarks/bench_cpu.py on 2 cores)
-  constexpr int64_t kMinWork = 65536;
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_row));
+RowPartition partition_rows(const Lengths& L, int64_t macs_per_row_step) {
+  const int64_t B = int64_t(L.len.size());
+  std::vector<int64_t> order(B);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return L.len[a] > L.len[b]; });
+  int64_t steps = 0;
+  for (int64_t b = 0; b < B; ++b) steps += L.len[b];
+  // below ~1M multiply-adds per thread the wake-up of a second thread costs more than it saves
+  constexpr int64_t kMinMacsPerThread = int64_t(1) << 20;
+  const int64_t by_work = std::max<int64_t>(1, steps * macs_per_row_step / kMinMacsPerThread);
+  const int64_t groups =
+      std::max<int64_t>(1, std::min<int64_t>({int64_t(at::get_num_threads()), B, by_work}));
+  // longest rows first, each to the least loaded group: every group stays sorted longest first
+  std::vector<std::vector<int64_t>> members(groups);
+  std::vector<int64_t> load(groups, 0);
+  for (int64_t b : order) {
+    const int64_t g = std::min_element(load.begin(), load.end()) - load.begin();
+    members[g].push_back(b);
+    load[g] += std::max<int64_t>(L.len[b], 1);
+  }
+  RowPartition part;
+  part.offsets.push_back(0);
+  for (const auto& m : members) {
+    part.rows.insert(part.rows.end(), m.begin(), m.end());
+    part.offsets.push_back(int64_t(part.rows.size()));
+  }
+  return part;
 }
 
 }  // namespace cpu

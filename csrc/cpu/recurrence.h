@@ -14,6 +14,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <optional>
 #include <string>
@@ -56,65 +57,39 @@ void set_debug_poison(bool on);
 bool debug_poison();
 Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
-// How the lengths are handled. kShrink: lengths sorted descending, so the live rows at step t
-// are a prefix [0, active[t]) and padded rows cost nothing. kMask: unsorted, every row is
-// computed and rows with t >= lengths[b] are masked.
-enum class LenMode { kNone, kShrink, kMask };
-
+// Lengths of the rows, clamped to [0, T] (T for every row when none were given).
 struct Lengths {
-  LenMode mode = LenMode::kNone;
-  std::vector<int64_t> len;     // [B], clamped to [0, T]
-  std::vector<int64_t> active;  // [T], live prefix per step (kNone/kShrink), B for kMask
-  bool live(int64_t t, int64_t b) const { return mode == LenMode::kNone || t < len[b]; }
-  int64_t length(int64_t b, int64_t T) const { return mode == LenMode::kNone ? T : len[b]; }
+  bool given = false;
+  std::vector<int64_t> len;  // [B]
 };
 
 Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B);
+
+// The rows of the batch split into groups, one per thread for the whole sequence: balanced by
+// work (the sum of their lengths), each group sorted by length, longest first (kernel.h RowSet).
+struct RowPartition {
+  std::vector<int64_t> rows;     // all rows, group after group
+  std::vector<int64_t> offsets;  // [groups + 1]
+  int64_t groups() const { return int64_t(offsets.size()) - 1; }
+};
+
+// macs_per_row_step: the work of one row and step; small calls run on one thread.
+RowPartition partition_rows(const Lengths& L, int64_t macs_per_row_step);
+
+// Runs fn(group) for every group of `part`, one thread each.
+template <typename F>
+void run_groups(const RowPartition& part, const F& fn) {
+  if (part.groups() == 1) return fn(0);
+  at::parallel_for(0, part.groups(), 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) fn(g);
+  });
+}
 
 // Row-major C [M, N] = op(A) [M, K] @ op(B) [K, N] + beta * C (beta 0 or 1), op = transpose
 // when ta/tb; lda/ldb/ldc are row strides of the stored matrices (blas.cpp).
 template <typename T>
 void gemm_rows(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
-
-// Which BLAS path the forward time loop's per-step GEMMs (StepGemm) take, from the environment
-// variable FUSEDRNN_CPU_GEMM (read per op call): "auto" (default) packs the recurrent weights once
-// per call with MKL's packed API when torch's BLAS exports it (float32 compute only), "plain"
-// always calls gemm_rows, "packed" is auto that raises when the packed API is missing (tests).
-enum class GemmPath { kAuto, kPlain, kPacked };
-GemmPath gemm_path();
-
-// C [M, N] = A [M, K] @ op(B) [K, N] + beta * C for many A and one B (a recurrent weight), M <=
-// max_m. op(B) = B^T when tb; B [K, N] (or [N, K] when tb) with row stride ldb must outlive this
-// object. Packed once here on the packed path (gemm_path()), else run() is gemm_rows (blas.cpp).
-template <typename T>
-class StepGemm {
- public:
-  StepGemm(bool tb, int64_t max_m, int64_t N, int64_t K, const T* B, int64_t ldb);
-  void run(int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const;
-
- private:
-  bool tb_;
-  int64_t N_, K_, ldb_;
-  const T* B_;
-  Tensor packed_;  // MKL's packed op(B) as bytes; undefined on the plain path
-};
-
-// While alive, the per-step GEMMs run on one BLAS thread if they are small (blas.cpp).
-class SmallGemmGuard {
- public:
-  explicit SmallGemmGuard(int64_t macs_per_step);
-  ~SmallGemmGuard();
-  SmallGemmGuard(const SmallGemmGuard&) = delete;
-  SmallGemmGuard& operator=(const SmallGemmGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool active_ = false;
-};
-
-// Rows per at::parallel_for chunk so that one chunk has enough work to pay for a thread.
-int64_t row_grain(int64_t work_per_row);
 
 }  // namespace cpu
 }  // namespace fusedrnn

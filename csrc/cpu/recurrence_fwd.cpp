@@ -1,12 +1,6 @@
-// Forward time loop of the CPU backend: per step one GEMM for the recurrent pre-activations,
-// then the cell's pointwise body (cells.h) over the live rows in parallel.
-#include <ATen/Parallel.h>
-
-#include <optional>
-#include <vector>
-
-#include "pointwise.h"
-
+// Forward of the CPU backend: checks and buffers here, the fused time loop in loops_impl.h (one
+// thread per group of rows for the whole sequence, see kernel.h).
+#include "kernel.h"
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -14,91 +8,37 @@ namespace cpu {
 
 namespace {
 
-struct FwdArgs {
-  Tensor xw, w_hh, b_hh, h0, c0, w_hr;  // contiguous, in the compute dtype; b_hh/c0/w_hr may be
-                                        // undefined
-  Lengths L;
-  bool reverse;
-  int64_t T, B, H, H_out;
-};
-
 struct FwdOut {
-  Tensor y, h, c, cs;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; cs [T,B,H] (LSTM cell states)
+  Tensor y, h, c, cs;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; cs [T,B,H] (cell states)
 };
-
-template <Cell C, typename T>
-void forward_loop(const FwdArgs& a, FwdOut& o) {
-  constexpr int G = num_gates(C);  // the gate activations are recomputed by backward, not saved
-  constexpr bool kLstm = C == Cell::LSTM;
-  const int64_t TT = a.T, B = a.B, H = a.H, GH = G * a.H, Ho = a.H_out;
-  const bool proj = a.w_hr.defined();
-  const auto opts = a.xw.options();
-
-  Tensor hh = alloc({B, GH}, opts);                                   // W_hh h + b_hh
-  Tensor r = proj ? alloc({B, H}, opts) : Tensor();                   // o * tanh(c), unprojected
-  Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();                 // projected h of the step
-
-  const T* xw = a.xw.data_ptr<T>();
-  const T* w_hh = a.w_hh.data_ptr<T>();                                // [G*H, H_out]
-  const T* bias = a.b_hh.defined() ? a.b_hh.data_ptr<T>() : nullptr;  // [G*H]
-  T* y = o.y.data_ptr<T>();
-  T* h = o.h.data_ptr<T>();
-  T* c = kLstm ? o.c.data_ptr<T>() : nullptr;
-  T* cs = kLstm ? o.cs.data_ptr<T>() : nullptr;
-  T* hhp = hh.data_ptr<T>();
-  T* rp = proj ? r.data_ptr<T>() : nullptr;
-  const Lengths& L = a.L;
-  const bool masked = L.mode == LenMode::kMask;
-  const std::vector<T> zeros_v(std::max(H, Ho), T(0));
-  const T* zeros = zeros_v.data();
-
-  SmallGemmGuard gemm_threads(B * GH * Ho);
-  // after the guard: the weights are packed for the thread count the steps run with
-  const StepGemm<T> rec(true, B, GH, Ho, w_hh, Ho);  // h [nb, H_out] @ W_hh^T [H_out, G*H]
-  std::optional<StepGemm<T>> prj;                     // r [nb, H] @ W_hr^T [H, P]
-  if (proj) prj.emplace(true, B, Ho, H, a.w_hr.data_ptr<T>(), H);
-  for (int64_t s = 0; s < TT; ++s) {
-    const int64_t t = a.reverse ? TT - 1 - s : s;
-    const int64_t nb = L.active[t];  // live prefix (all rows when masking)
-    if (nb > 0) {
-      // hh[:nb] = h[:nb] @ W_hh^T + b_hh
-      if (bias)
-        for (int64_t b = 0; b < nb; ++b) std::copy(bias, bias + GH, hhp + b * GH);
-      rec.run(nb, h, Ho, bias ? T(1) : T(0), hhp, GH);
-    }
-    T* y_t = y + t * B * Ho;
-    FwdRows<T> rows{xw + t * B * GH, hhp, h, c, kLstm ? cs + t * B * H : nullptr, y_t, rp,
-                    zeros, masked ? L.len.data() : nullptr, t, H, Ho};
-    at::parallel_for(0, nb, row_grain(GH), [&](int64_t b0, int64_t b1) {
-      fwd_rows<C, T>(rows, b0, b1);
-    });
-    if (proj && nb > 0) {
-      T* hpp = hp.data_ptr<T>();
-      prj->run(nb, rp, H, T(0), hpp, Ho);  // [nb, P]
-      for (int64_t b = 0; b < nb; ++b) {
-        const bool live = !masked || L.live(t, b);
-        for (int64_t k = 0; k < Ho; ++k) {
-          if (live) h[b * Ho + k] = hpp[b * Ho + k];
-          y_t[b * Ho + k] = live ? hpp[b * Ho + k] : T(0);
-        }
-      }
-    }
-    if (nb < B) {
-      // rows past their length (sorted lengths): no work, zero outputs and saved states
-      std::fill(y_t + nb * Ho, y_t + B * Ho, T(0));
-      if (kLstm) std::fill(cs + (t * B + nb) * H, cs + (t + 1) * B * H, T(0));
-    }
-  }
-}
 
 template <typename T>
-void forward_dispatch(Cell cell, const FwdArgs& a, FwdOut& o) {
-  switch (cell) {
-    case Cell::RNN_TANH: return forward_loop<Cell::RNN_TANH, T>(a, o);
-    case Cell::RNN_RELU: return forward_loop<Cell::RNN_RELU, T>(a, o);
-    case Cell::LSTM: return forward_loop<Cell::LSTM, T>(a, o);
-    case Cell::GRU: return forward_loop<Cell::GRU, T>(a, o);
+void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& w_hh,
+             const Tensor& b_hh, const Tensor& h0, const Tensor& w_hr, const Lengths& L,
+             bool reverse, FwdOut& o) {
+  const int G = num_gates(cell);
+  const int64_t TT = xw.size(0), B = xw.size(1), GH = xw.size(2), H = GH / G,
+                Ho = h0.size(1);
+  const bool proj = w_hr.defined();
+  const auto opts = xw.options();
+  // the recurrent weights in the micro-kernel's panel layout, once per call
+  Tensor wp = at::empty({int64_t(K.pack_size(G, H, Ho))}, opts);
+  K.pack(G, w_hh.data_ptr<T>(), Ho, /*trans=*/true, H, Ho, wp.data_ptr<T>());
+  Tensor wrp;
+  if (proj) {
+    wrp = at::empty({int64_t(K.pack_size(1, Ho, H))}, opts);
+    K.pack(1, w_hr.data_ptr<T>(), H, /*trans=*/true, Ho, H, wrp.data_ptr<T>());
   }
+  FwdLoop<T> a{TT, B, H, Ho, reverse, L.len.data(), xw.data_ptr<T>(),
+               b_hh.defined() ? b_hh.data_ptr<T>() : nullptr, h0.data_ptr<T>(), wp.data_ptr<T>(),
+               proj ? wrp.data_ptr<T>() : nullptr, o.y.data_ptr<T>(), o.h.data_ptr<T>(),
+               has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
+               has_cell_state(cell) ? o.cs.data_ptr<T>() : nullptr};
+  const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
+  run_groups(part, [&](int64_t g) {
+    const int64_t o0 = part.offsets[g];
+    K.fwd(cell, a, RowSet{part.rows.data() + o0, part.offsets[g + 1] - o0});
+  });
 }
 
 void check_same(const char* name, const Tensor& t, const Tensor& xw) {
@@ -158,29 +98,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   // bfloat16 runs in float32 (the accumulation dtype) and casts the results back
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
   auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
-  FwdArgs a;
-  a.xw = prep(xw);
-  a.w_hh = prep(w_hh);
-  a.b_hh = has_b ? prep(*b_hh) : Tensor();
-  a.h0 = h0;
-  a.w_hr = proj ? prep(*w_hr) : Tensor();
-  a.L = make_lengths(lengths, T, B);
-  a.reverse = reverse;
-  a.T = T; a.B = B; a.H = H; a.H_out = Ho;
+  const Tensor xw_c = prep(xw), w_c = prep(w_hh), b_c = has_b ? prep(*b_hh) : Tensor(),
+               h0_c = prep(h0), wr_c = proj ? prep(*w_hr) : Tensor();
+  const Lengths L = make_lengths(lengths, T, B);
 
-  const auto opts = a.xw.options();
+  const auto opts = xw_c.options();
   FwdOut o;
   o.y = alloc({T, B, Ho}, opts);
-  o.h = h0.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  const bool lstm = cell == Cell::LSTM;
-  o.c = lstm ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
-             : at::empty({0}, opts);
-  o.cs = lstm ? alloc({T, B, H}, opts) : at::empty({0}, opts);
+  o.h = alloc({B, Ho}, opts);
+  const bool has_c = has_cell_state(cell);
+  o.c = has_c ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
+              : at::empty({0}, opts);
+  o.cs = has_c ? alloc({T, B, H}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
-    forward_dispatch<double>(cell, a, o);
+    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
   else
-    forward_dispatch<float>(cell, a, o);
+    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
 
   if (dt == at::kBFloat16)
     return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.cs};

@@ -116,12 +116,20 @@ HOST_DEVICE inline T fr_relu(T x) {
 
 // Number of gate blocks G and of saved activations per unit, per cell.
 enum class Cell { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+// Every cell, once: dispatch switches and explicit instantiations expand X(CELL) for each.
+#define FUSEDRNN_CELLS(X) X(RNN_TANH) X(RNN_RELU) X(LSTM) X(GRU)
 HOST_DEVICE constexpr int num_gates(Cell c) {
   return c == Cell::LSTM ? 4 : (c == Cell::GRU ? 3 : 1);
 }
 HOST_DEVICE constexpr int num_saved(Cell c) {
   return (c == Cell::LSTM || c == Cell::GRU) ? 4 : 0;
 }
+// The cell carries a cell state c besides h (LSTM).
+HOST_DEVICE constexpr bool has_cell_state(Cell c) { return c == Cell::LSTM; }
+// The gradient w.r.t. the recurrent pre-activation of the last gate (dhh_last) differs from the
+// input-side one (dx[G-1]): GRU's n = tanh(x_n + r * hh_n). The loops then keep it apart for the
+// recurrent GEMMs (dh_prev, dW_hh).
+HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) { return c == Cell::GRU; }
 
 // ---------------------------------------------------------------------------------------------
 // Elman RNN: h = act(x + hh). Nothing saved: the derivative is a function of h itself.
@@ -235,6 +243,9 @@ struct CellOps;
   struct CellOps<Cell::CELL> {                                                          \
     static constexpr int G = num_gates(Cell::CELL);                                     \
     static constexpr int S = num_saved(Cell::CELL);                                     \
+    /* traits the shared loops read instead of testing the cell's name */               \
+    static constexpr bool kHasC = has_cell_state(Cell::CELL);                           \
+    static constexpr bool kSplitRec = recurrent_grad_differs(Cell::CELL);               \
     template <typename T>                                                               \
     HOST_DEVICE static void fwd(const T* x, const T* hh, T h_prev, T c_prev, T* h, T* c, \
                                 T* saved) {                                             \

@@ -1,0 +1,37 @@
+// The fused CPU loops (loops_impl.h) compiled for AVX2 + FMA: 8 float lanes, 16 vector registers,
+// register blocks of up to 3 rows x 4 vectors. isa.cpp picks it on CPUs without AVX-512 (AMD Zen 3).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi2")
+#pragma GCC optimize("no-trapping-math")
+namespace fusedrnn::cpu::isa_avx2 {
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  static constexpr int W = 8, ACC = 12;
+  using R = __m256;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static R bcast(float x) { return _mm256_set1_ps(x); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+};
+#define FUSEDRNN_ISA_NAME "avx2"
+#include "loops_impl.h"
+}  // namespace fusedrnn::cpu::isa_avx2
+#pragma GCC pop_options
+const fusedrnn::cpu::IsaKernels<float>* fusedrnn::cpu::avx2_kernels() {
+  return &isa_avx2::kKernels<float>;
+}
+#else
+const fusedrnn::cpu::IsaKernels<float>* fusedrnn::cpu::avx2_kernels() { return nullptr; }
+#endif

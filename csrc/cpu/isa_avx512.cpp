@@ -1,0 +1,38 @@
+// The fused CPU loops (loops_impl.h) compiled for AVX-512: 16 float lanes, 32 vector registers,
+// register blocks of up to 6 rows x 4 vectors. isa.cpp picks it on CPUs with AVX-512F/BW/VL/DQ.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,prefer-vector-width=512")
+// lets GCC if-convert the selects of the cell math (clamps, relu); changes no result
+#pragma GCC optimize("no-trapping-math")
+namespace fusedrnn::cpu::isa_avx512 {
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  static constexpr int W = 16, ACC = 24;
+  using R = __m512;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R bcast(float x) { return _mm512_set1_ps(x); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+};
+#define FUSEDRNN_ISA_NAME "avx512"
+#include "loops_impl.h"
+}  // namespace fusedrnn::cpu::isa_avx512
+#pragma GCC pop_options
+const fusedrnn::cpu::IsaKernels<float>* fusedrnn::cpu::avx512_kernels() {
+  return &isa_avx512::kKernels<float>;
+}
+#else
+const fusedrnn::cpu::IsaKernels<float>* fusedrnn::cpu::avx512_kernels() { return nullptr; }
+#endif

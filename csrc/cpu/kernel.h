@@ -1,0 +1,101 @@
+// The fused time loops of the CPU backend (v2): raw-pointer arguments and the per-ISA kernel table.
+//
+// Shape of the design (docs/cpu_backend.md): threads own disjoint sets of batch rows for the whole
+// sequence, forward and backward, so no barrier sits inside the time loop; the recurrent weights
+// are packed once per call into the register-blocked micro-kernel's panel layout; each step's
+// recurrent product is computed tile by tile (rows x one panel of units of every gate) and the
+// cell's pointwise body (cells.h) runs on the finished tile while it is in L1. The kernels are
+// compiled once per instruction set (isa_avx512.cpp, isa_avx2.cpp, isa_base.cpp, all including
+// loops_impl.h) and one is chosen at run time (isa.cpp).
+//
+// A row's arithmetic does not depend on which thread runs it, on the other rows of the batch or on
+// where it falls in a register block: results are bitwise independent of the thread count and of
+// the batch composition (for one instruction set).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fusedrnn/cells.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// The rows one thread owns, sorted by length, longest first: the live rows of any step are then a
+// prefix of the list, whatever order the lengths come in.
+struct RowSet {
+  const int64_t* rows;
+  int64_t n;
+};
+
+// Packed operand layout ("panels"): a product out[n] = sum_k a[k] * B(k, n) over N = G * Nu
+// outputs (G blocks of Nu units, the gate blocks of a cell) is cut into panels of U * W units of
+// every block (W = vector lanes, U = units_per_panel(G) vectors). A panel stores, for each k, the
+// G * U vectors of B(k, .) contiguously, zero-padded past Nu, so the micro-kernel streams it.
+//   B(k, n) = trans ? src[n * ld + k] : src[k * ld + n]
+template <typename T>
+struct FwdLoop {
+  int64_t steps, B, H, Ho;  // Ho = P with a projection, else H
+  bool reverse;
+  const int64_t* len;   // [B], clamped to [0, T] (T for every row when no lengths were given)
+  const T* xw;          // [T, B, G*H]
+  const T* bias;        // [G*H] (b_hh) or null
+  const T* h0;          // [B, Ho]
+  const T* w_pack;      // W_hh^T packed: G blocks of H units, K = Ho
+  const T* wr_pack;     // W_hr^T packed: 1 block of P units, K = H; null without projection
+  T* y;                 // [T, B, Ho]
+  T* h_T;               // [B, Ho]
+  T* c;                 // [B, H] (cells with a cell state): c0 on entry, c_T on exit; else null
+  T* cs;                // [T, B, H] or null: the cell state of every step (zero past the length)
+};
+
+template <typename T>
+struct BwdLoop {
+  int64_t steps, B, H, Ho;
+  bool reverse;
+  const int64_t* len;   // [B] as in FwdLoop
+  const T* xw;          // [T, B, G*H]
+  const T* bias;        // [G*H] or null
+  const T* y;           // [T, B, Ho] forward output (the previous states)
+  const T* dy;          // [T, B, Ho] or null
+  const T* h0;          // [B, Ho]
+  const T* c0;          // [B, H] or null (zeros)
+  const T* cs;          // [T, B, H] or null (cells with a cell state)
+  const T* w_pack;      // as FwdLoop::w_pack: recomputes the gate pre-activations per tile
+  const T* wb_pack;     // W_hh packed for dh_prev = dg W_hh: 1 block of Ho units, K = G*H
+  const T* wr_pack;     // W_hr packed for dr = dh W_hr: 1 block of H units, K = P; or null
+  T* dxw;               // [T, B, G*H] out: gate gradients (zero past the length)
+  T* dhn;               // [T, B, H] out, cells whose recurrent-side gradient differs; else null
+  T* dh;                // [B, Ho]: dh_T on entry, dh0 on exit
+  T* dc;                // [B, H]: dc_T on entry, dc0 on exit (cell-state cells); else null
+  T* dhp;               // [T, B, P] out (projection): dL/dh of every step; else null
+  T* r;                 // [T, B, H] out (projection): o * tanh(c) of every step; else null
+  T clip;               // recurrent_grad_clip, 0 = off
+};
+
+template <typename T>
+struct IsaKernels {
+  const char* name;
+  int lanes;  // W
+  size_t (*pack_size)(int G, int64_t Nu, int64_t K);
+  void (*pack)(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, T* dst);
+  void (*fwd)(Cell cell, const FwdLoop<T>& a, RowSet rows);
+  void (*bwd)(Cell cell, const BwdLoop<T>& a, RowSet rows);
+};
+
+// The kernel set for float32, from the CPU and FUSEDRNN_CPU_ISA (auto | avx512 | avx2 | base; read
+// per call so tests can pin each path; naming one the CPU lacks is an error). float64 always runs
+// the portable set (it is the accuracy reference, not a speed target).
+const IsaKernels<float>& kernels_f32();
+const IsaKernels<double>& kernels_f64();
+// The instruction sets this CPU can run, best first (for tests and benchmarks).
+const char* const* supported_isas(int* n);
+
+// Defined by the per-ISA files; null where the set was not compiled (non-x86 builds).
+const IsaKernels<float>* avx512_kernels();
+const IsaKernels<float>* avx2_kernels();
+const IsaKernels<float>* base_kernels_f32();
+const IsaKernels<double>* base_kernels_f64();
+
+}  // namespace cpu
+}  // namespace fusedrnn

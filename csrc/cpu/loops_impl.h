@@ -1,0 +1,405 @@
+// The fused forward and backward time loops of one thread's rows (kernel.h), written once for every
+// cell and instruction set. NOT a normal header: an ISA file (isa_*.cpp) includes it inside its own
+// namespace, after `#pragma GCC target(...)` and after defining
+//
+//   template <typename T> struct Vec {   // one SIMD register of T
+//     static constexpr int W;            // lanes
+//     static constexpr int ACC;          // accumulator registers the micro-kernel may use
+//     using R = ...;
+//     static R zero(); static R load(const T*); static void store(T*, R);
+//     static R bcast(T); static R fma(R a, R b, R c);  // a * b + c
+//   };
+//
+// so that every function here is compiled for that ISA under a name of its own (no ODR clash
+// between the copies). The cell math is cells.h's CellOps, called per unit on a tile in L1.
+// (The including file includes <algorithm>, <cstring>, <vector> and kernel.h first.)
+
+#ifndef FUSEDRNN_SIMD
+#define FUSEDRNN_SIMD _Pragma("GCC ivdep")
+#endif
+
+// Panel geometry for a product over G gate blocks: U vectors of W units per gate, so that a panel
+// is NB = G * U vectors wide (about 4: enough independent accumulators per row to hide the FMA
+// latency, few enough that MR rows of them fit the register file).
+constexpr int units_per_panel(int G) { return G >= 3 ? 1 : 4 / G; }
+
+template <typename T, int G>
+struct Blocking {
+  static constexpr int W = Vec<T>::W;
+  static constexpr int U = units_per_panel(G);
+  static constexpr int NB = G * U;                     // vectors per k in a panel
+  static constexpr int UW = U * W;                     // units of one gate per panel
+  static constexpr int MR_ = Vec<T>::ACC / NB;         // rows per register block
+  static constexpr int MR = MR_ < 1 ? 1 : (MR_ > 8 ? 8 : MR_);
+};
+
+inline int64_t num_panels(int64_t Nu, int64_t uw) { return (Nu + uw - 1) / uw; }
+
+template <typename T>
+size_t pack_size_t(int G, int64_t Nu, int64_t K) {
+  const int64_t uw = int64_t(units_per_panel(G)) * Vec<T>::W;
+  return size_t(num_panels(Nu, uw) * K * G * uw);
+}
+
+template <typename T>
+void pack_t(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, T* dst) {
+  constexpr int W = Vec<T>::W;
+  const int64_t U = units_per_panel(G), uw = U * W, P = num_panels(Nu, uw);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t i = 0; i < uw; ++i) {
+          const int64_t n = p * uw + i;  // unit within the block; g * U + i / W is the vector
+          const int64_t col = g * Nu + n;
+          *dst++ = n < Nu ? (trans ? src[col * ld + k] : src[k * ld + col]) : T(0);
+        }
+}
+
+// out[r][0 .. NB*W) = sum_k a[r][k] * panel(k, .) for MR rows: the register-blocked micro-kernel.
+// Every row is accumulated the same way (k in order, one FMA per k) whatever MR is, which is what
+// makes the results batch-invariant.
+template <typename T, int NB, int MR>
+inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K, const T* panel,
+                                                   T* out) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  R acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NB; ++n) acc[r][n] = V::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    const T* pk = panel + k * (NB * W);
+    R b[NB];
+    for (int n = 0; n < NB; ++n) b[n] = V::load(pk + n * W);
+    for (int r = 0; r < MR; ++r) {
+      const R ar = V::bcast(a[r][k]);
+      for (int n = 0; n < NB; ++n) acc[r][n] = V::fma(ar, b[n], acc[r][n]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < NB; ++n) V::store(out + (r * NB + n) * W, acc[r][n]);
+}
+
+// mk_tile for m <= MR rows (the remainder of a thread's rows).
+template <typename T, int NB, int MR>
+inline void mk_rows(int m, const T* const* a, int64_t K, const T* panel, T* out) {
+  if constexpr (MR == 1) {
+    mk_tile<T, NB, 1>(a, K, panel, out);
+  } else {
+    if (m == MR)
+      mk_tile<T, NB, MR>(a, K, panel, out);
+    else
+      mk_rows<T, NB, MR - 1>(m, a, K, panel, out);
+  }
+}
+
+// Number of rows of `rs` that are live at step t (rows sorted by length, longest first).
+inline int64_t live_prefix(const int64_t* len, RowSet rs, int64_t t) {
+  int64_t lo = 0, hi = rs.n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (len[rs.rows[mid]] > t) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// The step a row processed before t, or -1 when its state came from h0/c0 (t is its first step).
+inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
+  return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+template <Cell C, typename T>
+void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
+  using Ops = CellOps<C>;
+  using Bk = Blocking<T, Ops::G>;
+  constexpr int G = Ops::G, MR = Bk::MR, NB = Bk::NB, UW = Bk::UW, W = Bk::W;
+  constexpr int S = Ops::S > 0 ? Ops::S : 1;
+  const int64_t TT = a.steps, B = a.B, H = a.H, Ho = a.Ho, GH = G * H;
+  const int64_t np = num_panels(H, UW);
+  const bool proj = a.wr_pack != nullptr;
+  using BkP = Blocking<T, 1>;  // the projection's panels
+  std::vector<T> rbuf(proj ? rs.n * H : 0);      // unprojected h (o * tanh c) of every row
+  std::vector<T> zeros(std::max(H, Ho), T(0));
+  std::vector<T> no_bias(a.bias ? 0 : GH, T(0));
+  const T* biasv = a.bias ? a.bias : no_bias.data();  // b_hh, or zeros: one code path
+  alignas(64) T tile[MR * NB * W];
+  const T* arow[MR];
+
+  for (int64_t s = 0; s < TT; ++s) {
+    const int64_t t = a.reverse ? TT - 1 - s : s;
+    const int64_t nl = live_prefix(a.len, rs, t);
+    for (int64_t i = nl; i < rs.n; ++i) {  // past the end: zero output and saved state
+      const int64_t b = rs.rows[i];
+      std::fill(a.y + (t * B + b) * Ho, a.y + (t * B + b + 1) * Ho, T(0));
+      if (a.cs) std::fill(a.cs + (t * B + b) * H, a.cs + (t * B + b + 1) * H, T(0));
+    }
+    for (int64_t p = 0; p < np; ++p) {
+      const T* panel = a.w_pack + p * Ho * NB * W;
+      const int64_t u0 = p * UW;
+      const int nu = int(std::min<int64_t>(UW, H - u0));
+      for (int64_t i0 = 0; i0 < nl; i0 += MR) {
+        const int m = int(std::min<int64_t>(MR, nl - i0));
+        for (int r = 0; r < m; ++r) {
+          const int64_t b = rs.rows[i0 + r];
+          const int64_t tp = prev_step(t, a.len[b], a.reverse);
+          arow[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+        }
+        mk_rows<T, NB, MR>(m, arow, Ho, panel, tile);
+        for (int r = 0; r < m; ++r) {
+          const int64_t b = rs.rows[i0 + r];
+          const T* x = a.xw + (t * B + b) * GH + u0;
+          const T* hh = tile + r * NB * W;  // gate g, unit j at hh[g * UW + j]
+          const T* bias = biasv + u0;
+          const T* hp = proj ? zeros.data() : arow[r] + u0;  // only GRU reads h_prev
+          T* cb = Ops::kHasC ? a.c + b * H + u0 : nullptr;
+          T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * H + u0 : nullptr;
+          T* dst = proj ? rbuf.data() + (i0 + r) * H + u0 : a.y + (t * B + b) * Ho + u0;
+          FUSEDRNN_SIMD
+          for (int j = 0; j < nu; ++j) {
+            T xg[G], hg[G], saved[S];
+            for (int g = 0; g < G; ++g) {
+              xg[g] = x[g * H + j];
+              hg[g] = hh[g * UW + j] + bias[g * H + j];
+            }
+            T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
+            Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
+            if constexpr (Ops::kHasC) {
+              cb[j] = c_new;
+              if (csb) csb[j] = c_new;
+            }
+            dst[j] = h_new;
+          }
+        }
+      }
+    }
+    if (proj) {  // y[t] = r W_hr^T over the live rows
+      constexpr int MRp = BkP::MR, NBp = BkP::NB, UWp = BkP::UW;
+      alignas(64) T ptile[MRp * NBp * W];
+      const T* prow[MRp];
+      for (int64_t p = 0; p < num_panels(Ho, UWp); ++p) {
+        const T* panel = a.wr_pack + p * H * NBp * W;
+        const int64_t q0 = p * UWp;
+        const int nq = int(std::min<int64_t>(UWp, Ho - q0));
+        for (int64_t i0 = 0; i0 < nl; i0 += MRp) {
+          const int m = int(std::min<int64_t>(MRp, nl - i0));
+          for (int r = 0; r < m; ++r) prow[r] = rbuf.data() + (i0 + r) * H;
+          mk_rows<T, NBp, MRp>(m, prow, H, panel, ptile);
+          for (int r = 0; r < m; ++r) {
+            T* yb = a.y + (t * B + rs.rows[i0 + r]) * Ho + q0;
+            std::memcpy(yb, ptile + r * NBp * W, sizeof(T) * nq);
+          }
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < rs.n; ++i) {  // h_T: the state after a row's last processed step
+    const int64_t b = rs.rows[i], len = a.len[b];
+    const int64_t last = len == 0 ? -1 : (a.reverse ? 0 : len - 1);
+    const T* src = last >= 0 ? a.y + (last * B + b) * Ho : a.h0 + b * Ho;
+    std::memcpy(a.h_T + b * Ho, src, sizeof(T) * Ho);
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+
+template <Cell C, typename T>
+void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
+  using Ops = CellOps<C>;
+  using Bk = Blocking<T, Ops::G>;
+  using BkH = Blocking<T, 1>;  // dh_prev = dg W_hh and dr = dhp W_hr: one block of units
+  constexpr int G = Ops::G, NB = Bk::NB, UW = Bk::UW, W = Bk::W;
+  constexpr int S = Ops::S > 0 ? Ops::S : 1;
+  // cells with saved activations recompute them; the Elman cells differentiate through h itself
+  constexpr bool kRecompute = Ops::S > 0;
+  constexpr int MRH = BkH::MR, NBH = BkH::NB, UWH = BkH::UW;
+  // rows per block of the whole step (its tiles of every product use sub-blocks of it)
+  constexpr int MB = 8;
+  const int64_t TT = a.steps, B = a.B, H = a.H, Ho = a.Ho, GH = G * H;
+  const int64_t np = num_panels(H, UW);
+  const bool proj = a.wr_pack != nullptr;
+  std::vector<T> zeros(std::max(H, Ho), T(0));
+  std::vector<T> no_bias(a.bias ? 0 : GH, T(0));
+  const T* biasv = a.bias ? a.bias : no_bias.data();
+  std::vector<T> pre(MB * GH);   // W_hh h_prev + b_hh of the block's rows
+  std::vector<T> dgr(MB * GH);   // recurrent-side gate gradients of the block's rows
+  std::vector<T> drb(proj ? MB * H : 0);  // dL/d(o * tanh c) of the block's rows
+  alignas(64) T tile[Bk::MR * NB * W];
+  alignas(64) T htile[MRH * NBH * W];
+  const T* arow[MB];
+  const T* hprev[MB];
+
+  // out[r] (+)= in[r] @ packed (1 block of Nu units, K) for m <= MB rows, tiles of MRH rows
+  auto rows_times = [&](int m, const T* const* in, int64_t K, const T* packed, int64_t Nu,
+                        T* const* out, bool accumulate) {
+    for (int64_t p = 0; p < num_panels(Nu, UWH); ++p) {
+      const T* panel = packed + p * K * NBH * W;
+      const int64_t q0 = p * UWH;
+      const int nq = int(std::min<int64_t>(UWH, Nu - q0));
+      for (int i0 = 0; i0 < m; i0 += MRH) {
+        const int mm = std::min(MRH, m - i0);
+        mk_rows<T, NBH, MRH>(mm, in + i0, K, panel, htile);
+        for (int r = 0; r < mm; ++r) {
+          T* o = out[i0 + r] + q0;
+          const T* v = htile + r * NBH * W;
+          if (accumulate) {
+            FUSEDRNN_SIMD
+            for (int j = 0; j < nq; ++j) o[j] += v[j];
+          } else {
+            std::memcpy(o, v, sizeof(T) * nq);
+          }
+        }
+      }
+    }
+  };
+
+  for (int64_t s = TT - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? TT - 1 - s : s;
+    const int64_t nl = live_prefix(a.len, rs, t);
+    for (int64_t i = nl; i < rs.n; ++i) {  // past the end: no gradient; dh, dc pass through
+      const int64_t row = t * B + rs.rows[i];
+      std::fill(a.dxw + row * GH, a.dxw + (row + 1) * GH, T(0));
+      if (a.dhn) std::fill(a.dhn + row * H, a.dhn + (row + 1) * H, T(0));
+      if (proj) {
+        std::fill(a.r + row * H, a.r + (row + 1) * H, T(0));
+        std::fill(a.dhp + row * Ho, a.dhp + (row + 1) * Ho, T(0));
+      }
+    }
+    for (int64_t i0 = 0; i0 < nl; i0 += MB) {
+      const int m = int(std::min<int64_t>(MB, nl - i0));
+      for (int r = 0; r < m; ++r) {
+        const int64_t b = rs.rows[i0 + r];
+        const int64_t tp = prev_step(t, a.len[b], a.reverse);
+        hprev[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+      }
+      // 1. the gate pre-activations W_hh h_prev + b_hh, recomputed exactly as the forward did
+      if constexpr (kRecompute) {
+        for (int64_t p = 0; p < np; ++p) {
+          const T* panel = a.w_pack + p * Ho * NB * W;
+          const int64_t u0 = p * UW;
+          const int nu = int(std::min<int64_t>(UW, H - u0));
+          for (int r0 = 0; r0 < m; r0 += Bk::MR) {
+            const int mm = std::min(Bk::MR, m - r0);
+            mk_rows<T, NB, Bk::MR>(mm, hprev + r0, Ho, panel, tile);
+            for (int r = 0; r < mm; ++r) {
+              const T* hh = tile + r * NB * W;
+              T* pb = pre.data() + (r0 + r) * GH + u0;
+              for (int g = 0; g < G; ++g) {
+                const T* bias = biasv + g * H + u0;
+                FUSEDRNN_SIMD
+                for (int j = 0; j < nu; ++j) pb[g * H + j] = hh[g * UW + j] + bias[j];
+              }
+            }
+          }
+        }
+      }
+      // 2. projection: dL/dh of the step (carried + from y) through W_hr; the carry restarts
+      if (proj) {
+        T* drow[MB];
+        for (int r = 0; r < m; ++r) {
+          const int64_t b = rs.rows[i0 + r], row = t * B + b;
+          T* dhp = a.dhp + row * Ho;
+          T* dhb = a.dh + b * Ho;
+          const T* dyb = a.dy ? a.dy + row * Ho : zeros.data();
+          FUSEDRNN_SIMD
+          for (int64_t k = 0; k < Ho; ++k) {
+            dhp[k] = dhb[k] + dyb[k];
+            dhb[k] = T(0);
+          }
+          arow[r] = dhp;
+          drow[r] = drb.data() + r * H;
+        }
+        rows_times(m, arow, Ho, a.wr_pack, H, drow, false);
+      }
+      // 3. the cell's backward on every unit of the block's rows
+      for (int r = 0; r < m; ++r) {
+        const int64_t b = rs.rows[i0 + r], row = t * B + b;
+        const int64_t tp = prev_step(t, a.len[b], a.reverse);
+        const T* xb = a.xw + row * GH;
+        const T* pb = pre.data() + r * GH;
+        const T* c_prev = zeros.data();
+        if (Ops::kHasC && (tp >= 0 || a.c0))
+          c_prev = tp >= 0 ? a.cs + (tp * B + b) * H : a.c0 + b * H;
+        T* dhb = a.dh + b * Ho;
+        T* dcb = Ops::kHasC ? a.dc + b * H : nullptr;
+        T* dxb = a.dxw + row * GH;
+        T* dgb = dgr.data() + r * GH;
+        T* dhnb = a.dhn ? a.dhn + row * H : nullptr;
+        // branch-free operands: with a projection dL/dh is dr, h_prev is not read, and the
+        // recomputed o * tanh(c) goes to r; else dL/dh = carried + dy, and dh is overwritten
+        // with the part that skips W_hh (the GEMM below adds the rest)
+        const T* dh_a = proj ? drb.data() + r * H : dhb;
+        const T* dh_b = proj || !a.dy ? zeros.data() : a.dy + row * Ho;
+        const T* h_src = proj ? zeros.data() : a.y + row * Ho;
+        const T* hp_src = proj ? zeros.data() : hprev[r];
+        T* out_dst = proj ? a.r + row * H : dhb;
+        FUSEDRNN_SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+          const T hp = hp_src[j], cp = c_prev[j];
+          T h = h_src[j], c = cp;
+          if constexpr (kRecompute) {
+            T x[G], g[G];
+            for (int k = 0; k < G; ++k) {
+              x[k] = xb[k * H + j];
+              g[k] = pb[k * H + j];
+            }
+            Ops::fwd(x, g, hp, cp, &h, &c, saved);
+          }
+          const T dc_in = Ops::kHasC ? dcb[j] : T(0);
+          Ops::bwd(dh_a[j] + dh_b[j], dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct,
+                   &dc_prev);
+          for (int k = 0; k < G; ++k) {
+            dxb[k * H + j] = dx[k];
+            dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
+          }
+          if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
+          if constexpr (Ops::kHasC) dcb[j] = dc_prev;
+          out_dst[j] = proj ? h : dh_direct;
+        }
+        arow[r] = dgb;
+      }
+      // 4. dh_prev += dg_rec W_hh, on the rows while their gate gradients are in L1
+      T* dhrow[MB];
+      for (int r = 0; r < m; ++r) dhrow[r] = a.dh + rs.rows[i0 + r] * Ho;
+      rows_times(m, arow, GH, a.wb_pack, Ho, dhrow, true);
+      if (a.clip > T(0)) {  // recurrent_grad_clip: what a live step sends back to its state
+        const T lo = -a.clip, hi = a.clip;
+        for (int r = 0; r < m; ++r) {
+          const int64_t b = rs.rows[i0 + r];
+          for (int64_t k = 0; k < Ho; ++k) dhrow[r][k] = std::min(hi, std::max(lo, dhrow[r][k]));
+          if constexpr (Ops::kHasC)
+            for (int64_t k = 0; k < H; ++k)
+              a.dc[b * H + k] = std::min(hi, std::max(lo, a.dc[b * H + k]));
+        }
+      }
+    }
+  }
+}
+
+// ---- the kernel table ---------------------------------------------------------------------------
+
+#define FUSEDRNN_CELL_CASE(CELL) \
+  case Cell::CELL:               \
+    return LOOP<Cell::CELL, T>(a, rs);
+
+template <typename T>
+void fwd_dispatch(Cell cell, const FwdLoop<T>& a, RowSet rs) {
+#define LOOP fwd_loop
+  switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_CELL_CASE) }
+#undef LOOP
+}
+
+template <typename T>
+void bwd_dispatch(Cell cell, const BwdLoop<T>& a, RowSet rs) {
+#define LOOP bwd_loop
+  switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_CELL_CASE) }
+#undef LOOP
+}
+#undef FUSEDRNN_CELL_CASE
+
+// The table of this ISA (constant-initialised data: reading it runs no code of this ISA).
+template <typename T>
+const IsaKernels<T> kKernels{FUSEDRNN_ISA_NAME, Vec<T>::W, &pack_size_t<T>, &pack_t<T>,
+                             &fwd_dispatch<T>, &bwd_dispatch<T>};
