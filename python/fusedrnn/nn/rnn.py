@@ -60,6 +60,7 @@ class _FusedRNNMixin:
         """
         num_dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
+        live = _live_rows(x, lengths)
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dirs):
@@ -68,9 +69,9 @@ class _FusedRNNMixin:
                 if b_ih is not None and self.mode != "GRU":
                     # both biases sit outside any gate product here, so b_ih joins b_hh and
                     # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
-                    xw, b_hh = F.linear(x, w_ih), b_ih + b_hh  # [T, B, G*H]
+                    xw, b_hh = _project(x, w_ih, None, live), b_ih + b_hh  # [T, B, G*H]
                 else:
-                    xw = F.linear(x, w_ih, b_ih)  # [T, B, G*H], one GEMM over all steps
+                    xw = _project(x, w_ih, b_ih, live)  # [T, B, G*H], one GEMM, all steps
                 y, h, c = backends.recurrence(
                     self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
@@ -157,6 +158,35 @@ class _FusedRNNMixin:
                 f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
             )
         return hx if is_batched else hx.unsqueeze(1)
+
+
+# Below this fraction of live (t, b) positions a packed batch's input projection runs on the live
+# rows only (gather, GEMM, scatter); above it the padded GEMM is cheaper than the reshuffle.
+_PACKED_PROJECTION_MAX_LIVE = 0.85
+
+
+def _live_rows(x: Tensor, lengths: Tensor | None) -> Tensor | None:
+    """Flat indices of the live (t, b) positions of a padded [T, B, .] batch, or None when
+    every position is live or too few are padding to pay for a gather."""
+    if lengths is None:
+        return None
+    T, B = x.shape[0], x.shape[1]
+    mask = torch.arange(T, device=x.device)[:, None] < lengths.to(x.device)[None, :]  # [T, B]
+    n = int(mask.sum())
+    if n >= _PACKED_PROJECTION_MAX_LIVE * T * B:
+        return None
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None) -> Tensor:
+    """x [T, B, I] @ w^T (+ b) -> [T, B, N]; with `live`, over those rows only (padding
+    positions get zeros: the op never reads them)."""
+    if live is None:
+        return F.linear(x, w, b)
+    T, B = x.shape[0], x.shape[1]
+    rows = F.linear(x.reshape(T * B, -1).index_select(0, live), w, b)  # [n, N]
+    out = rows.new_zeros(T * B, rows.shape[1])
+    return out.index_copy(0, live, rows).view(T, B, -1)
 
 
 class RNN(_FusedRNNMixin, nn.RNN):
