@@ -1,5 +1,9 @@
 // The fused CPU loops (loops_impl.h) compiled for AVX-512: 16 float lanes, 32 vector registers,
 // register blocks of up to 6 rows x 4 vectors. isa.cpp picks it on CPUs with AVX-512F/BW/VL/DQ.
+// Before every include, so that cells.h's functions get the same optimisation options as the loops
+// that inline them (GCC does not inline across a mismatch): "no-trapping-math" lets GCC if-convert
+// the selects of the cell math (clamps, relu); it changes no result.
+#pragma GCC optimize("no-trapping-math")
 #include <immintrin.h>
 
 #include <algorithm>
@@ -11,8 +15,6 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,prefer-vector-width=512")
-// lets GCC if-convert the selects of the cell math (clamps, relu); changes no result
-#pragma GCC optimize("no-trapping-math")
 namespace fusedrnn::cpu::isa_avx512 {
 template <typename T>
 struct Vec;

@@ -1,13 +1,16 @@
 // The fused CPU loops (loops_impl.h) for any CPU: GCC vector extensions of the baseline
 // instruction set (SSE2 on x86-64: 4 float / 2 double lanes), multiply then add (no FMA). The
 // float fallback where neither AVX2 nor AVX-512 exists, and the float64 path everywhere.
+// Before every include, so that cells.h's functions get the same optimisation options as the loops
+// that inline them (GCC does not inline across a mismatch): "no-trapping-math" lets GCC if-convert
+// the selects of the cell math (clamps, relu); it changes no result.
+#pragma GCC optimize("no-trapping-math")
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "kernel.h"
 
-#pragma GCC optimize("no-trapping-math")
 namespace fusedrnn::cpu::isa_base {
 template <typename T>
 struct Vec {
