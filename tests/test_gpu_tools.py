@@ -83,6 +83,19 @@ def test_summary_reads_what_the_script_writes(tmp_path):
     assert "NVIDIA H200" in md and "fail(rc=1)" in md and "FAILED tests.test_triton_interp::test_b" in md
 
 
+def test_summary_from_a_cut_pytest_log(tmp_path):
+    """A step whose box ended pytest leaves no junit: the -v log lines are counted instead."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "tests_triton.log").write_text(
+        "[gw0] [ 10%] PASSED tests/test_triton_interp.py::test_a[x-y] \n"
+        "[gw1] [ 20%] FAILED tests/test_triton_interp.py::test_b \n"
+        "tests/test_scan_triton.py::test_c SKIPPED (no) [ 30%]\n"
+        "tests/test_scan_triton.py::test_d PASSED [ 40%]\n")
+    t = gpu_summary.collect(str(tmp_path))["tests"]["triton"]
+    assert (t["passed"], t["failed"], t["skipped"], t["partial"]) == (2, 1, 1, True)
+    assert t["failed_ids"] == ["tests/test_triton_interp.py::test_b"]
+
+
 def test_cases_selection(capsys):
     assert gpu_cases.main(["--list"]) == 0
     listed = capsys.readouterr().out.split()

@@ -37,6 +37,21 @@ def _junit(path: str) -> dict:
     return dict(counts, failed_ids=failed)
 
 
+def _pytest_log(path: str) -> dict:
+    """Counts from a ``pytest -v`` log (one status line per finished test), for a run that was
+    ended before it wrote its junit file; ``partial`` says so."""
+    text = open(path, errors="replace").read()
+    res = {}
+    for tid, st in re.findall(r"(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL)", text):
+        res[tid] = st
+    for st, tid in re.findall(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL) (tests/\S+::\S+)", text):
+        res[tid] = st
+    failed = sorted(t for t, st in res.items() if st in ("FAILED", "ERROR"))
+    return dict(passed=sum(st == "PASSED" for st in res.values()), failed=len(failed),
+                skipped=sum(st in ("SKIPPED", "XFAIL") for st in res.values()),
+                failed_ids=failed, partial=True)
+
+
 def _sanitizer(path: str) -> dict:
     """Per case PASS/FAIL from gpu_cases.py, and the tool's error summary line."""
     text = open(path, errors="replace").read()
@@ -60,6 +75,10 @@ def collect(out: str) -> dict:
             summary["tests"][os.path.basename(p)[6:-4]] = _junit(p)
         except ET.ParseError as e:  # a run killed mid-write: say so
             summary["tests"][os.path.basename(p)[6:-4]] = dict(error=f"unreadable junit: {e}")
+    for p in sorted(glob.glob(os.path.join(out, "logs", "tests_*.log"))):
+        name = os.path.basename(p)[6:-4]
+        if name not in summary["tests"] or "error" in summary["tests"][name]:
+            summary["tests"][name] = _pytest_log(p)  # no junit: the step's box ended pytest
     for p in sorted(glob.glob(os.path.join(out, "sanitizer_*.log"))):
         summary["sanitizer"][os.path.basename(p)[10:-4]] = _sanitizer(p)
     p = os.path.join(out, "bench.json")
@@ -81,7 +100,8 @@ def table(summary: dict) -> list[str]:
         if "error" in t:
             lines.append(f"| {name} | {t['error']} | | |")
         else:
-            lines.append(f"| {name} | {t['passed']} | {t['failed']} | {t['skipped']} |")
+            tag = " (from the log: the run was cut short)" if t.get("partial") else ""
+            lines.append(f"| {name}{tag} | {t['passed']} | {t['failed']} | {t['skipped']} |")
             lines += [f"|   FAILED {tid} | | | |" for tid in t["failed_ids"][:20]]
     for name, s in summary["sanitizer"].items():
         bad = [c for c, st in s["cases"].items() if st != "PASS"]
