@@ -45,10 +45,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 BOUND = {"bf16": 5e-2, "fp32": 2e-3}
 
 
-def _layers(cell, H, dtype, backend):
+def _layers(cell, H, dtype, backend, device):
     torch.manual_seed(0)
-    ref = CELLS[cell][0](H, H, batch_first=True).cuda()
-    m = CELLS[cell][1](H, H, batch_first=True, backend=backend).cuda()
+    ref = CELLS[cell][0](H, H, batch_first=True).to(device)
+    m = CELLS[cell][1](H, H, batch_first=True, backend=backend).to(device)
     m.load_state_dict(ref.state_dict())
     return ref.to(dtype), m.to(dtype)
 
@@ -83,7 +83,9 @@ def _variants(cuda_ok):
     return out
 
 
-def bench(out_dir: str, budget: float) -> dict:
+def bench(out_dir: str, budget: float, device="cuda", cases=None) -> dict:
+    """Time ``cases`` (default: the anchor and the sweep) on ``device``; returns the result dict
+    ``write`` takes. (tests/test_gpu_tools.py runs it on a tiny case in the interpreter.)"""
     from triton.testing import do_bench
 
     from fusedrnn.ops.triton import launch, validated
@@ -91,11 +93,11 @@ def bench(out_dir: str, budget: float) -> dict:
     start = time.time()
     cuda_ok = "cuda" in fusedrnn.available_backends()
     rows, skipped = [], []
-    cases = [dict(ANCHOR, kind="anchor")] + [
+    cases = cases or [dict(ANCHOR, kind="anchor")] + [
         dict(cell=c, B=32, T=T, H=64, dtype="fp32", kind="sweep") for c in CELLS for T in SWEEP_T]
     for case in cases:
         dt = DTYPES[case["dtype"]]
-        x = torch.randn(case["B"], case["T"], case["H"], device="cuda").to(dt)
+        x = torch.randn(case["B"], case["T"], case["H"], device=device).to(dt)
         mode_name = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH"}[case["cell"]]
         for name, backend, barrier in _variants(cuda_ok):
             if name == "triton+barrier":
@@ -116,7 +118,7 @@ def bench(out_dir: str, budget: float) -> dict:
                         skipped.append(row)
                         continue
                     try:
-                        ref, m = _layers(case["cell"], case["H"], dt, backend or "auto")
+                        ref, m = _layers(case["cell"], case["H"], dt, backend or "auto", device)
                         if backend is None:
                             m = ref
                         if backend == "triton":
