@@ -125,3 +125,16 @@ def test_cases_selection(capsys):
             "triton-proj-split", "triton-per-step"} <= set(listed)
     assert {f"cuda-{m}" for m in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")} <= set(listed)
     assert gpu_cases.main(["no-such-case"]) == 2
+
+
+@pytest.mark.parametrize("name", ["triton-resident", "triton-stream-solo"])
+def test_cases_run_in_the_interpreter(monkeypatch, name):
+    """The sanitizer workload's cases check their path and their numbers (the barrier cases can
+    only run on a GPU: the interpreter runs programs one after another)."""
+    tri = pytest.importorskip("fusedrnn.ops.triton")
+    if tri.unavailable() is not None or not tri.supports(torch.device("cpu")):
+        pytest.skip("needs the Triton interpreter")
+    from fusedrnn.ops.triton import launch
+
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    assert gpu_cases.run_triton(name, torch.device("cpu")).startswith(gpu_cases.TRITON[name][5])
