@@ -1,7 +1,7 @@
 """The package must run on the GPU image's torch 2.11 while CI tests torch 2.13, so the torch APIs
 it uses are pinned here: every ``torch.library`` function and every private ``torch._*`` name
-referenced from python/, tools/ and tests/ must be in an audited list (docs/triton_backend.md,
-"Versions"). A new one fails this test until it has been checked against torch 2.11 (and guarded
+referenced from python/, tools/ and tests/ must be in an audited list (docs/versions.md).
+A new one fails this test until it has been checked against torch 2.11 (and guarded
 with a fallback if it is newer).
 
 The audit: the torch.library calls below are all documented in torch 2.4's ``torch.library``
