@@ -32,7 +32,10 @@ try:
 except ImportError as e:  # pragma: no cover - triton is an optional dependency
     triton, _IMPORT_ERROR = None, str(e)
 else:
+    from .._triton_compat import patch_interpreter
+
     _IMPORT_ERROR = None
+    patch_interpreter()  # interpreter only: loop bounds under triton 3.6 + numpy >= 2.4
 
 #: decided once, like @triton.jit does: the interpreter runs kernels on CPU tensors
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -21,6 +21,9 @@ except ImportError as e:  # the package still imports; unavailable() says why
     _IMPORT_ERROR = e
 
 if _IMPORT_ERROR is None:
+    from ..._triton_compat import patch_interpreter
+
+    patch_interpreter()  # interpreter only: loop bounds under triton 3.6 + numpy >= 2.4
     from .autograd import recurrence_bwd, recurrence_fwd
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
 

@@ -44,14 +44,14 @@ def rnn_fwd_kernel(
     y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
     act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
     hbuf, mbuf, counter,  # SPLIT: h ping-pong [2, B, P] fp32; projected split: cell output
-    # [B, H] fp32; SYNC: barrier counters [n_bblocks] i32
+    # [B, H] fp32; SYNC: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs steps s0 .. s_end-1 of the sequence
     MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
-    DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr,
+    DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr, SPIN: tl.constexpr,
 ):
     # A projected split layer exchanges twice per step: h (all programs' outputs) before the
     # gates, the cell output m before the projection h = W_hr m. PHASE 1 / 2 run only the first
@@ -118,7 +118,7 @@ def rnn_fwd_kernel(
         if SPLIT:
             if SYNC:
                 if s > 0:
-                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO)
+                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO, SPIN)
             cur = hbuf + (s % 2) * B * P
             h_own = _ldx(cur, oh, mh)  # [BO, BB]
         else:
@@ -154,7 +154,7 @@ def rnn_fwd_kernel(
                 _st(mbuf, oc, mx, out)  # [BU, BB] own units of m, for every program's projection
         if PSPLIT:
             if SYNC:
-                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO)
+                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO, SPIN)
         if PHASE != 1:  # the output (projected) and the state exchange
             if PSPLIT:
                 h_new = _stream_mm(w_hr, 0, H, 1, mbuf, H, offs_o, mo, offs_b, mb, H, 1, BO, BB, BK,
@@ -181,7 +181,7 @@ def rnn_bwd_kernel(
     w, w_hr, dy, act, hprev, cprev, lengths,  # dy [T, B, P]; saved tensors as in the forward
     dxw, drec, dhtot,  # fp32 out: [T, B, G*H] grads of xw and (GRU only) of W_hh h + b_hh; [T, B, P]
     r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
-    counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32
+    counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
     clip,  # recurrent_grad_clip (used when CLIP)
     MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
@@ -189,7 +189,7 @@ def rnn_bwd_kernel(
     SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
-    X3: tl.constexpr, CLIP: tl.constexpr,
+    X3: tl.constexpr, CLIP: tl.constexpr, SPIN: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -258,7 +258,7 @@ def rnn_bwd_kernel(
         if SPLIT:
             if SYNC:
                 if s > 0:
-                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO)
+                    _step_barrier(counter + pid_b, s * NBAR * tl.num_programs(1), SOLO, SPIN)
         if PHASE != 2:  # dh_t: the recurrence's share plus dy_t
             if SPLIT:
                 # the first step has no later step: the masked load gives zeros
@@ -279,7 +279,7 @@ def rnn_bwd_kernel(
                 R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
         if PSPLIT:
             if SYNC:
-                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO)
+                _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO, SPIN)
         if PHASE != 1:  # the cell's backward on own units
             if PSPLIT:
                 dm = _stream_mm(w_hr, 0, 1, H, dhtot + t * B * P, P, offs_u, mu, offs_b, mb, P, 1,

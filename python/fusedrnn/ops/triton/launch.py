@@ -15,7 +15,9 @@ Path per (mode, H, P, B, dtype), chosen by ``plan`` (table and reasons: docs/tri
   barrier per step (two with the LSTM projection).
 * **per-step** -- the split kernels with one launch per step (per half-step for the projected
   split), the kernel boundary being the barrier: when the split grid exceeds the SM count (the
-  spin barrier needs every program resident), and in the Triton interpreter.
+  spin barrier needs every program resident), in the Triton interpreter, and on every device
+  whose (device, torch, triton) combination has not been validated on hardware
+  (``validated.py``: the grid barrier is opt-in until then).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ..cells import GATES
+from . import validated
 from .kernels import rnn_bwd_kernel, rnn_fwd_kernel
 
 MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
@@ -65,6 +68,13 @@ STREAM_STAGES = 2
 #: registers with small spills; maxnreg=255 removes those but makes several fp32 backward
 #: kernels spill on sm_90 (tools/triton_aot_report.py), so the default stays.
 MAXNREG = None
+#: polls of the grid barrier's spin before a program gives up and flags the launch as failed
+#: (the launcher then raises): at ~0.5-1 us per gpu-scope acquire load (modelled), ~8-17 s,
+#: far beyond any legitimate wait of one step
+BARRIER_SPIN_MAX = 1 << 24
+#: what a program that gave up adds to its batch block's barrier counter (tiles._grid_barrier);
+#: barrier targets (at most 2·T·n_tiles) must stay below it
+TIMED_OUT = 1 << 30
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -114,13 +124,16 @@ def smem_limit(device: torch.device) -> int | None:
 
 
 def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm: int,
-         smem: int | None = None, tile_units: int | None = None) -> Plan:
+         smem: int | None = None, tile_units: int | None = None,
+         grid_barrier: bool = True) -> Plan:
     """Pick the path and the tiling of a layer.
 
     ``n_sm`` is the SM count of the device (0: no grid barrier, the interpreter), ``smem`` the
     shared memory one program may use (None: unlimited); ``tile_units`` forces tiles of that
-    many units (tests). Every layer has a path; only a GPU whose shared memory per block cannot
-    hold even a streamed tile raises NotImplementedError.
+    many units (tests); ``grid_barrier`` False keeps the same tiling but runs a multi-program
+    split per step instead of persistently (see ``validated.py``). Every layer has a path; only
+    a GPU whose shared memory per block cannot hold even a streamed tile raises
+    NotImplementedError.
     """
     G = GATES[mode]
     HP, PP = _pow2(H), _pow2(P)
@@ -153,7 +166,8 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
             BU = _stream_units(G, H, P, dtype, n_bblocks, n_sm)
     # streamed tiles need not cover a power of two: masks end the last one (768 = 12 x 64)
     n_tiles = triton.cdiv(H, BU) if stream else HP // BU
-    barrier_ok = n_tiles == 1 or n_tiles * n_bblocks <= n_sm  # one program needs no barrier
+    # one program per batch block needs no grid barrier; more need all of them co-resident
+    barrier_ok = n_tiles == 1 or (grid_barrier and n_tiles * n_bblocks <= n_sm)
     if stream:
         path = "stream" if barrier_ok else "per_step"
         warps = NUM_WARPS if BU >= STREAM_WARPS8_UNITS else 4  # [BU, 16] products: few warps
@@ -196,9 +210,41 @@ def layer_plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool
                device: torch.device, tile_units: int | None = None) -> Plan:
     """``plan`` for a layer on ``device`` (its SM count and shared memory): what ``rnn_fwd`` runs.
 
-    Deterministic in its arguments, so a backward can recompute the forward's plan.
+    The grid-barrier paths only where ``validated.grid_barrier_allowed(device)``. Deterministic
+    in its arguments (and that setting), so a backward can recompute the forward's plan.
     """
-    return plan(mode, H, P, B, dtype, proj, sm_count(device), smem_limit(device), tile_units)
+    n_sm = sm_count(device)
+    barrier = n_sm > 0 and validated.grid_barrier_allowed(device)
+    return plan(mode, H, P, B, dtype, proj, n_sm, smem_limit(device), tile_units, barrier)
+
+
+def uses_grid_barrier(pl: Plan) -> bool:
+    """Whether a plan runs persistently with a grid barrier (several programs per batch block
+    spinning on each other): the paths that need every program co-resident."""
+    return pl.path in ("persistent", "stream") and pl.n_tiles > 1
+
+
+def _counter(n_bblocks: int, device) -> torch.Tensor:
+    """Zeroed barrier counters, one per batch block."""
+    return torch.zeros(n_bblocks, device=device, dtype=torch.int32)
+
+
+def _check_barrier(counter, k: dict, what: str) -> None:
+    """Raise if a program of a grid-barrier launch gave up waiting (a counter marked TIMED_OUT).
+
+    Reading the flag synchronises with the kernel (a host sync per persistent launch); skipped
+    while a CUDA graph is being captured, where a sync is not allowed."""
+    if counter is None or not k["SYNC"] or k["SOLO"]:
+        return
+    if counter.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if bool((counter >= TIMED_OUT).any()):
+        raise RuntimeError(
+            f"triton backend: the {what} kernel's grid barrier timed out after "
+            f"{BARRIER_SPIN_MAX} polls: not every program of the grid was resident at once (MPS "
+            f"or green-context SM limits, or another persistent kernel holding SMs?). Its results "
+            f"are invalid. Unset FUSEDRNN_TRITON_GRID_BARRIER (or call "
+            f"fusedrnn.ops.triton.validated.allow_grid_barrier(False)) to run per step.")
 
 
 def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
@@ -240,7 +286,7 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
         MODE=MODE_ID[mode], G=G, NA=SAVED[mode], HP=pl.HP, PP=pl.PP, BU=pl.BU,
         BO=pl.BO, BB=pl.BB, SPLIT=split, PHASE=0,
         SYNC=pl.path in ("persistent", "stream"), SOLO=pl.n_tiles == 1, STREAM=pl.stream,
-        BK=max(pl.BK, 16),
+        BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
         HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=mode == "LSTM", REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3,
     )
@@ -297,7 +343,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     if k["SPLIT"]:
         hbuf = torch.empty(2, B, P, device=dev, dtype=f32)
         hbuf[0] = h0
-        counter = torch.zeros(grid[0], device=dev, dtype=torch.int32)
+        counter = _counter(grid[0], dev)
         if w_hr is not None:
             mbuf = torch.empty(B, H, device=dev, dtype=f32)
     args = (xw, w_hh, b_hh, w_hr, h0)
@@ -314,6 +360,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
         for c_in, s0, s1, phase in launches:
             run["PHASE"] = phase
             rnn_fwd_kernel[grid](*args, c_in, lengths, *tail, T, B, H, P, s0, s1, **run)
+    _check_barrier(counter, k, "forward")
     saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
     c_T = None if c_out is None else c_out.to(xw.dtype)
     return y, h_out.to(xw.dtype), c_T, saved
@@ -349,7 +396,7 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     dh0 = torch.empty(B, P, device=dev, dtype=f32)
     dc0 = torch.empty(B, H, device=dev, dtype=f32) if k["HAS_C"] else None
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
-    counter = torch.zeros(grid[0], device=dev, dtype=torch.int32) if k["SYNC"] else None
+    counter = _counter(grid[0], dev) if k["SYNC"] else None
     args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths,
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     if pl.path == "per_step":
@@ -361,4 +408,5 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
             k["PHASE"] = phase
             rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps,
                                  num_stages=pl.stages, **_regs(), **k)
+    _check_barrier(counter, k, "backward")
     return dxw, drec, dh0, dc0, dhtot

@@ -8,13 +8,24 @@ import triton.language as tl
 
 
 @triton.jit
-def _grid_barrier(counter, target):
-    """Wait until ``target`` arrivals: bar.sync, a gpu-scope release add, an acquire spin."""
+def _grid_barrier(counter, target, SPIN_MAX: tl.constexpr):
+    """Wait until ``target`` arrivals: bar.sync, a gpu-scope release add, an acquire spin.
+
+    The spin is bounded: after ``SPIN_MAX`` polls the program adds ``TIMED_OUT`` (2**30) to the
+    counter and goes on (its results are then wrong; the launcher sees the mark and raises), so
+    a grid that is not co-resident ends in an error instead of a hang. The mark also lifts the
+    counter past every later target of the launch (targets stay below 2**30), so no program of
+    the batch block waits again: a failed launch costs one spin budget, not one per step.
+    """
     tl.debug_barrier()  # every thread's stores of this step are issued before the release
     tl.atomic_add(counter, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-    while seen < target:
+    n = 0
+    while (seen < target) & (n < SPIN_MAX):
         seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        n += 1
+    if seen < target:
+        tl.atomic_add(counter, 1073741824, sem="relaxed", scope="gpu")  # TIMED_OUT in launch.py
     tl.debug_barrier()  # no thread reads the exchanged state before the acquire
 
 
@@ -220,10 +231,10 @@ def _rec_grad(wt, f0, f1, f2, f3, G: tl.constexpr, DT: tl.constexpr, PREC: tl.co
 
 
 @triton.jit
-def _step_barrier(counter, target, SOLO: tl.constexpr):
+def _step_barrier(counter, target, SOLO: tl.constexpr, SPIN_MAX: tl.constexpr):
     """Between two steps of a persistent launch: the grid barrier, or with one program per batch
     block (``SOLO``) a CTA barrier, which orders the block's global stores before its loads."""
     if SOLO:
         tl.debug_barrier()
     else:
-        _grid_barrier(counter, target)
+        _grid_barrier(counter, target, SPIN_MAX)
