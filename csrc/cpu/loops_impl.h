@@ -55,12 +55,13 @@ void pack_t(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, 
         }
 }
 
-// out[r][0 .. NB*W) = sum_k a[r][k] * panel(k, .) for MR rows: the register-blocked micro-kernel.
-// Every row is accumulated the same way (k in order, one FMA per k) whatever MR is, which is what
-// makes the results batch-invariant.
-template <typename T, int NB, int MR>
+// For MR rows r: sum_k a[r][k] * panel(k, .), the NB = G * U vectors stored at
+// out[r] + g * gstride + u * W (gate g, unit vector u): the register-blocked micro-kernel. Every
+// row is accumulated the same way (k in order, one FMA per k) whatever MR is, which is what makes
+// the results batch-invariant.
+template <typename T, int NB, int U, int MR>
 inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K, const T* panel,
-                                                   T* out) {
+                                                   T* const* out, int64_t gstride) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int W = V::W;
@@ -77,20 +78,30 @@ inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K,
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NB; ++n) V::store(out + (r * NB + n) * W, acc[r][n]);
+    for (int n = 0; n < NB; ++n) V::store(out[r] + (n / U) * gstride + (n % U) * W, acc[r][n]);
 }
 
 // mk_tile for m <= MR rows (the remainder of a thread's rows).
-template <typename T, int NB, int MR>
-inline void mk_rows(int m, const T* const* a, int64_t K, const T* panel, T* out) {
+template <typename T, int NB, int U, int MR>
+inline void mk_rows(int m, const T* const* a, int64_t K, const T* panel, T* const* out,
+                    int64_t gstride) {
   if constexpr (MR == 1) {
-    mk_tile<T, NB, 1>(a, K, panel, out);
+    mk_tile<T, NB, U, 1>(a, K, panel, out, gstride);
   } else {
     if (m == MR)
-      mk_tile<T, NB, MR>(a, K, panel, out);
+      mk_tile<T, NB, U, MR>(a, K, panel, out, gstride);
     else
-      mk_rows<T, NB, MR - 1>(m, a, K, panel, out);
+      mk_rows<T, NB, U, MR - 1>(m, a, K, panel, out, gstride);
   }
+}
+
+// mk_rows into a contiguous tile [m][NB * W] (for products whose outputs need an epilogue that
+// must not write past the last unit).
+template <typename T, int NB, int U, int MR>
+inline void mk_rows_tile(int m, const T* const* a, int64_t K, const T* panel, T* tile) {
+  T* out[MR];
+  for (int r = 0; r < MR; ++r) out[r] = tile + r * NB * Vec<T>::W;
+  mk_rows<T, NB, U, MR>(m, a, K, panel, out, int64_t(U) * Vec<T>::W);
 }
 
 // Number of rows of `rs` that are live at step t (rows sorted by length, longest first).
@@ -120,12 +131,17 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   const int64_t np = num_panels(H, UW);
   const bool proj = a.wr_pack != nullptr;
   using BkP = Blocking<T, 1>;  // the projection's panels
+  // the gate pre-activations W_hh h_prev of the thread's rows at one step, gate blocks Hp apart
+  // (H rounded up to whole panels, so a panel's padding lanes never overwrite the next gate)
+  const int64_t Hp = np * UW, GHp = G * Hp;
+  std::vector<T> pre(rs.n * GHp);
   std::vector<T> rbuf(proj ? rs.n * H : 0);      // unprojected h (o * tanh c) of every row
   std::vector<T> zeros(std::max(H, Ho), T(0));
   std::vector<T> no_bias(a.bias ? 0 : GH, T(0));
   const T* biasv = a.bias ? a.bias : no_bias.data();  // b_hh, or zeros: one code path
-  alignas(64) T tile[MR * NB * W];
   const T* arow[MR];
+  T* orow[MR];
+  std::vector<const T*> hprev(rs.n);
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -135,43 +151,47 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       std::fill(a.y + (t * B + b) * Ho, a.y + (t * B + b + 1) * Ho, T(0));
       if (a.cs) std::fill(a.cs + (t * B + b) * H, a.cs + (t * B + b + 1) * H, T(0));
     }
+    for (int64_t i = 0; i < nl; ++i) {
+      const int64_t b = rs.rows[i];
+      const int64_t tp = prev_step(t, a.len[b], a.reverse);
+      hprev[i] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+    }
+    // 1. pre = h_prev W_hh^T: each panel (all gates of UW units) over every live row, so the
+    //    panel stays in L1 while the rows stream past it
     for (int64_t p = 0; p < np; ++p) {
       const T* panel = a.w_pack + p * Ho * NB * W;
-      const int64_t u0 = p * UW;
-      const int nu = int(std::min<int64_t>(UW, H - u0));
       for (int64_t i0 = 0; i0 < nl; i0 += MR) {
         const int m = int(std::min<int64_t>(MR, nl - i0));
         for (int r = 0; r < m; ++r) {
-          const int64_t b = rs.rows[i0 + r];
-          const int64_t tp = prev_step(t, a.len[b], a.reverse);
-          arow[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+          arow[r] = hprev[i0 + r];
+          orow[r] = pre.data() + (i0 + r) * GHp + p * UW;
         }
-        mk_rows<T, NB, MR>(m, arow, Ho, panel, tile);
-        for (int r = 0; r < m; ++r) {
-          const int64_t b = rs.rows[i0 + r];
-          const T* x = a.xw + (t * B + b) * GH + u0;
-          const T* hh = tile + r * NB * W;  // gate g, unit j at hh[g * UW + j]
-          const T* bias = biasv + u0;
-          const T* hp = proj ? zeros.data() : arow[r] + u0;  // only GRU reads h_prev
-          T* cb = Ops::kHasC ? a.c + b * H + u0 : nullptr;
-          T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * H + u0 : nullptr;
-          T* dst = proj ? rbuf.data() + (i0 + r) * H + u0 : a.y + (t * B + b) * Ho + u0;
-          FUSEDRNN_SIMD
-          for (int j = 0; j < nu; ++j) {
-            T xg[G], hg[G], saved[S];
-            for (int g = 0; g < G; ++g) {
-              xg[g] = x[g * H + j];
-              hg[g] = hh[g * UW + j] + bias[g * H + j];
-            }
-            T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
-            Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
-            if constexpr (Ops::kHasC) {
-              cb[j] = c_new;
-              if (csb) csb[j] = c_new;
-            }
-            dst[j] = h_new;
-          }
+        mk_rows<T, NB, Bk::U, MR>(m, arow, Ho, panel, orow, Hp);
+      }
+    }
+    // 2. the cell on every unit of every live row, while pre is in L1
+    for (int64_t i = 0; i < nl; ++i) {
+      const int64_t b = rs.rows[i];
+      const T* x = a.xw + (t * B + b) * GH;
+      const T* hh = pre.data() + i * GHp;
+      const T* hp = proj ? zeros.data() : hprev[i];  // only GRU reads h_prev
+      T* cb = Ops::kHasC ? a.c + b * H : nullptr;
+      T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * H : nullptr;
+      T* dst = proj ? rbuf.data() + i * H : a.y + (t * B + b) * Ho;
+      FUSEDRNN_SIMD
+      for (int64_t j = 0; j < H; ++j) {
+        T xg[G], hg[G], saved[S];
+        for (int g = 0; g < G; ++g) {
+          xg[g] = x[g * H + j];
+          hg[g] = hh[g * Hp + j] + biasv[g * H + j];
         }
+        T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
+        Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
+        if constexpr (Ops::kHasC) {
+          cb[j] = c_new;
+          if (csb) csb[j] = c_new;
+        }
+        dst[j] = h_new;
       }
     }
     if (proj) {  // y[t] = r W_hr^T over the live rows
@@ -185,7 +205,7 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         for (int64_t i0 = 0; i0 < nl; i0 += MRp) {
           const int m = int(std::min<int64_t>(MRp, nl - i0));
           for (int r = 0; r < m; ++r) prow[r] = rbuf.data() + (i0 + r) * H;
-          mk_rows<T, NBp, MRp>(m, prow, H, panel, ptile);
+          mk_rows_tile<T, NBp, BkP::U, MRp>(m, prow, H, panel, ptile);
           for (int r = 0; r < m; ++r) {
             T* yb = a.y + (t * B + rs.rows[i0 + r]) * Ho + q0;
             std::memcpy(yb, ptile + r * NBp * W, sizeof(T) * nq);
@@ -222,10 +242,10 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   std::vector<T> zeros(std::max(H, Ho), T(0));
   std::vector<T> no_bias(a.bias ? 0 : GH, T(0));
   const T* biasv = a.bias ? a.bias : no_bias.data();
-  std::vector<T> pre(MB * GH);   // W_hh h_prev + b_hh of the block's rows
+  const int64_t Hp = np * UW, GHp = G * Hp;  // gate blocks Hp apart, as in the forward
+  std::vector<T> pre(MB * GHp);  // W_hh h_prev of the block's rows
   std::vector<T> dgr(MB * GH);   // recurrent-side gate gradients of the block's rows
   std::vector<T> drb(proj ? MB * H : 0);  // dL/d(o * tanh c) of the block's rows
-  alignas(64) T tile[Bk::MR * NB * W];
   alignas(64) T htile[MRH * NBH * W];
   const T* arow[MB];
   const T* hprev[MB];
@@ -239,7 +259,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
       const int nq = int(std::min<int64_t>(UWH, Nu - q0));
       for (int i0 = 0; i0 < m; i0 += MRH) {
         const int mm = std::min(MRH, m - i0);
-        mk_rows<T, NBH, MRH>(mm, in + i0, K, panel, htile);
+        mk_rows_tile<T, NBH, BkH::U, MRH>(mm, in + i0, K, panel, htile);
         for (int r = 0; r < mm; ++r) {
           T* o = out[i0 + r] + q0;
           const T* v = htile + r * NBH * W;
@@ -273,24 +293,15 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const int64_t tp = prev_step(t, a.len[b], a.reverse);
         hprev[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
       }
-      // 1. the gate pre-activations W_hh h_prev + b_hh, recomputed exactly as the forward did
+      // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did
       if constexpr (kRecompute) {
+        T* orow[MB];
         for (int64_t p = 0; p < np; ++p) {
           const T* panel = a.w_pack + p * Ho * NB * W;
-          const int64_t u0 = p * UW;
-          const int nu = int(std::min<int64_t>(UW, H - u0));
           for (int r0 = 0; r0 < m; r0 += Bk::MR) {
             const int mm = std::min(Bk::MR, m - r0);
-            mk_rows<T, NB, Bk::MR>(mm, hprev + r0, Ho, panel, tile);
-            for (int r = 0; r < mm; ++r) {
-              const T* hh = tile + r * NB * W;
-              T* pb = pre.data() + (r0 + r) * GH + u0;
-              for (int g = 0; g < G; ++g) {
-                const T* bias = biasv + g * H + u0;
-                FUSEDRNN_SIMD
-                for (int j = 0; j < nu; ++j) pb[g * H + j] = hh[g * UW + j] + bias[j];
-              }
-            }
+            for (int r = 0; r < mm; ++r) orow[r] = pre.data() + (r0 + r) * GHp + p * UW;
+            mk_rows<T, NB, Bk::U, Bk::MR>(mm, hprev + r0, Ho, panel, orow, Hp);
           }
         }
       }
@@ -317,7 +328,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const int64_t b = rs.rows[i0 + r], row = t * B + b;
         const int64_t tp = prev_step(t, a.len[b], a.reverse);
         const T* xb = a.xw + row * GH;
-        const T* pb = pre.data() + r * GH;
+        const T* pb = pre.data() + r * GHp;
         const T* c_prev = zeros.data();
         if (Ops::kHasC && (tp >= 0 || a.c0))
           c_prev = tp >= 0 ? a.cs + (tp * B + b) * H : a.c0 + b * H;
@@ -343,7 +354,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             T x[G], g[G];
             for (int k = 0; k < G; ++k) {
               x[k] = xb[k * H + j];
-              g[k] = pb[k * H + j];
+              g[k] = pb[k * Hp + j] + biasv[k * H + j];
             }
             Ops::fwd(x, g, hp, cp, &h, &c, saved);
           }
