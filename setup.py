@@ -70,8 +70,10 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"],
-        "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
+        # onnx*: tests/test_onnx.py exports to ONNX and runs the graph in onnxruntime
+        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis",
+                 "onnx", "onnxruntime", "onnxscript"],
+        "bench": ["matplotlib", "tqdm", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "examples": ["matplotlib", "statsmodels"],
     },

@@ -42,8 +42,7 @@ def _reorder(mode: str, t: Tensor | None) -> Tensor | None:
     return torch.cat([chunks[i] for i in _ORDER[mode]], 0)
 
 
-def _node(mode: str, x: Tensor, ws: list[tuple], h0: Tensor, c0: Tensor | None,
-          lengths: Tensor | None, hidden: int):
+def _node(mode: str, x: Tensor, ws: list[tuple], h0: Tensor, c0: Tensor | None, hidden: int):
     """One ONNX node over D = len(ws) directions.
 
     x [T, B, I]; ws: per direction (w_ih, w_hh, b_ih, b_hh); h0, c0 [D, B, H].
@@ -60,9 +59,9 @@ def _node(mode: str, x: Tensor, ws: list[tuple], h0: Tensor, c0: Tensor | None,
         attrs["activations"] = ["Tanh" if mode == "RNN_TANH" else "Relu"] * D
     if mode == "GRU":
         attrs["linear_before_reset"] = 1
-    seq = None if lengths is None else lengths.to(torch.int32)
     T, Bn = x.shape[0], x.shape[1]
-    inputs = [x, W, R, B, seq, h0] + ([c0] if mode == "LSTM" else [])
+    # None: no sequence_lens (see run_layers)
+    inputs = [x, W, R, B, None, h0] + ([c0] if mode == "LSTM" else [])
     n_out = 3 if mode == "LSTM" else 2
     shapes = [[T, D, Bn, hidden]] + [[D, Bn, hidden]] * (n_out - 1)
     outs = torch.onnx.ops.symbolic_multi_out(
@@ -71,8 +70,10 @@ def _node(mode: str, x: Tensor, ws: list[tuple], h0: Tensor, c0: Tensor | None,
     return outs[0], outs[1], (outs[2] if mode == "LSTM" else None)
 
 
-def run_layers(layer, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None):
-    """The layer stack of ``_FusedRNNMixin._run`` as ONNX nodes; same arguments and returns."""
+def run_layers(layer, x: Tensor, h0: Tensor, c0: Tensor | None):
+    """The layer stack of ``_FusedRNNMixin._run`` as ONNX nodes, without lengths: they come only
+    from a PackedSequence, which the layer's forward refuses to export (its ``batch_sizes`` are
+    data the exported graph's shapes would depend on; torch.nn's layers fail there too)."""
     import torch.nn.functional as F
 
     if getattr(layer, "proj_size", 0) > 0:
@@ -85,7 +86,7 @@ def run_layers(layer, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor 
     for i in range(layer.num_layers):
         ws = [layer._layer_params(i, d)[:4] for d in range(D)]
         sl = slice(i * D, (i + 1) * D)
-        y, h, c = _node(layer.mode, x, ws, h0[sl], None if c0 is None else c0[sl], lengths,
+        y, h, c = _node(layer.mode, x, ws, h0[sl], None if c0 is None else c0[sl],
                         layer.hidden_size)
         x = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], D * layer.hidden_size)
         if layer.dropout > 0 and layer.training and i < layer.num_layers - 1:
@@ -99,5 +100,5 @@ def cell_step(mode: str, cell, x: Tensor, h: Tensor, c: Tensor | None):
     """One cell step as a length-1 ONNX node: x [B, I], h, c [B, H] -> (h', c' | None)."""
     ws = [(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
     _, h_n, c_n = _node(mode, x.unsqueeze(0), ws, h.unsqueeze(0),
-                        None if c is None else c.unsqueeze(0), None, cell.hidden_size)
+                        None if c is None else c.unsqueeze(0), cell.hidden_size)
     return h_n[0], (None if c_n is None else c_n[0])

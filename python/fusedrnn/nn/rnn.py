@@ -62,7 +62,7 @@ class _FusedRNNMixin:
         Returns y [T, B, D*H_out], h_n [L*D, B, H_out], c_n [L*D, B, H] | None.
         """
         if _onnx.exporting():  # standard ONNX nodes instead of the custom ops
-            return _onnx.run_layers(self, x, h0, c0, lengths)
+            return _onnx.run_layers(self, x, h0, c0)
         plan = _amp.plan(x, self.backend)
         if plan is None:
             return self._run_stack(x, h0, c0, lengths, None)
@@ -113,6 +113,13 @@ class _FusedRNNMixin:
         is_batched, batch_dim = True, 0 if self.batch_first else 1
         lengths = None
         if isinstance(orig_input, PackedSequence):
+            if torch.compiler.is_exporting() or _onnx.exporting():
+                raise NotImplementedError(
+                    f"{type(self).__name__}: a PackedSequence input cannot be exported "
+                    "(torch.export / torch.onnx.export): its batch_sizes are data that the "
+                    "graph's shapes would depend on (torch.nn's layers fail there too); export "
+                    "the model on padded input"
+                )
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
         else:
