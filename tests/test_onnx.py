@@ -34,7 +34,8 @@ class Wrap(torch.nn.Module):
 
 
 def _export(model, args, **kw):
-    return torch.onnx.export(model.eval(), args, dynamo=True, verbose=False, **kw)
+    # torch's default exporter (dynamo=True since torch 2.9), as a user calls it
+    return torch.onnx.export(model.eval(), args, verbose=False, **kw)
 
 
 def _run_ort(prog, args):
