@@ -31,10 +31,10 @@ _NATIVE = (torch.float32, torch.float64)
 def plan(x: Tensor, backend: str) -> tuple[torch.dtype, torch.dtype] | None:
     """(out_dtype, run_dtype) when the call must cast, else None (x's dtype runs as is).
 
-    out_dtype is autocast's dtype when autocast is on for x's device (x floating point, not float64), else
-    x's dtype; run_dtype is out_dtype, or float32 when the backend lacks out_dtype.
+    out_dtype is autocast's dtype when autocast is on for x's device (x floating point, not
+    float64), else x's dtype; run_dtype is out_dtype, or float32 when the backend lacks it.
     """
-    if x.dtype in _NATIVE and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype in _NATIVE and not torch._C._is_any_autocast_enabled():
         return None  # the common case, on every streaming cell step: two cheap reads
     amp = autocast_dtype(x)
     out = x.dtype if amp is None else amp
