@@ -208,3 +208,20 @@ def test_autocast_without_native_bf16(tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = m(x)[0]
     torch.testing.assert_close(torch.load(path), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("name", ["LSTM", "RNN-relu"])
+def test_same_dtypes_as_torch_nn_where_it_runs(name, backend):
+    """Where torch.nn's CPU autocast runs the layer in bf16 (its LSTM needs native bf16), the
+    dtypes returned agree; its GRU stays float32 on CPU (docs/ecosystem.md)."""
+    cls, torch_cls, kw = LAYERS[name]
+    ours = _layer(cls, kw, backend)
+    ref = torch_cls(5, 6, num_layers=2, bidirectional=True, batch_first=True, **kw)
+    x = torch.randn(3, 7, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            want = _states(ref(x))
+        except RuntimeError as e:  # oneDNN without native bf16: nothing to compare with
+            pytest.skip(f"torch.nn fails here: {e}")
+        got = _states(ours(x))
+    assert [t.dtype for t in got] == [t.dtype for t in want]
