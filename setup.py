@@ -19,7 +19,15 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def extensions():
     if os.environ.get("FUSEDRNN_NO_EXT") == "1":
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError as e:  # an isolated build (no --no-build-isolation) has no torch
+        raise RuntimeError(
+            "building fusedrnn's C++ extension needs torch installed in this environment: "
+            "pip install torch==2.13.0 ninja, then build without isolation "
+            "(pip install --no-build-isolation ..., python -m build --no-isolation); "
+            "or set FUSEDRNN_NO_EXT=1 for the pure-Python package"
+        ) from e
 
     sources = sorted(
         os.path.relpath(p, ROOT)
