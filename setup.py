@@ -1,7 +1,8 @@
-"""Build and install fusedrnn.
+"""Build fusedrnn's C++ extensions; the package metadata lives in pyproject.toml.
 
-    pip install torch==2.13.0            # CPU build; pin it, an unpinned torch pulls CUDA
+    pip install torch==2.13.0 ninja      # CPU build; pin it, an unpinned torch pulls CUDA
     pip install --no-build-isolation -e ".[test]"
+    python -m build --wheel --no-isolation   # a wheel (torch must be installed: no isolation)
 
 The C++ extension ``fusedrnn._C`` is built from every ``csrc/**/*.cpp`` outside ``csrc/cuda``.
 Set ``FUSEDRNN_NO_EXT=1`` to install the pure-Python package only (the reference backend).
@@ -10,7 +11,7 @@ Set ``FUSEDRNN_NO_EXT=1`` to install the pure-Python package only (the reference
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,7 +19,15 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def extensions():
     if os.environ.get("FUSEDRNN_NO_EXT") == "1":
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError as e:  # an isolated build (no --no-build-isolation) has no torch
+        raise RuntimeError(
+            "building fusedrnn's C++ extension needs torch installed in this environment: "
+            "pip install torch==2.13.0 ninja, then build without isolation "
+            "(pip install --no-build-isolation ..., python -m build --no-isolation); "
+            "or set FUSEDRNN_NO_EXT=1 for the pure-Python package"
+        ) from e
 
     sources = sorted(
         os.path.relpath(p, ROOT)
@@ -61,21 +70,4 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 
-setup(
-    name="fusedrnn",
-    version="0.1.0",
-    description="Fused recurrent-network kernels: drop-in RNN, LSTM, GRU for PyTorch",
-    package_dir={"": "python"},
-    packages=find_packages("python"),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"],
-        "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
-        "triton": ["triton"],
-        "examples": ["matplotlib", "statsmodels"],
-    },
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    entry_points={"console_scripts": ["fusedrnn-bench=fusedrnn.bench:main"]},
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import backends
+from . import _amp, _onnx
 
 
 class _FusedCellMixin:
@@ -59,24 +60,40 @@ class _FusedCellMixin:
                     f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
-        if x.dtype != w_dtype or any(s.dtype != w_dtype for s in states):
+        # under autocast the dtypes may differ, as for torch.nn's cells: all are cast below
+        if _amp.autocast_dtype(x) is None and (
+                x.dtype != w_dtype or any(s.dtype != w_dtype for s in states)):
             name, t = next((n, t) for n, t in (("input", x), *(
                 (f"hx[{i}]", s) for i, s in enumerate(states))) if t.dtype != w_dtype)
             raise RuntimeError(
                 f"{type(self).__name__}: expected {name} dtype {w_dtype} "
                 f"(the weights' dtype), got {t.dtype}"
             )
-        c0 = states[1] if mode == "LSTM" else None
+        h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
+        if _onnx.exporting():  # a length-1 standard ONNX node instead of the custom op
+            return _onnx.cell_step(mode, self, x, h0, c0)
+        plan = _amp.plan(x, self.backend)
+        if plan is None:
+            return self._run_step(mode, x, h0, c0, None)
+        out, run = plan
+        # everything inside runs in `run` as written; autocast must not re-cast the GEMM
+        with torch.autocast(x.device.type, enabled=False):
+            h, c = self._run_step(mode, x.to(run), h0.to(run), _amp.cast(c0, run), run)
+        return h.to(out), _amp.cast(c, out)
+
+    def _run_step(self, mode, x, h0, c0, dtype):
+        """One step in one dtype: the parameters are cast to ``dtype`` unless it is None."""
+        w_ih, b_ih, w_hh, b_hh = (
+            t if dtype is None else _amp.cast(t, dtype)
+            for t in (self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh)
+        )
         step = getattr(backends.resolve(self.backend, x.device), "cell_step", None)
         if (step is not None and not torch.is_grad_enabled()
                 and x.dtype in (torch.float32, torch.float64)):
             # streaming inference: the whole step (both projections) in one op
-            return step(mode, x, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh,
-                        states[0], c0)
-        xw = F.linear(x, self.weight_ih, self.bias_ih).unsqueeze(0)  # [1, B, G*H]
-        _, h, c = backends.recurrence(
-            mode, xw, self.weight_hh, self.bias_hh, states[0], c0, backend=self.backend
-        )
+            return step(mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0)
+        xw = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, B, G*H]
+        _, h, c = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, backend=self.backend)
         return h, c
 
     def _unbatched_check(self, input: Tensor) -> bool:

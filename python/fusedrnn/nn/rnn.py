@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import backends
+from . import _amp, _onnx
 from ..ops.reference import check_clip
 
 
@@ -45,19 +46,36 @@ class _FusedRNNMixin:
 
     # -- the layer stack -------------------------------------------------------------------
 
-    def _layer_params(self, layer: int, direction: int):
+    def _layer_params(self, layer: int, direction: int, dtype: torch.dtype | None = None):
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer and direction, read at call time so a
-        replaced or in-place-modified weight (or functional_call) takes effect."""
+        replaced or in-place-modified weight (or functional_call) takes effect; cast to
+        ``dtype`` when given (autocast, or a dtype the backend runs in float32)."""
         sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda n: getattr(self, n + sfx, None)  # noqa: E731
         w_hr = get("weight_hr") if self.proj_size > 0 else None
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
+        ws = get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
+        return ws if dtype is None else tuple(_amp.cast(w, dtype) for w in ws)
 
     def _run(self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None):
         """x [T, B, I] time-major, h0 [L*D, B, H_out], c0 [L*D, B, H] | None.
 
         Returns y [T, B, D*H_out], h_n [L*D, B, H_out], c_n [L*D, B, H] | None.
         """
+        if _onnx.exporting():  # standard ONNX nodes instead of the custom ops
+            return _onnx.run_layers(self, x, h0, c0)
+        plan = _amp.plan(x, self.backend)
+        if plan is None:
+            return self._run_stack(x, h0, c0, lengths, None)
+        out, run = plan
+        # everything inside runs in `run` as written; autocast must not re-cast the GEMMs
+        with torch.autocast(x.device.type, enabled=False):
+            y, h_n, c_n = self._run_stack(
+                x.to(run), h0.to(run), _amp.cast(c0, run), lengths, run
+            )
+        return y.to(out), h_n.to(out), _amp.cast(c_n, out)
+
+    def _run_stack(self, x, h0, c0, lengths, dtype):
+        """``_run`` in one dtype: the parameters are cast to ``dtype`` unless it is None."""
         num_dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         live = _live_rows(x, lengths)
@@ -65,7 +83,7 @@ class _FusedRNNMixin:
             outs = []
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
-                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d)
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d, dtype)
                 if b_ih is not None and self.mode != "GRU":
                     # both biases sit outside any gate product here, so b_ih joins b_hh and
                     # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
@@ -96,6 +114,13 @@ class _FusedRNNMixin:
         is_batched, batch_dim = True, 0 if self.batch_first else 1
         lengths = None
         if isinstance(orig_input, PackedSequence):
+            if torch.compiler.is_exporting() or _onnx.exporting():
+                raise NotImplementedError(
+                    f"{type(self).__name__}: a PackedSequence input cannot be exported "
+                    "(torch.export / torch.onnx.export): its batch_sizes are data that the "
+                    "graph's shapes would depend on (torch.nn's layers fail there too); export "
+                    "the model on padded input"
+                )
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
         else:
