@@ -176,15 +176,27 @@ def _op_args(mode, proj=0, lengths="unsorted"):
             make_lengths(lengths, 4, 3), True, inp["w_hr"])
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_opcheck_forward(mode):
+OPCHECK_CASES = [(m, 0) for m in MODES] + [("LSTM", 3)]  # LSTM: saved activations / projection
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["save", "inference"])
+@pytest.mark.parametrize("mode,proj", OPCHECK_CASES)
+def test_opcheck_forward(mode, proj, save):
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default,
-                          _op_args(mode, proj=3 if mode == "LSTM" else 0))
+                          (*_op_args(mode, proj=proj), save))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_opcheck_backward(mode):
-    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(mode)]
+def test_inference_saves_nothing():
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args("LSTM")]
+    ws = torch.ops.fusedrnn.recurrence_fwd(*args, False)[3]
+    assert ws.numel() == 0
+    ws = torch.ops.fusedrnn.recurrence_fwd(*args, True)[3]
+    assert ws.shape == (4, 3, 5 * 5)  # the cell states and the 4 gate activations per unit
+
+
+@pytest.mark.parametrize("mode,proj", OPCHECK_CASES)
+def test_opcheck_backward(mode, proj):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(mode, proj=proj)]
     y, h, c, cs = torch.ops.fusedrnn.recurrence_fwd(*args)
     _, xw, w_hh, b_hh, h0, c0, lengths, rev, w_hr = args
     bwd_args = (mode, torch.randn_like(y), torch.randn_like(h),

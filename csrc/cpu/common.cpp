@@ -48,6 +48,20 @@ Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
   return L;
 }
 
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj) {
+  WsLayout l;
+  if (!save) return l;
+  if (has_cell_state(cell)) {
+    l.cs_off = l.width;
+    l.width += H;
+  }
+  if (saves_activations(cell) && !proj) {
+    l.act_off = l.width;
+    l.width += num_saved(cell) * H;
+  }
+  return l;
+}
+
 RowPartition partition_rows(const Lengths& L, int64_t macs_per_row_step) {
   const int64_t B = int64_t(L.len.size());
   std::vector<int64_t> order(B);

@@ -7,6 +7,7 @@
 #pragma GCC optimize("no-trapping-math")
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernel.h"

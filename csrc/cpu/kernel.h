@@ -46,7 +46,10 @@ struct FwdLoop {
   T* y;                 // [T, B, Ho]
   T* h_T;               // [B, Ho]
   T* c;                 // [B, H] (cells with a cell state): c0 on entry, c_T on exit; else null
-  T* cs;                // [T, B, H] or null: the cell state of every step (zero past the length)
+  // What backward reads, per step and row, ws_stride apart (null = not saved, inference):
+  T* cs;                // [H] the cell state (cell-state cells; zero past the length)
+  T* act;               // [S*H] the cell's saved activations (cells that save them), S blocks
+  int64_t ws_stride;
 };
 
 template <typename T>
@@ -60,7 +63,9 @@ struct BwdLoop {
   const T* dy;          // [T, B, Ho] or null
   const T* h0;          // [B, Ho]
   const T* c0;          // [B, H] or null (zeros)
-  const T* cs;          // [T, B, H] or null (cells with a cell state)
+  const T* cs;          // as FwdLoop::cs / act / ws_stride: the forward's saved values; act null
+  const T* act;         //   means the activations are recomputed
+  int64_t ws_stride;
   const T* w_pack;      // as FwdLoop::w_pack: recomputes the gate pre-activations per tile
   const T* wb_pack;     // W_hh packed for dh_prev = dg W_hh: 1 block of Ho units, K = G*H
   const T* wr_pack;     // W_hr packed for dr = dh W_hr: 1 block of H units, K = P; or null

@@ -149,7 +149,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
     for (int64_t i = nl; i < rs.n; ++i) {  // past the end: zero output and saved state
       const int64_t b = rs.rows[i];
       std::fill(a.y + (t * B + b) * Ho, a.y + (t * B + b + 1) * Ho, T(0));
-      if (a.cs) std::fill(a.cs + (t * B + b) * H, a.cs + (t * B + b + 1) * H, T(0));
+      if (a.cs) std::fill_n(a.cs + (t * B + b) * a.ws_stride, H, T(0));
+      if (a.act) std::fill_n(a.act + (t * B + b) * a.ws_stride, S * H, T(0));
     }
     for (int64_t i = 0; i < nl; ++i) {
       const int64_t b = rs.rows[i];
@@ -176,7 +177,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       const T* hh = pre.data() + i * GHp;
       const T* hp = proj ? zeros.data() : hprev[i];  // only GRU reads h_prev
       T* cb = Ops::kHasC ? a.c + b * H : nullptr;
-      T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * H : nullptr;
+      T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * a.ws_stride : nullptr;
+      T* actb = a.act ? a.act + (t * B + b) * a.ws_stride : nullptr;
       T* dst = proj ? rbuf.data() + i * H : a.y + (t * B + b) * Ho;
       FUSEDRNN_SIMD
       for (int64_t j = 0; j < H; ++j) {
@@ -191,6 +193,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           cb[j] = c_new;
           if (csb) csb[j] = c_new;
         }
+        if (actb)
+          for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
         dst[j] = h_new;
       }
     }
@@ -294,7 +298,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         hprev[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
       }
       // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did
-      if constexpr (kRecompute) {
+      if (kRecompute && !a.act) {
         T* orow[MB];
         for (int64_t p = 0; p < np; ++p) {
           const T* panel = a.w_pack + p * Ho * NB * W;
@@ -331,7 +335,9 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* pb = pre.data() + r * GHp;
         const T* c_prev = zeros.data();
         if (Ops::kHasC && (tp >= 0 || a.c0))
-          c_prev = tp >= 0 ? a.cs + (tp * B + b) * H : a.c0 + b * H;
+          c_prev = tp >= 0 ? a.cs + (tp * B + b) * a.ws_stride : a.c0 + b * H;
+        const T* c_now = Ops::kHasC ? a.cs + row * a.ws_stride : zeros.data();
+        const T* actb = a.act ? a.act + row * a.ws_stride : nullptr;
         T* dhb = a.dh + b * Ho;
         T* dcb = Ops::kHasC ? a.dc + b * H : nullptr;
         T* dxb = a.dxw + row * GH;
@@ -345,30 +351,41 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* h_src = proj ? zeros.data() : a.y + row * Ho;
         const T* hp_src = proj ? zeros.data() : hprev[r];
         T* out_dst = proj ? a.r + row * H : dhb;
-        FUSEDRNN_SIMD
-        for (int64_t j = 0; j < H; ++j) {
-          T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-          const T hp = hp_src[j], cp = c_prev[j];
-          T h = h_src[j], c = cp;
-          if constexpr (kRecompute) {
-            T x[G], g[G];
-            for (int k = 0; k < G; ++k) {
-              x[k] = xb[k * H + j];
-              g[k] = pb[k * Hp + j] + biasv[k * H + j];
+        // the unit loop, compiled once reading the forward's saved activations and once
+        // recomputing them, so that neither carries a branch (it would not vectorise)
+        auto units = [&](auto from_saved) {
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+            const T hp = hp_src[j], cp = c_prev[j];
+            T h = h_src[j], c = cp;
+            if constexpr (decltype(from_saved)::value) {
+              for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
+              c = c_now[j];
+            } else if constexpr (kRecompute) {
+              T x[G], g[G];
+              for (int k = 0; k < G; ++k) {
+                x[k] = xb[k * H + j];
+                g[k] = pb[k * Hp + j] + biasv[k * H + j];
+              }
+              Ops::fwd(x, g, hp, cp, &h, &c, saved);
             }
-            Ops::fwd(x, g, hp, cp, &h, &c, saved);
+            const T dc_in = Ops::kHasC ? dcb[j] : T(0);
+            Ops::bwd(dh_a[j] + dh_b[j], dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct,
+                     &dc_prev);
+            for (int k = 0; k < G; ++k) {
+              dxb[k * H + j] = dx[k];
+              dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
+            }
+            if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
+            if constexpr (Ops::kHasC) dcb[j] = dc_prev;
+            out_dst[j] = proj ? h : dh_direct;
           }
-          const T dc_in = Ops::kHasC ? dcb[j] : T(0);
-          Ops::bwd(dh_a[j] + dh_b[j], dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct,
-                   &dc_prev);
-          for (int k = 0; k < G; ++k) {
-            dxb[k * H + j] = dx[k];
-            dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
-          }
-          if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
-          if constexpr (Ops::kHasC) dcb[j] = dc_prev;
-          out_dst[j] = proj ? h : dh_direct;
-        }
+        };
+        if (actb)
+          units(std::true_type{});
+        else
+          units(std::false_type{});
         arow[r] = dgb;
       }
       // 4. dh_prev += dg_rec W_hh, on the rows while their gate gradients are in L1

@@ -3,10 +3,11 @@
 // Op contract (DESIGN.md, python/fusedrnn/ops/reference.py):
 //   xw [T, B, G*H], w_hh [G*H, H_out], b_hh [G*H]?, h0 [B, H_out], c0 [B, H]? (LSTM),
 //   lengths [B] int64?, reverse, w_hr [P, H]? (LSTM projection, H_out = P)
+//   save: keep what backward needs (false for inference: nothing is written to ws)
 // forward  -> y [T, B, H_out], h_T [B, H_out], c_T [B, H] (LSTM; [0] otherwise),
-//             cs [T, B, H] (LSTM cell states of every step; [0] otherwise)
-// Backward recomputes the gate activations from xw and one GEMM over all steps instead of
-// saving them (docs/cpu_backend.md has the measured memory), so it takes xw, y and cs.
+//             ws [T, B, width] (ws_layout below; [0] when empty)
+// Backward recomputes what ws does not hold (the gate pre-activations and activations) from xw
+// and y, tile by tile with the forward's own micro-kernel, so it takes xw, y and ws.
 // backward -> d_xw, d_w_hh, d_b_hh ([0] without b_hh), dh0, dc0 ([0] without c0),
 //             d_w_hr ([0] without w_hr)
 // Absent optional results are empty tensors because custom-op schemas cannot return None; the
@@ -32,13 +33,22 @@ using OptTensor = std::optional<Tensor>;
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr);
+    const OptTensor& w_hr, bool save);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& cs, double clip);
+    const Tensor& y, const Tensor& ws, double clip);
+
+// The forward's workspace ws [T, B, width] for backward, per row and step: the cell state (cells
+// that have one) at cs_off, then the activations at act_off (cells that save them, without a
+// projection). Offsets are -1 where absent; width 0 (ws = [0]) when nothing is saved (save=false:
+// inference, or a cell with neither).
+struct WsLayout {
+  int64_t cs_off = -1, act_off = -1, width = 0;
+};
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj);
 
 // One step of a cell with its input projection, for the streaming nn cells:
 //   x [B, I], w_ih [G*H, I], b_ih [G*H]?, w_hh [G*H, H], b_hh [G*H]?, h [B, H], c [B, H]?

@@ -22,17 +22,20 @@ struct BwdOut {
 template <typename T>
 void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor& xw,
               const Tensor& w_hh, const Tensor& b_hh, const Tensor& h0, const Tensor& c0,
-              const Tensor& w_hr, const Tensor& y, const Tensor& cs, const Lengths& L,
-              bool reverse, double clip, BwdOut& o) {
+              const Tensor& w_hr, const Tensor& y, const Tensor& ws, const WsLayout& wl,
+              const Lengths& L, bool reverse, double clip, BwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = y.size(0), B = y.size(1), Ho = y.size(2), GH = w_hh.size(0), H = GH / G;
   const bool proj = w_hr.defined();
   const auto opts = y.options();
   auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; };
-  // W_hh^T as the forward packs it (same tiles, so the recomputed gates are bitwise the
-  // forward's), W_hh for dh_prev = dg W_hh, W_hr for dr = dhp W_hr
-  Tensor wp = at::empty({int64_t(K.pack_size(G, H, Ho))}, opts);
-  K.pack(G, w_hh.data_ptr<T>(), Ho, /*trans=*/true, H, Ho, wp.data_ptr<T>());
+  // W_hh^T as the forward packs it where activations are recomputed (same tiles, so they are
+  // bitwise the forward's), W_hh for dh_prev = dg W_hh, W_hr for dr = dhp W_hr
+  Tensor wp;
+  if (num_saved(cell) > 0 && wl.act_off < 0) {  // the activations are recomputed
+    wp = at::empty({int64_t(K.pack_size(G, H, Ho))}, opts);
+    K.pack(G, w_hh.data_ptr<T>(), Ho, /*trans=*/true, H, Ho, wp.data_ptr<T>());
+  }
   Tensor wbp = at::empty({int64_t(K.pack_size(1, Ho, GH))}, opts);
   K.pack(1, w_hh.data_ptr<T>(), Ho, /*trans=*/false, Ho, GH, wbp.data_ptr<T>());
   Tensor wrp;
@@ -41,7 +44,9 @@ void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor&
     K.pack(1, w_hr.data_ptr<T>(), H, /*trans=*/false, H, Ho, wrp.data_ptr<T>());
   }
   BwdLoop<T> a{TT, B, H, Ho, reverse, L.len.data(), ptr(xw), ptr(b_hh), ptr(y), ptr(dy),
-               ptr(h0), ptr(c0), ptr(cs), wp.data_ptr<T>(), wbp.data_ptr<T>(), ptr(wrp),
+               ptr(h0), ptr(c0), wl.cs_off >= 0 ? ptr(ws) + wl.cs_off : nullptr,
+               wl.act_off >= 0 ? ptr(ws) + wl.act_off : nullptr, wl.width, ptr(wp),
+               wbp.data_ptr<T>(), ptr(wrp),
                ptr(o.dxw), ptr(o.dhn), ptr(o.dh), ptr(o.dc), ptr(o.dhp), ptr(o.r), T(clip)};
   const RowPartition part = partition_rows(L, 2 * GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
@@ -85,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& cs, double clip) {
+    const Tensor& y, const Tensor& ws, double clip) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   const bool lstm = has_cell_state(cell);
@@ -99,8 +104,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
   TORCH_CHECK(xw.dim() == 3 && xw.size(0) == T && xw.size(1) == B && xw.size(2) == GH,
               "fusedrnn: xw must have shape [", T, ", ", B, ", ", GH, "], got ", xw.sizes());
-  TORCH_CHECK(!lstm || (cs.dim() == 3 && cs.size(2) == H),
-              "fusedrnn: cs must have shape [T, B, ", H, "], got ", cs.sizes());
+  const WsLayout wl = ws_layout(cell, H, /*save=*/true, proj);
+  TORCH_CHECK(wl.width == 0 || (ws.dim() == 3 && ws.size(0) == T && ws.size(1) == B &&
+                                ws.size(2) == wl.width),
+              "fusedrnn: ws must be the forward's workspace of shape [", T, ", ", B, ", ",
+              wl.width, "] (recurrence_fwd with save=True), got ", ws.sizes());
   if (given(dy))
     TORCH_CHECK(dy->sizes() == y.sizes(), "fusedrnn: dy must have shape ", y.sizes(), ", got ",
                 dy->sizes());
@@ -109,7 +117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   const Tensor dy_c = given(dy) ? prep(*dy) : Tensor(), xw_c = prep(xw), w_c = prep(w_hh),
                b_c = has_b ? prep(*b_hh) : Tensor(), h0_c = prep(h0),
                c0_c = has_c0 ? prep(*c0) : Tensor(), wr_c = proj ? prep(*w_hr) : Tensor(),
-               y_c = prep(y), cs_c = cs.contiguous();
+               y_c = prep(y), ws_c = ws.contiguous();
   const Lengths L = make_lengths(lengths, T, B);
 
   const auto opts = w_c.options();
@@ -123,11 +131,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   o.r = proj ? alloc({T, B, H}, opts) : Tensor();
 
   if (acc == at::kDouble)
-    backward<double>(cell, kernels_f64(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, cs_c, L,
-                     reverse, clip, o);
+    backward<double>(cell, kernels_f64(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
+                     L, reverse, clip, o);
   else
-    backward<float>(cell, kernels_f32(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, cs_c, L,
-                    reverse, clip, o);
+    backward<float>(cell, kernels_f32(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
+                    L, reverse, clip, o);
 
   Tensor d_w_hh = alloc({GH, Ho}, opts);
   Tensor d_b_hh = has_b ? alloc({GH}, opts) : at::empty({0}, opts);

@@ -9,7 +9,8 @@ namespace cpu {
 namespace {
 
 struct FwdOut {
-  Tensor y, h, c, cs;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; cs [T,B,H] (cell states)
+  Tensor y, h, c, ws;  // y [T,B,H_out]; h [B,H_out]; c [B,H]; ws [T,B,width] (ws_layout)
+  WsLayout wl;
 };
 
 template <typename T>
@@ -33,7 +34,8 @@ void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& 
                b_hh.defined() ? b_hh.data_ptr<T>() : nullptr, h0.data_ptr<T>(), wp.data_ptr<T>(),
                proj ? wrp.data_ptr<T>() : nullptr, o.y.data_ptr<T>(), o.h.data_ptr<T>(),
                has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
-               has_cell_state(cell) ? o.cs.data_ptr<T>() : nullptr};
+               o.wl.cs_off >= 0 ? o.ws.data_ptr<T>() + o.wl.cs_off : nullptr,
+               o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width};
   const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
     const int64_t o0 = part.offsets[g];
@@ -53,7 +55,7 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr) {
+    const OptTensor& w_hr, bool save) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
@@ -109,7 +111,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const bool has_c = has_cell_state(cell);
   o.c = has_c ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
               : at::empty({0}, opts);
-  o.cs = has_c ? alloc({T, B, H}, opts) : at::empty({0}, opts);
+  o.wl = ws_layout(cell, H, save, proj);
+  o.ws = o.wl.width > 0 ? alloc({T, B, o.wl.width}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
     forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
@@ -117,8 +120,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
 
   if (dt == at::kBFloat16)
-    return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.cs};
-  return {o.y, o.h, o.c, o.cs};
+    return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.ws};
+  return {o.y, o.h, o.c, o.ws};
 }
 
 }  // namespace cpu

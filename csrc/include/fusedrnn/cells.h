@@ -130,6 +130,10 @@ HOST_DEVICE constexpr bool has_cell_state(Cell c) { return c == Cell::LSTM; }
 // input-side one (dx[G-1]): GRU's n = tanh(x_n + r * hh_n). The loops then keep it apart for the
 // recurrent GEMMs (dh_prev, dW_hh).
 HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) { return c == Cell::GRU; }
+// The CPU forward saves the cell's activations (kSaved values per unit) for backward instead of
+// letting it recompute them, where that keeps training memory at or below torch.nn's (which keeps
+// the LSTM's gates too): the LSTM. The other cells recompute (saving would exceed torch.nn's).
+HOST_DEVICE constexpr bool saves_activations(Cell c) { return c == Cell::LSTM; }
 
 // ---------------------------------------------------------------------------------------------
 // Elman RNN: h = act(x + hh). Nothing saved: the derivative is a function of h itself.

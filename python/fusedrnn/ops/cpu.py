@@ -35,20 +35,21 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr):
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
-    lstm = mode == "LSTM"
+    ws_units = _ext._C._ws_units(mode, save, w_hr is not None)  # csrc/cpu/common.cpp ws_layout
+    acc = _acc(xw.dtype)
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
-        xw.new_empty(B, H) if lstm else xw.new_empty(0),
-        xw.new_empty(T, B, H, dtype=_acc(xw.dtype)) if lstm else xw.new_empty(0, dtype=_acc(xw.dtype)),
+        xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0),
+        xw.new_empty(T, B, ws_units * H, dtype=acc) if ws_units else xw.new_empty(0, dtype=acc),
     )
 
 
-def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, cs,
+def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, ws,
               clip=0.0):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
@@ -65,13 +66,13 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr = inputs
-    y, _, _, cs = output
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *_ = inputs
+    y, _, _, ws = output
     ctx.mode, ctx.reverse = mode, reverse
-    # xw is saved (not the gate activations, which backward recomputes): it is also what a
+    # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
-    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs)
-    ctx.mark_non_differentiable(cs)
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
+    ctx.mark_non_differentiable(ws)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
 
@@ -97,21 +98,29 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
     """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr), None where the
     input was None."""
     mode = ctx.mode
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs = ctx.saved_tensors
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
         mode, dy, dh_T, dc_T if mode == "LSTM" else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, cs, clip,
+        ctx.reverse, w_hr, y, ws, clip,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
             dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None)
 
 
-def _backward(ctx, dy, dh_T, dc_T, _dcs):
-    if torch.is_grad_enabled():
+def _workspace_missing(ctx) -> bool:
+    """The forward ran with save=False (direct op call) though backward needs its workspace."""
+    w_hr, ws = ctx.saved_tensors[6], ctx.saved_tensors[8]
+    return ws.numel() == 0 and _ext._C._ws_units(ctx.mode, True, w_hr is not None) > 0
+
+
+def _backward(ctx, dy, dh_T, dc_T, _dws):
+    # create_graph (double backward), or a forward that kept nothing: the differentiable
+    # reference recomputes everything
+    if torch.is_grad_enabled() or _workspace_missing(ctx):
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
     else:
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T)
-    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr
+    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
 
 
 class _ClippedRecurrence(torch.autograd.Function):
@@ -121,11 +130,11 @@ class _ClippedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
-        y, h_T, c_T, cs = torch.ops.fusedrnn.recurrence_fwd(
+        y, h_T, c_T, ws = torch.ops.fusedrnn.recurrence_fwd(
             mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr
         )
         ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
-        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, cs)
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
         ctx.set_materialize_grads(False)
         return y, h_T, c_T
 
@@ -198,8 +207,11 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
                                                bool(reverse), w_hr, float(recurrent_grad_clip))
     else:
+        # inference keeps nothing for backward (no cell states, no activations)
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr))
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save
         )
     return y, h_T, (c_T if mode == "LSTM" else None)
 
