@@ -116,6 +116,7 @@ class _FusedRNNMixin:
             )
             hx = (zeros(h_out), zeros(self.hidden_size)) if is_lstm else zeros(h_out)
         self.check_forward_args(input, hx, batch_sizes)
+        self._check_hx_dtype(input, hx)
         hx = self.permute_hidden(hx, sorted_indices)
         h0, c0 = hx if is_lstm else (hx, None)
 
@@ -141,6 +142,16 @@ class _FusedRNNMixin:
             y = y.squeeze(batch_dim)
             hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
         return y, hidden
+
+    def _check_hx_dtype(self, input: Tensor, hx) -> None:
+        # torch.nn checks only the input's dtype by name; a mismatched hx fails later inside
+        # its kernels with a RuntimeError whose wording depends on the cell (e.g. "mat1 and
+        # mat2 must have the same dtype"). Same exception type, worded like its input check.
+        hs = hx if self.mode == "LSTM" else (hx,)
+        for i, h in enumerate(hs):
+            if h.dtype != input.dtype:
+                name = f"hidden[{i}]" if self.mode == "LSTM" else "hidden"
+                raise RuntimeError(f"{name} must have the type {input.dtype}, got type {h.dtype}")
 
     def _check_hx_dims(self, hx, is_batched: bool):
         want = 3 if is_batched else 2
