@@ -144,14 +144,19 @@ class _FusedRNNMixin:
         return y, hidden
 
     def _check_hx_dtype(self, input: Tensor, hx) -> None:
-        # torch.nn checks only the input's dtype by name; a mismatched hx fails later inside
-        # its kernels with a RuntimeError whose wording depends on the cell (e.g. "mat1 and
-        # mat2 must have the same dtype"). Same exception type, worded like its input check.
-        hs = hx if self.mode == "LSTM" else (hx,)
-        for i, h in enumerate(hs):
+        # torch.nn checks only the input's dtype (ValueError); a mismatched hx fails later in
+        # its kernels with a RuntimeError worded by the kernel ("mat1 and mat2 must have the
+        # same dtype", "get_mkldnn_dtype: unsupported data type"). Same exception type here,
+        # worded like its input check, and skipped under autocast as that check is.
+        if torch._C._is_any_autocast_enabled():
+            return
+        for i, h in enumerate(hx if self.mode == "LSTM" else (hx,)):
             if h.dtype != input.dtype:
-                name = f"hidden[{i}]" if self.mode == "LSTM" else "hidden"
-                raise RuntimeError(f"{name} must have the type {input.dtype}, got type {h.dtype}")
+                name = f"hx[{i}]" if self.mode == "LSTM" else "hx"
+                raise RuntimeError(
+                    f"RNN hidden state {name} dtype ({h.dtype}) does not match input dtype "
+                    f"({input.dtype}). Convert it: {name}.to({input.dtype})"
+                )
 
     def _check_hx_dims(self, hx, is_batched: bool):
         want = 3 if is_batched else 2
