@@ -23,7 +23,7 @@ from fusedrnn.ops.cells import GATES
 from fusedrnn.ops.reference import recurrence_ref
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, note, settings  # noqa: E402
+from hypothesis import example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 HIDDEN = (1, 2, 7, 15, 16, 17, 31, 33, 64, 65)
@@ -84,11 +84,11 @@ def _check(fn, c):
 
 
 def _check_low_precision(fn, c, inputs, lengths):
-    """bfloat16: flash-attention's criterion (CONVENTIONS.md). Rounding the outputs and the
-    per-step gradients to 8 mantissa bits is inherent to the dtype, and TOL[bfloat16] against
-    float64 is exceeded by the reference itself run in bfloat16 at H >= 33 (gradients of
-    magnitude 4-8 have an ulp of 0.03). So each result's max error against the float64
-    reference must stay within twice the bfloat16 reference's, plus TOL's atol."""
+    """bfloat16: rounding outputs and per-step values to 8 mantissa bits is inherent to the
+    dtype, and TOL[bfloat16] against float64 is exceeded by the reference itself run in
+    bfloat16 (gradients with cancellation). So, element by element, the error against the
+    float64 reference may be TOL's plus twice the bfloat16 reference's own error there
+    (flash-attention's criterion, CONVENTIONS.md, with TOL as its floor)."""
     mode, rev, clip = c["mode"], c["reverse"], c["clip"]
 
     def ref(*a):
@@ -100,16 +100,20 @@ def _check_low_precision(fn, c, inputs, lengths):
     exact = run_with_grads(ref, inputs, c["dtype"], upcast=True)
     same_dtype = run_with_grads(ref, inputs, c["dtype"], upcast=False)
     got = run_with_grads(ours, inputs, c["dtype"], upcast=False)
-    atol = TOL[c["dtype"]]["atol"]
+    tol = TOL[c["dtype"]]
     for name, e, p, a in zip(NAMES_OUT + NAMES_GRAD, *(o + g for o, g in (exact, same_dtype,
                                                                             got))):
         if e is None or a is None:
             assert (a is None) == (p is None), name
             continue
         assert a.dtype == c["dtype"], (name, a.dtype)
-        err, err_ref = (a.double() - e).abs().max().item(), (p.double() - e).abs().max().item()
-        assert err <= 2 * err_ref + atol, f"{name}: error {err:.3g} vs bfloat16 reference's " \
-                                          f"{err_ref:.3g}"
+        err, err_ref = (a.double() - e).abs(), (p.double() - e).abs()
+        allowed = tol["atol"] + tol["rtol"] * e.abs() + 2 * err_ref
+        worst = int((err - allowed).argmax()) if err.numel() else 0
+        assert bool((err <= allowed).all()), (
+            f"{name}: error {err.flatten()[worst]:.3g} at flat index {worst} (exact "
+            f"{e.flatten()[worst]:.4g}, ours {a.flatten()[worst].item():.4g}, bfloat16 "
+            f"reference {p.flatten()[worst].item():.4g})")
 
 
 def _cpu(mode, xw, w, b, h0, c0, lengths, reverse, w_hr, clip):
@@ -131,8 +135,20 @@ def cpu_poisoned():
     fusedrnn._ext._C._set_debug_poison(False)
 
 
-@given(c=op_cases((torch.float64, torch.float32, torch.bfloat16)))
+@given(c=op_cases((torch.float64, torch.float32)))
 def test_cpu_op_matches_reference(cpu_poisoned, c):
+    _check(_cpu, c)
+
+
+# Found by this suite (deep profile) on the per-step-GEMM cpu backend: its bfloat16 backward
+# loses precision on weight gradients with cancellation (here d_w_hh: exact 0.2252, bfloat16
+# reference 0.2256, cpu 0.208, ~17 bfloat16 ulps), as if the per-step gradients were rounded
+# to bfloat16 before the weight-gradient GEMM. Kept strict and pinned with @example so that
+# it fails every run until the backend is fixed.
+@example(c=dict(mode="RNN_TANH", H=64, P=0, B=2, T=1, kind="none", reverse=False, bias=False,
+                c0=False, clip=None, dtype=torch.bfloat16, seed=0))
+@given(c=op_cases((torch.bfloat16,)))
+def test_cpu_op_bfloat16_matches_reference(cpu_poisoned, c):
     _check(_cpu, c)
 
 
