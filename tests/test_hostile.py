@@ -178,17 +178,43 @@ def check_case(name, kind, backend):
         _assert_same_values(b, a, e, tol, f"{name}/{kind} result {i}")
 
 
+# Differences found by this table; strict xfails, so a fix turns them red until the mark is
+# removed. (backend, case, kind) -> reason; kind None: every kind (the subprocess test).
+_SIGMOID = ("cells.h fr_fast_expf saturates at 88.4, so sigmoid(-inf) = 4.2e-39, not 0: the "
+            "gate derivative at the inf step is a denormal, not 0, and torch.nn's 0 * inf = NaN "
+            "in the weight gradients becomes +-inf (test_extreme_args)")
+KNOWN = {
+    ("cpu", "neg_inf_input", "LSTM"): _SIGMOID, ("cpu", "neg_inf_input", "GRU"): _SIGMOID,
+    ("cpu", "pos_inf_input", None): _SIGMOID,
+    ("cpu", "preact_sweep", "GRU"): (
+        "cells.h fr_fast_tanhf is up to 4.6 ulp off near |x| ~ 7.9 (torch's float32 tanh 0.6 "
+        "ulp); 1 - tanh^2 there turns that into a 5% error on a weight gradient where "
+        "torch.nn's float32 error is 0.5%"),
+    ("reference", "T_20000_batch_1", "LSTM"): (
+        "the float32 reference accumulates weight gradients step by step through autograd: "
+        "1.3e-5 relative error after 20000 steps, 100x torch.nn's single GEMM over all steps"),
+}
+
+
+def _known(request, backend, name, kind):
+    reason = KNOWN.get((backend, name, kind))
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_in_process(name, kind, backend):
+def test_hostile_in_process(request, name, kind, backend):
     if backend == "cpu" and name in CRASH_PRONE:
         pytest.skip("runs in a subprocess: test_hostile_cpu_subprocess")
+    _known(request, backend, name, kind)
     check_case(name, kind, backend)
 
 
 @pytest.mark.skipif("cpu" not in LAYER_BACKENDS, reason="the cpu backend is not built")
 @pytest.mark.parametrize("name", CRASH_PRONE)
-def test_hostile_cpu_subprocess(name):
+def test_hostile_cpu_subprocess(request, name):
+    _known(request, "cpu", name, None)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, __file__, name], env=env, capture_output=True,
