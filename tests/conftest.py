@@ -24,7 +24,7 @@ try:
 
     _common = dict(deadline=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.register_profile("ci", max_examples=40, **_common)
+    settings.register_profile("ci", max_examples=200, **_common)
     settings.register_profile("deep", max_examples=1000, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is a test extra; the property files importorskip it

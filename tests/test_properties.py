@@ -22,7 +22,7 @@ from conftest import LAYER_BACKENDS, TOL
 from layer_utils import CELLS, assert_close_named, flat
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, note, settings  # noqa: E402
+from hypothesis import given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 #: hidden sizes at and around the register-block edges (16-wide unit blocks, 16-row blocks)
