@@ -155,6 +155,7 @@ def main() -> None:
         impl, T, repeats = args.child
         print(json.dumps(child(impl, int(T), int(repeats))))
         return
+    mach = machine()  # before parity(): see docs/reliability.md on the cpu backend's thread count
     why = parity()
     if why is not None:
         sys.exit(f"PARITY FAIL (cpu backend vs torch.nn), nothing timed: {why}")
@@ -162,7 +163,7 @@ def main() -> None:
     rows = [run_case(impl, T, args.repeats) for T in args.seq_lens for impl in IMPLS]
     # other jobs on the machine move the times (not the memory): the load is part of the result
     load = f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    md = (f"machine: {machine()} (cases ran with {rows[0]['threads']} threads; {load})\n\n"
+    md = (f"machine: {mach} (cases ran with {rows[0]['threads']} threads; {load})\n\n"
           f"LSTM B=1 H={H} I={H}, fwd+bwd, float32\n\n{table(rows)}\n")
     for impl in IMPLS:
         per_step = [r["median_s"] / r["T"] for r in rows if r["impl"] == impl]
@@ -172,7 +173,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_long.md").write_text(md + "\n")
     (args.out / "bench_long.json").write_text(json.dumps(
-        {"machine": machine(), "load": load, "hidden": H, "batch": 1, "rows": rows,
+        {"machine": mach, "load": load, "hidden": H, "batch": 1, "rows": rows,
          "memory_method": "VmHWM minus VmRSS after a clear_refs reset, one subprocess per case",
          "timing_method": f"median of {args.repeats} fwd+bwd after a warm-up run at that T"},
         indent=1))
