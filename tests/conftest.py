@@ -15,6 +15,21 @@ import pytest  # noqa: E402
 
 import fusedrnn  # noqa: E402
 
+# Hypothesis profiles for the property suites (test_properties*.py). "ci" (the default) keeps
+# the whole suite within a few minutes on a 2-core machine; HYPOTHESIS_PROFILE=deep runs many
+# more examples locally. Failing examples stay in the default database (.hypothesis/, git-ignored)
+# and are replayed first next time; print_blob prints the shrunk case's reproduction line.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("ci", max_examples=200, **_common)
+    settings.register_profile("deep", max_examples=1000, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra; the property files importorskip it
+    pass
+
 #: tolerances per dtype, relative to a float64 reference (CONVENTIONS.md rule 5)
 TOL = {
     torch.float64: dict(rtol=1e-9, atol=1e-11),

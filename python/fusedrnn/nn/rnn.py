@@ -142,6 +142,7 @@ class _FusedRNNMixin:
             )
             hx = (zeros(h_out), zeros(self.hidden_size)) if is_lstm else zeros(h_out)
         self.check_forward_args(input, hx, batch_sizes)
+        self._check_hx_dtype(input, hx)
         hx = self.permute_hidden(hx, sorted_indices)
         h0, c0 = hx if is_lstm else (hx, None)
 
@@ -167,6 +168,21 @@ class _FusedRNNMixin:
             y = y.squeeze(batch_dim)
             hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
         return y, hidden
+
+    def _check_hx_dtype(self, input: Tensor, hx) -> None:
+        # torch.nn checks only the input's dtype (ValueError); a mismatched hx fails later in
+        # its kernels with a RuntimeError worded by the kernel ("mat1 and mat2 must have the
+        # same dtype", "get_mkldnn_dtype: unsupported data type"). Same exception type here,
+        # worded like its input check, and skipped under autocast as that check is.
+        if torch._C._is_any_autocast_enabled():
+            return
+        for i, h in enumerate(hx if self.mode == "LSTM" else (hx,)):
+            if h.dtype != input.dtype:
+                name = f"hx[{i}]" if self.mode == "LSTM" else "hx"
+                raise RuntimeError(
+                    f"RNN hidden state {name} dtype ({h.dtype}) does not match input dtype "
+                    f"({input.dtype}). Convert it: {name}.to({input.dtype})"
+                )
 
     def _check_hx_dims(self, hx, is_batched: bool):
         want = 3 if is_batched else 2
