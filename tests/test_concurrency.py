@@ -123,14 +123,9 @@ print(before, torch.get_num_threads())
 """
 
 
-def test_thread_count_left_as_found(request, backend):
+def test_thread_count_left_as_found(backend):
     """A fresh process (thread count never set): calls must leave torch.get_num_threads() as
     they found it, or every later torch op (the user's, torch.nn's) runs with another count."""
-    if backend == "cpu":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "csrc/cpu/blas.cpp SmallGemmGuard: MKL_Set_Num_Threads_Local(1) around small "
-            "per-step GEMMs, then restoring the previous local value (0), leaves "
-            "torch.get_num_threads() at 1 in a process that never called set_num_threads")))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     script = _THREADS_CHILD.format(tests=str(Path(__file__).parent), backend=backend)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,

@@ -99,17 +99,7 @@ def _ref32(mode, *a):
 
 
 # Found by these tests; strict xfails, so a fix turns them red until the mark is removed.
-_SIGMOID = ("cells.h fr_fast_expf clamps its argument to [-87.3, 88.4], so sigmoid(x) for "
-            "x <= -88.4 (up to -inf) is 4.2e-39 instead of 0: outputs and gradients that are "
-            "exactly 0 in libm math are denormals, and 0 * inf = NaN in the weight gradients "
-            "becomes +-inf (test_hostile *_inf_input)")
-_RELU_NAN = ("cells.h rnn_relu_bwd (h > 0 ? dh : 0) zeroes the gradient at a NaN "
-             "pre-activation; torch.relu's threshold_backward (x <= 0 ? 0 : grad) passes it")
 KNOWN = {
-    ("cpu", "LSTM"): _SIGMOID, ("cpu", "GRU"): _SIGMOID,
-    ("emu", "LSTM"): _SIGMOID + " (the host emulation runs the host fast path; a GPU uses "
-                                "expf)", ("emu", "GRU"): _SIGMOID,
-    ("cpu", "RNN_RELU"): _RELU_NAN, ("emu", "RNN_RELU"): _RELU_NAN,
     ("triton", "RNN_RELU"): "the Triton kernel's relu returns 0 for a NaN pre-activation "
                             "(tl.maximum does not propagate NaN): NaN swallowed",
 }

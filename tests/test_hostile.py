@@ -185,20 +185,11 @@ def check_case(name, kind, backend):
 
 # Differences found by this table; strict xfails, so a fix turns them red until the mark is
 # removed. (backend, case, kind) -> reason; kind None: every kind (the subprocess test).
-_SIGMOID = ("cells.h fr_fast_expf saturates at 88.4, so sigmoid(-inf) = 4.2e-39, not 0: the "
-            "gate derivative at the inf step is a denormal, not 0, and torch.nn's 0 * inf = NaN "
-            "in the weight gradients becomes +-inf (test_extreme_args)")
 KNOWN = {
-    ("cpu", "neg_inf_input", "LSTM"): _SIGMOID, ("cpu", "neg_inf_input", "GRU"): _SIGMOID,
-    ("cpu", "pos_inf_input", None): _SIGMOID,
     ("cpu", "preact_sweep", "GRU"): (
         "cells.h fr_fast_tanhf is up to 4.6 ulp off near |x| ~ 7.9 (torch's float32 tanh 0.6 "
         "ulp); 1 - tanh^2 there turns that into a 5% error on a weight gradient where "
         "torch.nn's float32 error is 0.5%"),
-    **{("cpu", "float16_module", k): (
-        "the cpu backend has no float16 kernels and raises ValueError (backend 'cpu' supports "
-        "dtypes float32, float64, bfloat16), so backend='auto' fails on a float16 CPU module "
-        "that torch.nn runs") for k in KINDS},
     ("reference", "T_20000_batch_1", "LSTM"): (
         "the float32 reference accumulates weight gradients step by step through autograd: "
         "1.3e-5 relative error after 20000 steps, 100x torch.nn's single GEMM over all steps"),

@@ -44,9 +44,9 @@ namespace fusedrnn {
 // double keeps libm (float64 is the accuracy reference, not a speed target).
 #if !defined(__CUDA_ARCH__)
 // exp: Cody-Waite reduction x = n ln2 + r, degree-6 polynomial for e^r (Cephes expf), 2^n built
-// in the exponent bits. Max relative error 8e-8 on [-87, 88]; saturates outside (NaN passes).
-inline float fr_fast_expf(float x) {
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+// in the exponent bits. Max relative error 8e-8 on [-87, 88]; +inf above, 0 below (NaN passes).
+inline float fr_fast_expf(float x_in) {
+  float x = x_in > 88.3762626647949f ? 88.3762626647949f : x_in;
   x = x < -87.3365478515625f ? -87.3365478515625f : x;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
   const float n = (x * 1.44269504088896341f + magic) - magic;
@@ -60,7 +60,11 @@ inline float fr_fast_expf(float x) {
   p = p * r * r + r + 1.0f;
   // a bit cast, not a union or memcpy: those make the loop's "omp simd" lanes spill to memory
   const float two_n = __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
-  return p * two_n;
+  // past the clamps, libm's values: +inf above the overflow point, 0 below the smallest normal
+  // result (so sigmoid(-inf) = 0, not a denormal); NaN fails both tests and stays NaN
+  const float e = p * two_n;
+  const float hi = x_in > 88.3762626647949f ? __builtin_inff() : e;
+  return x_in < -87.3365478515625f ? 0.0f : hi;
 }
 // tanh: odd rational minimax approximation on [-7.9, 7.9] (Eigen's float tanh), x itself for
 // |x| < 4e-4. Max relative error 3.3e-7.
@@ -163,8 +167,9 @@ template <typename T>
 HOST_DEVICE inline void rnn_relu_bwd(T dh, T /*dc*/, const T* /*saved*/, T h, T /*h_prev*/,
                                      T /*c_prev*/, T /*c*/, T* dx, T* dhh_last, T* dh_prev,
                                      T* /*dc_prev*/) {
-  // torch's threshold_backward: zero gradient where the output is <= 0
-  dx[0] = h > T(0) ? dh : T(0);
+  // torch's threshold_backward: zero gradient where the output is <= 0 (a NaN output passes
+  // the gradient through, as there)
+  dx[0] = h <= T(0) ? T(0) : dh;
   *dhh_last = dx[0];
   *dh_prev = T(0);
 }
