@@ -48,3 +48,42 @@ def test_packed_projection_matches_torch_nn(backend, name, ref_cls, fused_cls, s
 
 def _live_fraction(lengths: torch.Tensor, T: int) -> float:
     return float(lengths.clamp(max=T).sum()) / (T * len(lengths))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name,ref_cls,fused_cls", CELLS, ids=[c[0] for c in CELLS])
+def test_inference_projection_buffer(backend, name, ref_cls, fused_cls):
+    """Without autograd the layers project into a reused per-thread buffer (`_inference_buffer`):
+    results equal the autograd path's bitwise, across shapes that grow and shrink the buffer,
+    under no_grad and inference_mode, and from several threads at once."""
+    import threading
+
+    if backend == "cpu" and fusedrnn.ops.cpu.unavailable() is not None:
+        pytest.skip("C++ extension not built")
+    torch.manual_seed(1)
+    m = fused_cls(6, 9, num_layers=2, bidirectional=True, backend=backend)
+    xs = [torch.randn(T, B, 6) for T, B in ((7, 3), (20, 5), (4, 2))]
+    want = [m(x)[0].detach() for x in xs]  # grad mode: F.linear, no buffer
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            for x, w in zip(xs, want):
+                assert torch.equal(m(x)[0], w)
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                for _ in range(5):
+                    got[i] = [m(x)[0] for x in xs]
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(4):
+        for g, w in zip(got[i], want):
+            assert torch.equal(g, w)
