@@ -98,3 +98,59 @@ def log_linear_scan(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = None,
     """The log-space scan on the C++ kernel; see ``fusedrnn.scan.log_linear_scan``."""
     check_scan_args(log_a, log_b, log_h0, names=("log_a", "log_b", "log_h0"))
     return _run(log_a, log_b, log_h0, reverse, True)
+
+
+# -- the fused minGRU layer scan: gates + scan in one C++ pass (csrc/cpu/minrnn_scan.cpp) ---------
+
+_MINRNN: dict[str, bool] = {}
+
+
+def minrnn_available() -> bool:
+    """True when the C++ ops ``fusedrnn::minrnn_fwd`` / ``minrnn_bwd`` are registered (an older
+    build of the extension lacks them; the layer then runs its unfused path)."""
+    if "ok" not in _MINRNN:
+        try:
+            torch.ops.fusedrnn.minrnn_fwd  # noqa: B018
+            torch.ops.fusedrnn.minrnn_bwd  # noqa: B018
+            ok = unavailable() is None
+        except (AttributeError, RuntimeError):
+            ok = False
+        if ok:
+            _register_minrnn()
+        _MINRNN["ok"] = ok
+    return _MINRNN["ok"]
+
+
+def _register_minrnn() -> None:
+    @torch.library.register_fake("fusedrnn::minrnn_fwd")
+    def _(p, h0, lengths, reverse, time_major, cell):
+        return p.new_empty((p.shape[0], p.shape[1], p.shape[2] // 2))
+
+    @torch.library.register_fake("fusedrnn::minrnn_bwd")
+    def _(p, h, h0, lengths, grad_h, reverse, time_major, cell):
+        B = p.shape[1] if time_major else p.shape[0]
+        return (torch.empty_like(p, memory_format=torch.contiguous_format),
+                p.new_empty((B, p.shape[2] // 2)))
+
+    def setup_context(ctx, inputs, output):
+        p, h0, lengths, reverse, time_major, cell = inputs
+        ctx.args = (reverse, time_major, cell)
+        ctx.has_h0 = h0 is not None
+        ctx.save_for_backward(p, h0, lengths, output)
+
+    def backward(ctx, grad_h):
+        p, h0, lengths, h = ctx.saved_tensors
+        dp, dh0 = torch.ops.fusedrnn.minrnn_bwd(p, h, h0, lengths, grad_h, *ctx.args)
+        return dp, (dh0 if ctx.has_h0 else None), None, None, None, None
+
+    torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
+
+
+def mingru_scan(p: Tensor, h0: Tensor | None, lengths: Tensor | None, reverse: bool,
+                time_major: bool) -> Tensor:
+    """A minGRU layer after its projection: ``p`` = ``[k_z | k_h]`` (``[T, B, 2H]`` if
+    ``time_major`` else ``[B, T, 2H]``, float32/float64) -> h in p's layout with H channels.
+
+    ``h_t = sigmoid(-k_z) h_{t-1} + sigmoid(k_z) g(k_h)``; steps ``t >= lengths[b]`` keep the
+    state. Differentiable in ``p`` and ``h0`` (one fused C++ pass back)."""
+    return torch.ops.fusedrnn.minrnn_fwd(p, h0, lengths, bool(reverse), bool(time_major), 0)

@@ -1,0 +1,131 @@
+// The fused minGRU layer scan, included once per instruction set by minrnn_scan.cpp inside
+// `#pragma GCC target(...)` and a namespace of its own, so that the plain loops below are
+// auto-vectorised for that ISA (no intrinsics: the same source is the portable fallback).
+// Needs <cmath>, <cstdint>, <cstring> included before the namespace opens.
+//
+// One call runs one task: a batch row `bi` and channels [d0, d0 + nd), over every step.
+// p holds the projected gates, [k_z | k_h] for each (row, step): 2*H values per row, k_z at
+// channel j, k_h at H + j. Per element, with s = sigmoid(k_z), a = sigmoid(-k_z), g = g(k_h):
+//     forward   h_t = a h_{t-1} + s g
+//     backward  c = dh_t + c;  dk_z = c (g - h_{t-1}) s a;  dk_h = c s g'(k_h);  c = a c
+// (the scan's backward g_t = dh_t + a_{t+1} g_{t+1} with the gate derivatives of
+// nn/minrnn.py's _Coefficients folded in). Steps at or past a row's length are the identity
+// (a = 1, b = 0), as the layer's masking does; their gate gradients are 0.
+
+struct Geo {
+  int64_t T, B, H;
+  bool reverse, time_major;
+  int64_t len_of(const int64_t* lengths, int64_t bi) const { return lengths ? lengths[bi] : T; }
+  // offset of (row, step) in a [.., .., width] tensor of this layout
+  int64_t row(int64_t bi, int64_t t, int64_t width) const {
+    return (time_major ? t * B + bi : bi * T + t) * width;
+  }
+};
+
+// exp for float, vectorisable (Cephes' expf: range reduction by ln 2, degree-5 polynomial,
+// relative error about 1e-7); arguments are clamped to [-87.3, 88.3], so it never returns a
+// denormal or inf: exp(-87.3) = 1.3e-38 where the true value is smaller.
+inline float vexp(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  // round x / ln 2 to the nearest integer by adding 1.5 * 2^23 (no floor: it has no vector
+  // instruction before SSE4.1); the low bits of `t` are then that integer
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float fk = t - 12582912.0f;
+  const float r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const float y = q * r * r + r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits = (bits - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+inline double vexp(double x) { return std::exp(x); }  // float64 is the accuracy path
+
+// s = sigmoid(k), a = sigmoid(-k) = 1 - s without cancellation
+template <typename T>
+inline void sig_pair(T k, T& s, T& a) {
+  const T e = vexp(-std::fabs(k));
+  const T r = T(1) / (T(1) + e);
+  s = k >= T(0) ? r : e * r;
+  a = k >= T(0) ? e * r : r;
+}
+// g(k) = k + 1/2 for k >= 0, sigmoid(k) below; dg = g'(k) = 1, resp. sigmoid(k) sigmoid(-k)
+template <typename T>
+inline void g_pair(T k, T& g, T& dg) {
+  const T e = vexp(k < T(0) ? k : T(0));
+  const T r = T(1) / (T(1) + e);
+  g = k >= T(0) ? k + T(0.5) : e * r;
+  dg = k >= T(0) ? T(1) : e * r * r;
+}
+
+template <typename T>
+void gru_fwd_task(const Geo& g, const T* p, const T* h0, const int64_t* lengths, T* h,
+                  int64_t bi, int64_t d0, int64_t nd, T* s) {
+  const int64_t len = g.len_of(lengths, bi);
+  for (int64_t j = 0; j < nd; ++j) s[j] = h0 ? h0[bi * g.H + d0 + j] : T(0);
+  for (int64_t k = 0; k < g.T; ++k) {
+    const int64_t t = g.reverse ? g.T - 1 - k : k;
+    T* hp = h + g.row(bi, t, g.H) + d0;
+    if (t >= len) {  // padding: the state passes through
+      for (int64_t j = 0; j < nd; ++j) hp[j] = s[j];
+      continue;
+    }
+    const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
+    const T* kh = kz + g.H;
+#pragma omp simd
+    for (int64_t j = 0; j < nd; ++j) {
+      T sz, az, gx, dg;
+      sig_pair(kz[j], sz, az);
+      g_pair(kh[j], gx, dg);
+      s[j] = az * s[j] + sz * gx;
+      hp[j] = s[j];
+    }
+  }
+}
+
+template <typename T>
+void gru_bwd_task(const Geo& g, const T* p, const T* h, const T* h0, const int64_t* lengths,
+                  const T* gh, const T* zero_row, T* dp, T* dh0, int64_t bi, int64_t d0,
+                  int64_t nd, T* c) {
+  const int64_t len = g.len_of(lengths, bi);
+  for (int64_t j = 0; j < nd; ++j) c[j] = T(0);
+  for (int64_t k = g.T - 1; k >= 0; --k) {  // against the forward's order
+    const int64_t t = g.reverse ? g.T - 1 - k : k;
+    const int64_t o = g.row(bi, t, g.H) + d0;
+    T* dkz = dp + g.row(bi, t, 2 * g.H) + d0;
+    T* dkh = dkz + g.H;
+    if (t >= len) {  // identity step: the gradient passes through, the gates get none
+      for (int64_t j = 0; j < nd; ++j) {
+        c[j] += gh[o + j];
+        dkz[j] = T(0);
+        dkh[j] = T(0);
+      }
+      continue;
+    }
+    // the state before this step: the previous step's output, or h0 (zero) at the first step
+    const int64_t tp = g.reverse ? t + 1 : t - 1;
+    const bool first = k == 0;
+    const T* hprev = !first ? h + g.row(bi, tp, g.H) + d0 : (h0 ? h0 + bi * g.H : zero_row) + d0;
+    const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
+    const T* kh = kz + g.H;
+#pragma omp simd
+    for (int64_t j = 0; j < nd; ++j) {
+      T sz, az, gx, dg;
+      sig_pair(kz[j], sz, az);
+      g_pair(kh[j], gx, dg);
+      const T gv = gh[o + j] + c[j];
+      dkz[j] = gv * (gx - hprev[j]) * sz * az;
+      dkh[j] = gv * sz * dg;
+      c[j] = az * gv;
+    }
+  }
+  if (dh0)
+    for (int64_t j = 0; j < nd; ++j) dh0[bi * g.H + d0 + j] = c[j];
+}
