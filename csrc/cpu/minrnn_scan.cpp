@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace fusedrnn {
 namespace minrnn {
@@ -50,7 +51,7 @@ namespace base {
 namespace {
 
 constexpr int64_t kMinBlock = 16;   // channels per task at least: one 64-byte line of float32
-constexpr int64_t kMaxBlock = 512;  // and at most: the carried state lives on the stack
+constexpr int64_t kMaxBlock = 512;  // and at most: a task's state stays in L1/L2
 constexpr int64_t kMinWork = 1 << 16;  // elements per thread below which waking threads costs more
 
 enum class Isa { base, avx2, avx512 };
@@ -68,21 +69,31 @@ Isa isa() {
 #endif
 }
 
-// Runs fn(bi, d0, nd, state) over every (batch row, channel block) task in parallel.
+// Runs fn(b0, b1, d0, nd, state) over tasks of rows x channel blocks in parallel. Batch first:
+// one row per task (its steps are adjacent in memory). Time major: blocks of adjacent rows over
+// all H channels, so that each step of a task is one contiguous read (see the impl header).
 template <typename T, typename Fn>
-void for_tasks(int64_t B, int64_t T_, int64_t H, const Fn& fn) {
+void for_tasks(int64_t B, int64_t T_, int64_t H, bool time_major, const Fn& fn) {
   if (B * H == 0) return;
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t threads = static_cast<int64_t>(at::get_num_threads());
+  const int64_t want = 4 * threads;
   int64_t block = std::min(kMaxBlock, (H + kMinBlock - 1) / kMinBlock * kMinBlock);
-  while (block > kMinBlock && B * ((H + block - 1) / block) < want)
-    block = std::max(kMinBlock, (block / 2 + kMinBlock - 1) / kMinBlock * kMinBlock);
-  const int64_t nblk = (H + block - 1) / block;
-  const int64_t grain = std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, T_ * block));
-  at::parallel_for(0, B * nblk, grain, [&](int64_t lo, int64_t hi) {
-    T state[kMaxBlock];
+  int64_t rows = 1;
+  if (time_major) {  // one row block per thread (fewer when B is small); all channels
+    rows = std::max<int64_t>(1, (B + threads - 1) / threads);
+    while (rows > 1 && ((B + rows - 1) / rows) * ((H + block - 1) / block) < threads) rows /= 2;
+  } else {
+    while (block > kMinBlock && B * ((H + block - 1) / block) < want)
+      block = std::max(kMinBlock, (block / 2 + kMinBlock - 1) / kMinBlock * kMinBlock);
+  }
+  const int64_t nblk = (H + block - 1) / block, nrow = (B + rows - 1) / rows;
+  const int64_t grain =
+      std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, T_ * block * rows));
+  at::parallel_for(0, nrow * nblk, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<T> state(rows * block);
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t bi = i / nblk, d0 = (i % nblk) * block;
-      fn(bi, d0, std::min(block, H - d0), state);
+      const int64_t b0 = (i / nblk) * rows, d0 = (i % nblk) * block;
+      fn(b0, std::min(B, b0 + rows), d0, std::min(block, H - d0), state.data());
     }
   });
 }
@@ -132,14 +143,15 @@ at::Tensor minrnn_fwd(const at::Tensor& p_in, const c10::optional<at::Tensor>& h
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = h.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
-    for_tasks<scalar_t>(g.B, g.T, g.H, [&](int64_t bi, int64_t d0, int64_t nd, scalar_t* s) {
+    for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
+                        [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* s) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_fwd_task(as<avx512::Geo>(g), pp, h0p, lp, hp, bi, d0, nd, s);
+        return avx512::gru_fwd_task(as<avx512::Geo>(g), pp, h0p, lp, hp, b0, b1, d0, nd, s);
       if (which == Isa::avx2)
-        return avx2::gru_fwd_task(as<avx2::Geo>(g), pp, h0p, lp, hp, bi, d0, nd, s);
+        return avx2::gru_fwd_task(as<avx2::Geo>(g), pp, h0p, lp, hp, b0, b1, d0, nd, s);
 #endif
-      base::gru_fwd_task(g, pp, h0p, lp, hp, bi, d0, nd, s);
+      base::gru_fwd_task(g, pp, h0p, lp, hp, b0, b1, d0, nd, s);
     });
   });
   return h;
@@ -170,16 +182,17 @@ std::tuple<at::Tensor, at::Tensor> minrnn_bwd(const at::Tensor& p_in, const at::
     const scalar_t *ghp = gh.data_ptr<scalar_t>(), *zp = zero.data_ptr<scalar_t>();
     scalar_t *dpp = dp.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
-    for_tasks<scalar_t>(g.B, g.T, g.H, [&](int64_t bi, int64_t d0, int64_t nd, scalar_t* c) {
+    for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
+                        [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* c) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, bi,
-                                    d0, nd, c);
+        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0,
+                                    b1, d0, nd, c);
       if (which == Isa::avx2)
-        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, bi, d0,
-                                  nd, c);
+        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0, b1,
+                                  d0, nd, c);
 #endif
-      base::gru_bwd_task(g, pp, hp, h0p, lp, ghp, zp, dpp, dh0p, bi, d0, nd, c);
+      base::gru_bwd_task(g, pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0, b1, d0, nd, c);
     });
   });
   return {dp, dh0};

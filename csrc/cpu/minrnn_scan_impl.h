@@ -65,67 +65,77 @@ inline void g_pair(T k, T& g, T& dg) {
   dg = k >= T(0) ? T(1) : e * r * r;
 }
 
+// One task: rows [b0, b1) and channels [d0, d0 + nd), every step; the state of row bi is
+// s[(bi - b0) * nd ...]. The step loop is outermost so that in the time-major layout a task reads
+// one contiguous run of memory per step (rows b0..b1 of step t are adjacent): walking one row
+// alone would jump B * 2H values per step, a new page each time, and run at memory latency.
 template <typename T>
 void gru_fwd_task(const Geo& g, const T* p, const T* h0, const int64_t* lengths, T* h,
-                  int64_t bi, int64_t d0, int64_t nd, T* s) {
-  const int64_t len = g.len_of(lengths, bi);
-  for (int64_t j = 0; j < nd; ++j) s[j] = h0 ? h0[bi * g.H + d0 + j] : T(0);
+                  int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* state) {
+  for (int64_t bi = b0; bi < b1; ++bi)
+    for (int64_t j = 0; j < nd; ++j)
+      state[(bi - b0) * nd + j] = h0 ? h0[bi * g.H + d0 + j] : T(0);
   for (int64_t k = 0; k < g.T; ++k) {
     const int64_t t = g.reverse ? g.T - 1 - k : k;
-    T* hp = h + g.row(bi, t, g.H) + d0;
-    if (t >= len) {  // padding: the state passes through
-      for (int64_t j = 0; j < nd; ++j) hp[j] = s[j];
-      continue;
-    }
-    const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
-    const T* kh = kz + g.H;
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      T* s = state + (bi - b0) * nd;
+      T* hp = h + g.row(bi, t, g.H) + d0;
+      if (t >= g.len_of(lengths, bi)) {  // padding: the state passes through
+        for (int64_t j = 0; j < nd; ++j) hp[j] = s[j];
+        continue;
+      }
+      const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
+      const T* kh = kz + g.H;
 #pragma omp simd
-    for (int64_t j = 0; j < nd; ++j) {
-      T sz, az, gx, dg;
-      sig_pair(kz[j], sz, az);
-      g_pair(kh[j], gx, dg);
-      s[j] = az * s[j] + sz * gx;
-      hp[j] = s[j];
+      for (int64_t j = 0; j < nd; ++j) {
+        T sz, az, gx, dg;
+        sig_pair(kz[j], sz, az);
+        g_pair(kh[j], gx, dg);
+        s[j] = az * s[j] + sz * gx;
+        hp[j] = s[j];
+      }
     }
   }
 }
 
 template <typename T>
 void gru_bwd_task(const Geo& g, const T* p, const T* h, const T* h0, const int64_t* lengths,
-                  const T* gh, const T* zero_row, T* dp, T* dh0, int64_t bi, int64_t d0,
-                  int64_t nd, T* c) {
-  const int64_t len = g.len_of(lengths, bi);
-  for (int64_t j = 0; j < nd; ++j) c[j] = T(0);
+                  const T* gh, const T* zero_row, T* dp, T* dh0, int64_t b0, int64_t b1,
+                  int64_t d0, int64_t nd, T* carry) {
+  for (int64_t j = 0; j < (b1 - b0) * nd; ++j) carry[j] = T(0);
   for (int64_t k = g.T - 1; k >= 0; --k) {  // against the forward's order
     const int64_t t = g.reverse ? g.T - 1 - k : k;
-    const int64_t o = g.row(bi, t, g.H) + d0;
-    T* dkz = dp + g.row(bi, t, 2 * g.H) + d0;
-    T* dkh = dkz + g.H;
-    if (t >= len) {  // identity step: the gradient passes through, the gates get none
-      for (int64_t j = 0; j < nd; ++j) {
-        c[j] += gh[o + j];
-        dkz[j] = T(0);
-        dkh[j] = T(0);
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      T* c = carry + (bi - b0) * nd;
+      const int64_t o = g.row(bi, t, g.H) + d0;
+      T* dkz = dp + g.row(bi, t, 2 * g.H) + d0;
+      T* dkh = dkz + g.H;
+      if (t >= g.len_of(lengths, bi)) {  // identity step: the gradient passes through
+        for (int64_t j = 0; j < nd; ++j) {
+          c[j] += gh[o + j];
+          dkz[j] = T(0);
+          dkh[j] = T(0);
+        }
+        continue;
       }
-      continue;
-    }
-    // the state before this step: the previous step's output, or h0 (zero) at the first step
-    const int64_t tp = g.reverse ? t + 1 : t - 1;
-    const bool first = k == 0;
-    const T* hprev = !first ? h + g.row(bi, tp, g.H) + d0 : (h0 ? h0 + bi * g.H : zero_row) + d0;
-    const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
-    const T* kh = kz + g.H;
+      // the state before this step: the previous step's output, or h0 (zero) at the first step
+      const int64_t tp = g.reverse ? t + 1 : t - 1;
+      const T* hprev = k != 0 ? h + g.row(bi, tp, g.H) + d0 : (h0 ? h0 + bi * g.H : zero_row) + d0;
+      const T* kz = p + g.row(bi, t, 2 * g.H) + d0;
+      const T* kh = kz + g.H;
 #pragma omp simd
-    for (int64_t j = 0; j < nd; ++j) {
-      T sz, az, gx, dg;
-      sig_pair(kz[j], sz, az);
-      g_pair(kh[j], gx, dg);
-      const T gv = gh[o + j] + c[j];
-      dkz[j] = gv * (gx - hprev[j]) * sz * az;
-      dkh[j] = gv * sz * dg;
-      c[j] = az * gv;
+      for (int64_t j = 0; j < nd; ++j) {
+        T sz, az, gx, dg;
+        sig_pair(kz[j], sz, az);
+        g_pair(kh[j], gx, dg);
+        const T gv = gh[o + j] + c[j];
+        dkz[j] = gv * (gx - hprev[j]) * sz * az;
+        dkh[j] = gv * sz * dg;
+        c[j] = az * gv;
+      }
     }
   }
   if (dh0)
-    for (int64_t j = 0; j < nd; ++j) dh0[bi * g.H + d0 + j] = c[j];
+    for (int64_t bi = b0; bi < b1; ++bi)
+      for (int64_t j = 0; j < nd; ++j) dh0[bi * g.H + d0 + j] = carry[(bi - b0) * nd + j];
 }
