@@ -306,8 +306,11 @@ def test_fused_mingru_opcheck(time_major):
     h0 = torch.randn(7 if time_major else 3, 20, dtype=torch.float64, requires_grad=True)
     n = 7 if time_major else 3
     lengths = torch.randint(0, (3 if time_major else 7) + 1, (n,))
+    bias = torch.randn(2 * 20, dtype=torch.float64, requires_grad=True)
     op = torch.ops.fusedrnn.minrnn_fwd.default
-    torch.library.opcheck(op, (p, h0, lengths, True, time_major, 0))
-    torch.library.opcheck(op, (p, None, None, False, time_major, 0))
-    fn = lambda p, h0: op(p, h0, lengths, True, time_major, 0)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (p, h0))
+    torch.library.opcheck(op, (p, bias, h0, lengths, True, time_major, 0))
+    torch.library.opcheck(op, (p, None, None, None, False, time_major, 0))
+    fn = lambda p, bias, h0: op(p, bias, h0, lengths, True, time_major, 0)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (p, bias, h0))
+    # h_n alone in the loss: the kernel gets no grad_h
+    assert torch.autograd.gradcheck(lambda p: op(p, bias, h0, lengths, True, time_major, 0)[1], (p,))

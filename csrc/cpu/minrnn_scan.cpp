@@ -98,7 +98,8 @@ void for_tasks(int64_t B, int64_t T_, int64_t H, bool time_major, const Fn& fn) 
   });
 }
 
-void check(const at::Tensor& p, const c10::optional<at::Tensor>& h0,
+void check(const at::Tensor& p, const c10::optional<at::Tensor>& bias,
+           const c10::optional<at::Tensor>& h0,
            const c10::optional<at::Tensor>& lengths, bool time_major, int64_t cell) {
   TORCH_CHECK(cell == 0, "minrnn: cell must be 0 (minGRU), got ", cell);
   TORCH_CHECK(p.dim() == 3 && p.size(2) % 2 == 0, "minrnn: p must be [T, B, 2H] or [B, T, 2H], got ",
@@ -112,6 +113,10 @@ void check(const at::Tensor& p, const c10::optional<at::Tensor>& h0,
                     h0->scalar_type() == p.scalar_type(),
                 "minrnn: h0 must be [", B, ", ", H, "] of dtype ", p.scalar_type(), ", got ",
                 h0->sizes(), " ", h0->scalar_type());
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 2 * H && bias->scalar_type() == p.scalar_type(),
+                "minrnn: bias must be [", 2 * H, "] of dtype ", p.scalar_type(), ", got ",
+                bias->sizes(), " ", bias->scalar_type());
   if (lengths.has_value())
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B &&
                     lengths->scalar_type() == at::kLong && lengths->device().is_cpu(),
@@ -128,48 +133,60 @@ Geo as(const base::Geo& g) {
   return {g.T, g.B, g.H, g.reverse, g.time_major};
 }
 
-at::Tensor minrnn_fwd(const at::Tensor& p_in, const c10::optional<at::Tensor>& h0_in,
-                      const c10::optional<at::Tensor>& len_in, bool reverse, bool time_major,
-                      int64_t cell) {
-  check(p_in, h0_in, len_in, time_major, cell);
+std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
+                                              const c10::optional<at::Tensor>& bias_in,
+                                              const c10::optional<at::Tensor>& h0_in,
+                                              const c10::optional<at::Tensor>& len_in,
+                                              bool reverse, bool time_major, int64_t cell) {
+  check(p_in, bias_in, h0_in, len_in, time_major, cell);
   const at::Tensor p = p_in.contiguous();
+  const base::Geo g = geo(p, reverse, time_major);
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({2 * g.H}, p.options());
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
-  const base::Geo g = geo(p, reverse, time_major);
   at::Tensor h = at::empty({p.size(0), p.size(1), g.H}, p.options());
+  at::Tensor hn = h0.defined() ? h0.clone() : at::zeros({g.B, g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_fwd", [&] {
-    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t *pp = p.data_ptr<scalar_t>(), *bp = bias.data_ptr<scalar_t>();
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
-    scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t *hp = h.data_ptr<scalar_t>(), *hnp = hn.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
     for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* s) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_fwd_task(as<avx512::Geo>(g), pp, h0p, lp, hp, b0, b1, d0, nd, s);
+        return avx512::gru_fwd_task(as<avx512::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
       if (which == Isa::avx2)
-        return avx2::gru_fwd_task(as<avx2::Geo>(g), pp, h0p, lp, hp, b0, b1, d0, nd, s);
+        return avx2::gru_fwd_task(as<avx2::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
 #endif
-      base::gru_fwd_task(g, pp, h0p, lp, hp, b0, b1, d0, nd, s);
+      base::gru_fwd_task(g, pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
     });
   });
-  return h;
+  return {h, hn};
 }
 
-std::tuple<at::Tensor, at::Tensor> minrnn_bwd(const at::Tensor& p_in, const at::Tensor& h_in,
-                                              const c10::optional<at::Tensor>& h0_in,
-                                              const c10::optional<at::Tensor>& len_in,
-                                              const at::Tensor& grad_in, bool reverse,
-                                              bool time_major, int64_t cell) {
-  check(p_in, h0_in, len_in, time_major, cell);
+std::tuple<at::Tensor, at::Tensor> minrnn_bwd(
+    const at::Tensor& p_in, const c10::optional<at::Tensor>& bias_in, const at::Tensor& h_in,
+    const c10::optional<at::Tensor>& h0_in, const c10::optional<at::Tensor>& len_in,
+    const c10::optional<at::Tensor>& grad_in, const c10::optional<at::Tensor>& grad_hn_in,
+    bool reverse, bool time_major, int64_t cell) {
+  check(p_in, bias_in, h0_in, len_in, time_major, cell);
   const at::Tensor p = p_in.contiguous();
   const base::Geo g = geo(p, reverse, time_major);
-  TORCH_CHECK(h_in.sizes() == at::IntArrayRef({p.size(0), p.size(1), g.H}) &&
-                  grad_in.sizes() == h_in.sizes(),
-              "minrnn_bwd: h and grad_h must be p's shape with H channels, got ", h_in.sizes(),
-              " and ", grad_in.sizes());
-  const at::Tensor h = h_in.contiguous(), gh = grad_in.to(p.scalar_type()).contiguous();
+  TORCH_CHECK(h_in.sizes() == at::IntArrayRef({p.size(0), p.size(1), g.H}),
+              "minrnn_bwd: h must be p's shape with H channels, got ", h_in.sizes());
+  TORCH_CHECK(!grad_in.has_value() || grad_in->sizes() == h_in.sizes(),
+              "minrnn_bwd: grad_h must have h's shape ", h_in.sizes());
+  TORCH_CHECK(!grad_hn_in.has_value() || grad_hn_in->sizes() == at::IntArrayRef({g.B, g.H}),
+              "minrnn_bwd: grad_hn must be [", g.B, ", ", g.H, "]");
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({2 * g.H}, p.options());
+  const at::Tensor h = h_in.contiguous();
+  // an absent grad_h (only h_n used) is zeros; a broadcast one (y.sum()) is materialised once
+  const at::Tensor gh = grad_in.has_value() ? grad_in->to(p.scalar_type()).contiguous()
+                                            : at::zeros_like(h);
+  const at::Tensor ghn = grad_hn_in.has_value() ? grad_hn_in->to(p.scalar_type()).contiguous()
+                                                : at::Tensor();
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
   at::Tensor dp = at::empty_like(p);
@@ -177,22 +194,24 @@ std::tuple<at::Tensor, at::Tensor> minrnn_bwd(const at::Tensor& p_in, const at::
   const at::Tensor zero = at::zeros({g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_bwd", [&] {
-    const scalar_t *pp = p.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>();
+    const scalar_t *pp = p.data_ptr<scalar_t>(), *bp = bias.data_ptr<scalar_t>();
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *zp = zero.data_ptr<scalar_t>();
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
-    const scalar_t *ghp = gh.data_ptr<scalar_t>(), *zp = zero.data_ptr<scalar_t>();
+    const scalar_t* ghp = gh.data_ptr<scalar_t>();
+    const scalar_t* ghnp = ghn.defined() ? ghn.data_ptr<scalar_t>() : nullptr;
     scalar_t *dpp = dp.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
     for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* c) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0,
-                                    b1, d0, nd, c);
+        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp,
+                                    dh0p, b0, b1, d0, nd, c);
       if (which == Isa::avx2)
-        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0, b1,
-                                  d0, nd, c);
+        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp,
+                                  dh0p, b0, b1, d0, nd, c);
 #endif
-      base::gru_bwd_task(g, pp, hp, h0p, lp, ghp, zp, dpp, dh0p, b0, b1, d0, nd, c);
+      base::gru_bwd_task(g, pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp, dh0p, b0, b1, d0, nd, c);
     });
   });
   return {dp, dh0};
@@ -201,10 +220,11 @@ std::tuple<at::Tensor, at::Tensor> minrnn_bwd(const at::Tensor& p_in, const at::
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
-  m.def("minrnn_fwd(Tensor p, Tensor? h0, Tensor? lengths, bool reverse, bool time_major, "
-        "int cell) -> Tensor");
-  m.def("minrnn_bwd(Tensor p, Tensor h, Tensor? h0, Tensor? lengths, Tensor grad_h, "
-        "bool reverse, bool time_major, int cell) -> (Tensor, Tensor)");
+  m.def("minrnn_fwd(Tensor p, Tensor? bias, Tensor? h0, Tensor? lengths, bool reverse, "
+        "bool time_major, int cell) -> (Tensor, Tensor)");
+  m.def("minrnn_bwd(Tensor p, Tensor? bias, Tensor h, Tensor? h0, Tensor? lengths, "
+        "Tensor? grad_h, Tensor? grad_hn, bool reverse, bool time_major, int cell) "
+        "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {

@@ -70,8 +70,10 @@ inline void g_pair(T k, T& g, T& dg) {
 // one contiguous run of memory per step (rows b0..b1 of step t are adjacent): walking one row
 // alone would jump B * 2H values per step, a new page each time, and run at memory latency.
 template <typename T>
-void gru_fwd_task(const Geo& g, const T* p, const T* h0, const int64_t* lengths, T* h,
-                  int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* state) {
+void gru_fwd_task(const Geo& g, const T* p, const T* bias, const T* h0, const int64_t* lengths,
+                  T* h, T* hn, int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* state) {
+  const T* bz = bias + d0;  // bias [2H] ([b_z | b_h]) added here, not by the GEMM: addmm
+  const T* bh = bz + g.H;   // would first copy it into every row of its output
   for (int64_t bi = b0; bi < b1; ++bi)
     for (int64_t j = 0; j < nd; ++j)
       state[(bi - b0) * nd + j] = h0 ? h0[bi * g.H + d0 + j] : T(0);
@@ -89,20 +91,26 @@ void gru_fwd_task(const Geo& g, const T* p, const T* h0, const int64_t* lengths,
 #pragma omp simd
       for (int64_t j = 0; j < nd; ++j) {
         T sz, az, gx, dg;
-        sig_pair(kz[j], sz, az);
-        g_pair(kh[j], gx, dg);
+        sig_pair(kz[j] + bz[j], sz, az);
+        g_pair(kh[j] + bh[j], gx, dg);
         s[j] = az * s[j] + sz * gx;
         hp[j] = s[j];
       }
     }
   }
+  for (int64_t bi = b0; bi < b1; ++bi)  // the final state: the layer's h_n
+    for (int64_t j = 0; j < nd; ++j) hn[bi * g.H + d0 + j] = state[(bi - b0) * nd + j];
 }
 
 template <typename T>
-void gru_bwd_task(const Geo& g, const T* p, const T* h, const T* h0, const int64_t* lengths,
-                  const T* gh, const T* zero_row, T* dp, T* dh0, int64_t b0, int64_t b1,
-                  int64_t d0, int64_t nd, T* carry) {
-  for (int64_t j = 0; j < (b1 - b0) * nd; ++j) carry[j] = T(0);
+void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* h0,
+                  const int64_t* lengths, const T* gh, const T* ghn, const T* zero_row, T* dp,
+                  T* dh0, int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* carry) {
+  const T* bz = bias + d0;
+  const T* bh = bz + g.H;
+  for (int64_t bi = b0; bi < b1; ++bi)  // h_n's gradient enters before the last step
+    for (int64_t j = 0; j < nd; ++j)
+      carry[(bi - b0) * nd + j] = ghn ? ghn[bi * g.H + d0 + j] : T(0);
   for (int64_t k = g.T - 1; k >= 0; --k) {  // against the forward's order
     const int64_t t = g.reverse ? g.T - 1 - k : k;
     for (int64_t bi = b0; bi < b1; ++bi) {
@@ -126,8 +134,8 @@ void gru_bwd_task(const Geo& g, const T* p, const T* h, const T* h0, const int64
 #pragma omp simd
       for (int64_t j = 0; j < nd; ++j) {
         T sz, az, gx, dg;
-        sig_pair(kz[j], sz, az);
-        g_pair(kh[j], gx, dg);
+        sig_pair(kz[j] + bz[j], sz, az);
+        g_pair(kh[j] + bh[j], gx, dg);
         const T gv = gh[o + j] + c[j];
         dkz[j] = gv * (gx - hprev[j]) * sz * az;
         dkh[j] = gv * sz * dg;
@@ -135,7 +143,6 @@ void gru_bwd_task(const Geo& g, const T* p, const T* h, const T* h0, const int64
       }
     }
   }
-  if (dh0)
-    for (int64_t bi = b0; bi < b1; ++bi)
+  for (int64_t bi = b0; bi < b1; ++bi)
       for (int64_t j = 0; j < nd; ++j) dh0[bi * g.H + d0 + j] = carry[(bi - b0) * nd + j];
 }

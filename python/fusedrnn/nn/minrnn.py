@@ -198,15 +198,19 @@ class _MinRNNBase(nn.Module):
         return getattr(mod, "minrnn_available", lambda: False)()
 
     def _scan_fused(self, x: Tensor, layer: int, d: int, h0: Tensor | None,
-                    lengths: Tensor | None, time_major: bool) -> Tensor:
-        """x [T, B, I] (time_major) or [B, T, I] -> h in the same layout, unmasked. One GEMM for
-        both gate blocks ([k_z | k_h] per row, what the kernel reads); its backward GEMMs take
-        the kernel's gradient as it comes, with no split or concatenation."""
+                    lengths: Tensor | None, time_major: bool) -> tuple[Tensor, Tensor]:
+        """x [T, B, I] (time_major) or [B, T, I] -> (h in the same layout, unmasked; h_n [B, H]).
+
+        One GEMM for both gate blocks ([k_z | k_h] per row, what the kernel reads), without its
+        bias: the kernel adds it (addmm would first copy the bias into every output row). h_n
+        comes from the kernel too, so its gradient enters the backward pass as a [B, H] tensor,
+        not as a zero-filled [T, B, H] one added to h's."""
         from ..scan.cpu import mingru_scan
 
         sfx = f"_l{layer}" + ("_reverse" if d else "")
-        p = F.linear(x, getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx))
-        return mingru_scan(p, h0, lengths, reverse=d == 1, time_major=time_major)
+        p = F.linear(x, getattr(self, "weight_ih" + sfx))
+        return mingru_scan(p, getattr(self, "bias_ih" + sfx), h0, lengths, reverse=d == 1,
+                           time_major=time_major)
 
     # -- the public API ---------------------------------------------------------------------------
 
@@ -269,11 +273,14 @@ class _MinRNNBase(nn.Module):
             outs = []
             for d in range(dirs):
                 h0_ld = None if h0 is None else h0[layer * dirs + d]
-                h = (self._scan_fused(x, layer, d, h0_ld, lengths64, tm) if fused
-                     else self._scan(x, layer, d, h0_ld, mask))
-                # padded steps kept the state, so the last processed column is the final state
-                if T > 0:
-                    h_n.append(h.select(0 if tm else 1, 0 if d else T - 1))
+                if fused:
+                    h, last = self._scan_fused(x, layer, d, h0_ld, lengths64, tm)
+                    h_n.append(last)
+                else:
+                    h = self._scan(x, layer, d, h0_ld, mask)
+                    # padded steps kept the state, so the last processed column is the final state
+                    if T > 0:
+                        h_n.append(h[:, 0] if d else h[:, T - 1])
                 outs.append(h)
             y = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)  # [B, T, dirs*H] ([T, B, ..] if tm)
             if mask is not None:

@@ -123,34 +123,37 @@ def minrnn_available() -> bool:
 
 def _register_minrnn() -> None:
     @torch.library.register_fake("fusedrnn::minrnn_fwd")
-    def _(p, h0, lengths, reverse, time_major, cell):
-        return p.new_empty((p.shape[0], p.shape[1], p.shape[2] // 2))
+    def _(p, bias, h0, lengths, reverse, time_major, cell):
+        B = p.shape[1] if time_major else p.shape[0]
+        return p.new_empty((p.shape[0], p.shape[1], p.shape[2] // 2)), p.new_empty((B, p.shape[2] // 2))
 
     @torch.library.register_fake("fusedrnn::minrnn_bwd")
-    def _(p, h, h0, lengths, grad_h, reverse, time_major, cell):
+    def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell):
         B = p.shape[1] if time_major else p.shape[0]
         return (torch.empty_like(p, memory_format=torch.contiguous_format),
                 p.new_empty((B, p.shape[2] // 2)))
 
     def setup_context(ctx, inputs, output):
-        p, h0, lengths, reverse, time_major, cell = inputs
+        p, bias, h0, lengths, reverse, time_major, cell = inputs
         ctx.args = (reverse, time_major, cell)
-        ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(p, h0, lengths, output)
+        ctx.has = (bias is not None, h0 is not None)
+        ctx.save_for_backward(p, bias, h0, lengths, output[0])
 
-    def backward(ctx, grad_h):
-        p, h0, lengths, h = ctx.saved_tensors
-        dp, dh0 = torch.ops.fusedrnn.minrnn_bwd(p, h, h0, lengths, grad_h, *ctx.args)
-        return dp, (dh0 if ctx.has_h0 else None), None, None, None, None
+    def backward(ctx, grad_h, grad_hn):
+        p, bias, h0, lengths, h = ctx.saved_tensors
+        dp, dh0 = torch.ops.fusedrnn.minrnn_bwd(p, bias, h, h0, lengths, grad_h, grad_hn, *ctx.args)
+        dbias = dp.sum((0, 1)) if ctx.has[0] else None
+        return dp, dbias, (dh0 if ctx.has[1] else None), None, None, None, None
 
     torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
 
 
-def mingru_scan(p: Tensor, h0: Tensor | None, lengths: Tensor | None, reverse: bool,
-                time_major: bool) -> Tensor:
-    """A minGRU layer after its projection: ``p`` = ``[k_z | k_h]`` (``[T, B, 2H]`` if
-    ``time_major`` else ``[B, T, 2H]``, float32/float64) -> h in p's layout with H channels.
+def mingru_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tensor | None,
+                reverse: bool, time_major: bool) -> tuple[Tensor, Tensor]:
+    """A minGRU layer after its projection: ``p + bias`` = ``[k_z | k_h]`` (p ``[T, B, 2H]`` if
+    ``time_major`` else ``[B, T, 2H]``, float32/float64; bias ``[2H]`` or None) -> ``(h, h_n)``,
+    h in p's layout with H channels, h_n ``[B, H]`` the state after the last step.
 
     ``h_t = sigmoid(-k_z) h_{t-1} + sigmoid(k_z) g(k_h)``; steps ``t >= lengths[b]`` keep the
-    state. Differentiable in ``p`` and ``h0`` (one fused C++ pass back)."""
-    return torch.ops.fusedrnn.minrnn_fwd(p, h0, lengths, bool(reverse), bool(time_major), 0)
+    state. Differentiable in ``p``, ``bias`` and ``h0`` (one fused C++ pass back)."""
+    return torch.ops.fusedrnn.minrnn_fwd(p, bias, h0, lengths, bool(reverse), bool(time_major), 0)
