@@ -90,7 +90,7 @@ void for_tasks(int64_t B, int64_t T_, int64_t H, bool time_major, const Fn& fn) 
   const int64_t grain =
       std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, T_ * block * rows));
   at::parallel_for(0, nrow * nblk, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<T> state(rows * block);
+    std::vector<T> state((rows + 1) * block);  // + a row of scratch
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t b0 = (i / nblk) * rows, d0 = (i % nblk) * block;
       fn(b0, std::min(B, b0 + rows), d0, std::min(block, H - d0), state.data());
@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
   return {h, hn};
 }
 
-std::tuple<at::Tensor, at::Tensor> minrnn_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
     const at::Tensor& p_in, const c10::optional<at::Tensor>& bias_in, const at::Tensor& h_in,
     const c10::optional<at::Tensor>& h0_in, const c10::optional<at::Tensor>& len_in,
     const c10::optional<at::Tensor>& grad_in, const c10::optional<at::Tensor>& grad_hn_in,
@@ -183,14 +183,17 @@ std::tuple<at::Tensor, at::Tensor> minrnn_bwd(
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({2 * g.H}, p.options());
   const at::Tensor h = h_in.contiguous();
   // an absent grad_h (only h_n used) is zeros; a broadcast one (y.sum()) is materialised once
-  const at::Tensor gh = grad_in.has_value() ? grad_in->to(p.scalar_type()).contiguous()
-                                            : at::zeros_like(h);
+  const at::Tensor gh = grad_in.has_value() ? grad_in->to(p.scalar_type())
+                                            : at::zeros({1, 1, 1}, p.options()).expand(h.sizes());
+  // strides of grad_h in (time, row, channel) order, whatever its layout
+  const int64_t gs[3] = {gh.stride(time_major ? 0 : 1), gh.stride(time_major ? 1 : 0), gh.stride(2)};
   const at::Tensor ghn = grad_hn_in.has_value() ? grad_hn_in->to(p.scalar_type()).contiguous()
                                                 : at::Tensor();
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
   at::Tensor dp = at::empty_like(p);
   at::Tensor dh0 = at::empty({g.B, g.H}, p.options());
+  at::Tensor dbias_rows = at::zeros({g.B, 2 * g.H}, p.options());
   const at::Tensor zero = at::zeros({g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_bwd", [&] {
@@ -200,21 +203,25 @@ std::tuple<at::Tensor, at::Tensor> minrnn_bwd(
     const scalar_t* ghp = gh.data_ptr<scalar_t>();
     const scalar_t* ghnp = ghn.defined() ? ghn.data_ptr<scalar_t>() : nullptr;
     scalar_t *dpp = dp.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
+    scalar_t* dbr = dbias_rows.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
     for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* c) {
+      scalar_t* gbuf = c + (b1 - b0) * nd;  // for_tasks' state has room for one more row
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp,
-                                    dh0p, b0, b1, d0, nd, c);
+        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp,
+                                    dpp, dh0p, dbr, b0, b1, d0, nd, c, gbuf);
       if (which == Isa::avx2)
-        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp,
-                                  dh0p, b0, b1, d0, nd, c);
+        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp,
+                                  dh0p, dbr, b0, b1, d0, nd, c, gbuf);
 #endif
-      base::gru_bwd_task(g, pp, bp, hp, h0p, lp, ghp, ghnp, zp, dpp, dh0p, b0, b1, d0, nd, c);
+      base::gru_bwd_task(g, pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp, dh0p, dbr, b0, b1, d0, nd,
+                         c, gbuf);
     });
   });
-  return {dp, dh0};
+  // rows summed in a fixed order: dbias does not depend on the number of threads
+  return {dp, dh0, dbias_rows.sum(0)};
 }
 
 }  // namespace
@@ -224,7 +231,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
         "bool time_major, int cell) -> (Tensor, Tensor)");
   m.def("minrnn_bwd(Tensor p, Tensor? bias, Tensor h, Tensor? h0, Tensor? lengths, "
         "Tensor? grad_h, Tensor? grad_hn, bool reverse, bool time_major, int cell) "
-        "-> (Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {

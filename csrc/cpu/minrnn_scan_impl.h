@@ -104,8 +104,9 @@ void gru_fwd_task(const Geo& g, const T* p, const T* bias, const T* h0, const in
 
 template <typename T>
 void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* h0,
-                  const int64_t* lengths, const T* gh, const T* ghn, const T* zero_row, T* dp,
-                  T* dh0, int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* carry) {
+                  const int64_t* lengths, const T* gh, const int64_t* gs, const T* ghn,
+                  const T* zero_row, T* dp, T* dh0, T* dbias_rows, int64_t b0, int64_t b1,
+                  int64_t d0, int64_t nd, T* carry, T* gbuf) {
   const T* bz = bias + d0;
   const T* bh = bz + g.H;
   for (int64_t bi = b0; bi < b1; ++bi)  // h_n's gradient enters before the last step
@@ -115,12 +116,20 @@ void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* 
     const int64_t t = g.reverse ? g.T - 1 - k : k;
     for (int64_t bi = b0; bi < b1; ++bi) {
       T* c = carry + (bi - b0) * nd;
-      const int64_t o = g.row(bi, t, g.H) + d0;
+      // grad_h with any strides gs = (time, row, channel): a broadcast y.sum() gradient is read
+      // in place, not materialised as a [T, B, H] tensor first
+      const T* gr = gh + t * gs[0] + bi * gs[1] + d0 * gs[2];
+      if (gs[2] != 1) {
+        for (int64_t j = 0; j < nd; ++j) gbuf[j] = gr[j * gs[2]];
+        gr = gbuf;
+      }
+      T* dbz = dbias_rows + bi * 2 * g.H + d0;  // per row, so the sum is the same on any threads
+      T* dbh = dbz + g.H;
       T* dkz = dp + g.row(bi, t, 2 * g.H) + d0;
       T* dkh = dkz + g.H;
       if (t >= g.len_of(lengths, bi)) {  // identity step: the gradient passes through
         for (int64_t j = 0; j < nd; ++j) {
-          c[j] += gh[o + j];
+          c[j] += gr[j];
           dkz[j] = T(0);
           dkh[j] = T(0);
         }
@@ -136,9 +145,11 @@ void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* 
         T sz, az, gx, dg;
         sig_pair(kz[j] + bz[j], sz, az);
         g_pair(kh[j] + bh[j], gx, dg);
-        const T gv = gh[o + j] + c[j];
+        const T gv = gr[j] + c[j];
         dkz[j] = gv * (gx - hprev[j]) * sz * az;
         dkh[j] = gv * sz * dg;
+        dbz[j] += dkz[j];
+        dbh[j] += dkh[j];
         c[j] = az * gv;
       }
     }

@@ -131,7 +131,7 @@ def _register_minrnn() -> None:
     def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell):
         B = p.shape[1] if time_major else p.shape[0]
         return (torch.empty_like(p, memory_format=torch.contiguous_format),
-                p.new_empty((B, p.shape[2] // 2)))
+                p.new_empty((B, p.shape[2] // 2)), p.new_empty((p.shape[2],)))
 
     def setup_context(ctx, inputs, output):
         p, bias, h0, lengths, reverse, time_major, cell = inputs
@@ -141,9 +141,9 @@ def _register_minrnn() -> None:
 
     def backward(ctx, grad_h, grad_hn):
         p, bias, h0, lengths, h = ctx.saved_tensors
-        dp, dh0 = torch.ops.fusedrnn.minrnn_bwd(p, bias, h, h0, lengths, grad_h, grad_hn, *ctx.args)
-        dbias = dp.sum((0, 1)) if ctx.has[0] else None
-        return dp, dbias, (dh0 if ctx.has[1] else None), None, None, None, None
+        dp, dh0, dbias = torch.ops.fusedrnn.minrnn_bwd(p, bias, h, h0, lengths, grad_h, grad_hn,
+                                                       *ctx.args)
+        return dp, (dbias if ctx.has[0] else None), (dh0 if ctx.has[1] else None), None, None, None, None
 
     torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
 
