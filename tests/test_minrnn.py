@@ -326,6 +326,7 @@ def test_fused_mingru_gradient_layouts(loss):
     ref = MinGRU(3, 21, bidirectional=True, backend="reference").double()
     ref.load_state_dict(fused.state_dict())
     x = torch.randn(8, 5, 3, dtype=torch.float64)
+    w = torch.randn(42, 5, 8, dtype=torch.float64).permute(2, 1, 0)  # [T, B, 2H], T innermost
     grads = []
     for m in (fused, ref):
         xi = x.clone().requires_grad_()
@@ -334,8 +335,7 @@ def test_fused_mingru_gradient_layouts(loss):
             out = y.sum() + h_n.sum()
         elif loss == "h_n_only":
             out = h_n.square().sum()
-        else:  # a gradient with B innermost reaches the kernel as a strided tensor
-            w = torch.randn(y.shape[2], y.shape[1], y.shape[0], dtype=y.dtype).permute(2, 1, 0)
+        else:  # a gradient with T innermost reaches the kernel as a strided tensor
             out = (y * w).sum()
         out.backward()
         grads.append([xi.grad] + [p.grad for p in m.parameters()])
