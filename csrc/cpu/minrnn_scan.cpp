@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace fusedrnn {
@@ -98,24 +99,35 @@ void for_tasks(int64_t B, int64_t T_, int64_t H, bool time_major, const Fn& fn) 
   });
 }
 
+// Calls fn(std::integral_constant<int, G>) for the cell's gate count: the kernels are
+// templates on it, so minGRU's inner loop carries none of minLSTM's work.
+template <typename Fn>
+void with_gates(int64_t G, const Fn& fn) {
+  if (G == 2)
+    fn(std::integral_constant<int, 2>{});
+  else
+    fn(std::integral_constant<int, 3>{});
+}
+
 void check(const at::Tensor& p, const c10::optional<at::Tensor>& bias,
            const c10::optional<at::Tensor>& h0,
            const c10::optional<at::Tensor>& lengths, bool time_major, int64_t cell) {
-  TORCH_CHECK(cell == 0, "minrnn: cell must be 0 (minGRU), got ", cell);
-  TORCH_CHECK(p.dim() == 3 && p.size(2) % 2 == 0, "minrnn: p must be [T, B, 2H] or [B, T, 2H], got ",
-              p.sizes());
+  TORCH_CHECK(cell == 0 || cell == 1, "minrnn: cell must be 0 (minGRU) or 1 (minLSTM), got ", cell);
+  const int64_t G = cell + 2;  // gate blocks per row
+  TORCH_CHECK(p.dim() == 3 && p.size(2) % G == 0, "minrnn: p must be [T, B, ", G,
+              "H] or [B, T, ", G, "H], got ", p.sizes());
   TORCH_CHECK(p.device().is_cpu(), "minrnn: expected CPU tensors");
   TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble,
               "minrnn: p must be float32 or float64, got ", p.scalar_type());
-  const int64_t B = time_major ? p.size(1) : p.size(0), H = p.size(2) / 2;
+  const int64_t B = time_major ? p.size(1) : p.size(0), H = p.size(2) / G;
   if (h0.has_value())
     TORCH_CHECK(h0->dim() == 2 && h0->size(0) == B && h0->size(1) == H &&
                     h0->scalar_type() == p.scalar_type(),
                 "minrnn: h0 must be [", B, ", ", H, "] of dtype ", p.scalar_type(), ", got ",
                 h0->sizes(), " ", h0->scalar_type());
   if (bias.has_value())
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 2 * H && bias->scalar_type() == p.scalar_type(),
-                "minrnn: bias must be [", 2 * H, "] of dtype ", p.scalar_type(), ", got ",
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == G * H && bias->scalar_type() == p.scalar_type(),
+                "minrnn: bias must be [", G * H, "] of dtype ", p.scalar_type(), ", got ",
                 bias->sizes(), " ", bias->scalar_type());
   if (lengths.has_value())
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B &&
@@ -123,8 +135,8 @@ void check(const at::Tensor& p, const c10::optional<at::Tensor>& bias,
                 "minrnn: lengths must be a CPU int64 tensor of shape [", B, "]");
 }
 
-base::Geo geo(const at::Tensor& p, bool reverse, bool time_major) {
-  return {time_major ? p.size(0) : p.size(1), time_major ? p.size(1) : p.size(0), p.size(2) / 2,
+base::Geo geo(const at::Tensor& p, bool reverse, bool time_major, int64_t G) {
+  return {time_major ? p.size(0) : p.size(1), time_major ? p.size(1) : p.size(0), p.size(2) / G,
           reverse, time_major};
 }
 
@@ -140,8 +152,9 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
                                               bool reverse, bool time_major, int64_t cell) {
   check(p_in, bias_in, h0_in, len_in, time_major, cell);
   const at::Tensor p = p_in.contiguous();
-  const base::Geo g = geo(p, reverse, time_major);
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({2 * g.H}, p.options());
+  const int64_t G = cell + 2;
+  const base::Geo g = geo(p, reverse, time_major, G);
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({G * g.H}, p.options());
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
   at::Tensor h = at::empty({p.size(0), p.size(1), g.H}, p.options());
@@ -152,15 +165,18 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
     scalar_t *hp = h.data_ptr<scalar_t>(), *hnp = hn.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
+    with_gates(G, [&](auto gates) {
+    constexpr int NG = decltype(gates)::value;
     for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* s) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_fwd_task(as<avx512::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+        return avx512::gru_fwd_task<NG>(as<avx512::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
       if (which == Isa::avx2)
-        return avx2::gru_fwd_task(as<avx2::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+        return avx2::gru_fwd_task<NG>(as<avx2::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
 #endif
-      base::gru_fwd_task(g, pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+      base::gru_fwd_task<NG>(g, pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+    });
     });
   });
   return {h, hn};
@@ -173,14 +189,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
     bool reverse, bool time_major, int64_t cell) {
   check(p_in, bias_in, h0_in, len_in, time_major, cell);
   const at::Tensor p = p_in.contiguous();
-  const base::Geo g = geo(p, reverse, time_major);
+  const int64_t G = cell + 2;
+  const base::Geo g = geo(p, reverse, time_major, G);
   TORCH_CHECK(h_in.sizes() == at::IntArrayRef({p.size(0), p.size(1), g.H}),
               "minrnn_bwd: h must be p's shape with H channels, got ", h_in.sizes());
   TORCH_CHECK(!grad_in.has_value() || grad_in->sizes() == h_in.sizes(),
               "minrnn_bwd: grad_h must have h's shape ", h_in.sizes());
   TORCH_CHECK(!grad_hn_in.has_value() || grad_hn_in->sizes() == at::IntArrayRef({g.B, g.H}),
               "minrnn_bwd: grad_hn must be [", g.B, ", ", g.H, "]");
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({2 * g.H}, p.options());
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({G * g.H}, p.options());
   const at::Tensor h = h_in.contiguous();
   // an absent grad_h (only h_n used) is zeros; a broadcast one (y.sum()) is materialised once
   const at::Tensor gh = grad_in.has_value() ? grad_in->to(p.scalar_type())
@@ -193,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
   at::Tensor dp = at::empty_like(p);
   at::Tensor dh0 = at::empty({g.B, g.H}, p.options());
-  at::Tensor dbias_rows = at::zeros({g.B, 2 * g.H}, p.options());
+  at::Tensor dbias_rows = at::zeros({g.B, G * g.H}, p.options());
   const at::Tensor zero = at::zeros({g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_bwd", [&] {
@@ -205,19 +222,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
     scalar_t *dpp = dp.data_ptr<scalar_t>(), *dh0p = dh0.data_ptr<scalar_t>();
     scalar_t* dbr = dbias_rows.data_ptr<scalar_t>();
     const Isa which = std::is_same<scalar_t, float>::value ? isa() : Isa::base;
+    with_gates(G, [&](auto gates) {
+    constexpr int NG = decltype(gates)::value;
     for_tasks<scalar_t>(g.B, g.T, g.H, g.time_major,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* c) {
       scalar_t* gbuf = c + (b1 - b0) * nd;  // for_tasks' state has room for one more row
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_bwd_task(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp,
+        return avx512::gru_bwd_task<NG>(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp,
                                     dpp, dh0p, dbr, b0, b1, d0, nd, c, gbuf);
       if (which == Isa::avx2)
-        return avx2::gru_bwd_task(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp,
+        return avx2::gru_bwd_task<NG>(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp,
                                   dh0p, dbr, b0, b1, d0, nd, c, gbuf);
 #endif
-      base::gru_bwd_task(g, pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp, dh0p, dbr, b0, b1, d0, nd,
+      base::gru_bwd_task<NG>(g, pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp, dh0p, dbr, b0, b1, d0, nd,
                          c, gbuf);
+    });
     });
   });
   // rows summed in a fixed order: dbias does not depend on the number of threads

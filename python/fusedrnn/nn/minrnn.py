@@ -188,9 +188,9 @@ class _MinRNNBase(nn.Module):
         return h
 
     def _fused(self, x: Tensor) -> bool:
-        """Whether this layer runs the fused C++ minGRU pass: gates and scan in one pass forward
-        and one back (csrc/cpu/minrnn_scan.cpp), for linear space on the cpu scan backend."""
-        if self.GATES != 2 or self.log_space or x.dtype not in (torch.float32, torch.float64):
+        """Whether this layer runs the fused C++ pass: gates and scan in one pass forward and one
+        back (csrc/cpu/minrnn_scan.cpp), for linear space on the cpu scan backend."""
+        if self.log_space or x.dtype not in (torch.float32, torch.float64):
             return False
         if x.device.type != "cpu":
             return False
@@ -201,16 +201,16 @@ class _MinRNNBase(nn.Module):
                     lengths: Tensor | None, time_major: bool) -> tuple[Tensor, Tensor]:
         """x [T, B, I] (time_major) or [B, T, I] -> (h in the same layout, unmasked; h_n [B, H]).
 
-        One GEMM for both gate blocks ([k_z | k_h] per row, what the kernel reads), without its
+        One GEMM for all gate blocks ([k_z | k_h] or [k_f | k_i | k_h] per row, what the kernel reads), without its
         bias: the kernel adds it (addmm would first copy the bias into every output row). h_n
         comes from the kernel too, so its gradient enters the backward pass as a [B, H] tensor,
         not as a zero-filled [T, B, H] one added to h's."""
-        from ..scan.cpu import mingru_scan
+        from ..scan.cpu import minrnn_scan
 
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         p = F.linear(x, getattr(self, "weight_ih" + sfx))
-        return mingru_scan(p, getattr(self, "bias_ih" + sfx), h0, lengths, reverse=d == 1,
-                           time_major=time_major)
+        return minrnn_scan(p, getattr(self, "bias_ih" + sfx), h0, lengths, reverse=d == 1,
+                           time_major=time_major, cell=self.GATES - 2)
 
     # -- the public API ---------------------------------------------------------------------------
 

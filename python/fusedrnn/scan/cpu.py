@@ -100,7 +100,7 @@ def log_linear_scan(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = None,
     return _run(log_a, log_b, log_h0, reverse, True)
 
 
-# -- the fused minGRU layer scan: gates + scan in one C++ pass (csrc/cpu/minrnn_scan.cpp) ---------
+# -- the fused minGRU/minLSTM layer: gates + scan in one C++ pass (csrc/cpu/minrnn_scan.cpp) --
 
 _MINRNN: dict[str, bool] = {}
 
@@ -124,14 +124,14 @@ def minrnn_available() -> bool:
 def _register_minrnn() -> None:
     @torch.library.register_fake("fusedrnn::minrnn_fwd")
     def _(p, bias, h0, lengths, reverse, time_major, cell):
-        B = p.shape[1] if time_major else p.shape[0]
-        return p.new_empty((p.shape[0], p.shape[1], p.shape[2] // 2)), p.new_empty((B, p.shape[2] // 2))
+        B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
+        return p.new_empty((p.shape[0], p.shape[1], H)), p.new_empty((B, H))
 
     @torch.library.register_fake("fusedrnn::minrnn_bwd")
     def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell):
-        B = p.shape[1] if time_major else p.shape[0]
+        B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
         return (torch.empty_like(p, memory_format=torch.contiguous_format),
-                p.new_empty((B, p.shape[2] // 2)), p.new_empty((p.shape[2],)))
+                p.new_empty((B, H)), p.new_empty((p.shape[2],)))
 
     def setup_context(ctx, inputs, output):
         p, bias, h0, lengths, reverse, time_major, cell = inputs
@@ -148,12 +148,16 @@ def _register_minrnn() -> None:
     torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
 
 
-def mingru_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tensor | None,
-                reverse: bool, time_major: bool) -> tuple[Tensor, Tensor]:
-    """A minGRU layer after its projection: ``p + bias`` = ``[k_z | k_h]`` (p ``[T, B, 2H]`` if
-    ``time_major`` else ``[B, T, 2H]``, float32/float64; bias ``[2H]`` or None) -> ``(h, h_n)``,
-    h in p's layout with H channels, h_n ``[B, H]`` the state after the last step.
+def minrnn_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tensor | None,
+                reverse: bool, time_major: bool, cell: int) -> tuple[Tensor, Tensor]:
+    """A minGRU (``cell=0``) or minLSTM (``cell=1``) layer after its projection, gates and scan
+    in one C++ pass: ``p + bias`` holds the gate inputs per row, ``[k_z | k_h]`` or
+    ``[k_f | k_i | k_h]`` (p ``[T, B, G*H]`` if ``time_major`` else ``[B, T, G*H]``,
+    float32/float64; bias ``[G*H]`` or None) -> ``(h, h_n)``, h in p's layout with H channels,
+    h_n ``[B, H]`` the state after the last step.
 
-    ``h_t = sigmoid(-k_z) h_{t-1} + sigmoid(k_z) g(k_h)``; steps ``t >= lengths[b]`` keep the
-    state. Differentiable in ``p``, ``bias`` and ``h0`` (one fused C++ pass back)."""
-    return torch.ops.fusedrnn.minrnn_fwd(p, bias, h0, lengths, bool(reverse), bool(time_major), 0)
+    ``h_t = a_t h_{t-1} + (1 - a_t) g(k_h)`` with ``a = sigmoid(-k_z)`` (minGRU) or
+    ``f / (f + i)`` (minLSTM); steps ``t >= lengths[b]`` keep the state. Differentiable in ``p``,
+    ``bias`` and ``h0`` (one fused C++ pass back)."""
+    return torch.ops.fusedrnn.minrnn_fwd(p, bias, h0, lengths, bool(reverse), bool(time_major),
+                                         int(cell))
