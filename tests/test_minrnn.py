@@ -369,3 +369,37 @@ def test_fused_kernel_extreme_gates_float32(cell):
     for want, got in zip(*outs):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.double(), want, **TOL[torch.float32])
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_traces_under_torch_compile(cell):
+    """torch.compile(fullgraph=True) goes through the fused ops' fake and autograd formulas
+    (without lengths: their validation reads tensor values, which a full graph cannot)."""
+    torch.manual_seed(17)
+    m = cell(4, 20, bidirectional=True).double()
+    x, h0 = torch.randn(7, 3, 4, dtype=torch.float64), torch.randn(2, 3, 20, dtype=torch.float64)
+    runs = []
+    for fn in (m, torch.compile(m, fullgraph=True, backend="aot_eager")):
+        m.zero_grad()
+        xi = x.clone().requires_grad_()
+        y, h_n = fn(xi, h0)
+        (y.square().sum() + h_n.sum()).backward()
+        runs.append([y, h_n, xi.grad] + [p.grad.clone() for p in m.parameters()])
+    for got, want in zip(runs[1], runs[0]):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+def test_fused_ops_registered_at_import():
+    """In a fresh process the first MinGRU call may be inside a full-graph trace: the fused ops'
+    fake and autograd registration must already have happened at import (this test process
+    registered them long ago, so only a subprocess sees the first call)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, fusedrnn\n"
+            "m = fusedrnn.MinGRU(4, 8)\n"
+            "torch.compile(m, fullgraph=True, backend='aot_eager')(torch.randn(5, 2, 4))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -39,6 +39,9 @@ def unavailable() -> str | None:
         if why is None:
             _register()
         _STATE["why"] = why
+        # register the fused layer ops now, at import, not on first use inside a
+        # torch.compile trace (dynamo cannot trace torch.library registration)
+        minrnn_available()
     return _STATE["why"]
 
 
