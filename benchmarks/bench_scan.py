@@ -4,12 +4,15 @@
     python benchmarks/bench_scan.py --malloc tuned        # large blocks reused, not re-faulted
     python benchmarks/bench_scan.py --hidden 256 --t 256 4096 --out bench_out/scan
     python benchmarks/bench_scan.py --threads 2 --timer wall   # on an otherwise idle machine
+    python benchmarks/bench_scan.py --hidden 64 --t 4096 --rounds 7   # issue 12's point (>= 2.5x)
 
 Contenders, one run, same input: torch.nn.GRU, fusedrnn.GRU(backend="auto") (the backend that
-actually ran is recorded), fusedrnn.MinGRU (linear-space scan, the default) and
-MinGRU(log_space=True) (the paper's training path), and the bare ``linear_scan`` (C++) with its
-effective bandwidth. Each point: one warm-up call, then the median of
-``torch.utils.benchmark.Timer.blocked_autorange``. By default one thread and the process's CPU
+actually ran is recorded), fusedrnn.MinGRU and MinLSTM (linear space, the default: on CPU the
+fused C++ pass of csrc/cpu/minrnn_scan.cpp) and MinGRU(log_space=True) (the paper's training
+path), and the bare ``linear_scan`` (C++) with its effective bandwidth. Each point: one warm-up
+call, then the median of ``torch.utils.benchmark.Timer.blocked_autorange``; with ``--rounds N``
+instead N interleaved rounds of one call per contender, median and min-max (drift on a shared
+machine then hits every contender alike). By default one thread and the process's CPU
 time, so that other jobs on a shared machine do not count; ``--timer wall`` for elapsed time. Prints a table, the MinGRU/GRU ratios at the
 longest T, the T from which MinGRU beats the fused GRU, and writes JSON and a PNG plot.
 """
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -67,6 +71,8 @@ def main(argv=None) -> dict:
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--out", default="bench_out/scan")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=0,
+                   help="N > 0: N interleaved rounds, one call per contender each (median, min-max)")
     p.add_argument("--timer", choices=tuple(TIMERS), default="process",
                    help="process: CPU time of this process (robust on a shared machine, use with "
                         "--threads 1); wall: elapsed time")
@@ -89,6 +95,7 @@ def main(argv=None) -> dict:
         "torch.nn.GRU": torch.nn.GRU(H, H),
         f"fusedrnn.GRU[{gru_backend.rsplit('.', 1)[-1]}]": fusedrnn.GRU(H, H, backend="auto"),
         "MinGRU": fusedrnn.MinGRU(H, H),
+        "MinLSTM": fusedrnn.MinLSTM(H, H),
         "MinGRU(log_space)": fusedrnn.MinGRU(H, H, log_space=True),
     }
     rows = []
@@ -102,8 +109,22 @@ def main(argv=None) -> dict:
     for T in args.t:
         x = torch.randn(T, B, H, requires_grad=True)
         row = {"T": T}
-        for name, m in models.items():
-            row[name] = median_s(fwd_bwd(m, x), args.min_run_time, args.timer)
+        if args.rounds > 0:
+            runs = {name: fwd_bwd(m, x) for name, m in models.items()}
+            for fn in runs.values():
+                fn()  # warm-up
+            times = {name: [] for name in runs}
+            for _ in range(args.rounds):
+                for name, fn in runs.items():
+                    t0 = TIMERS[args.timer]()
+                    fn()
+                    times[name].append(TIMERS[args.timer]() - t0)
+            for name, v in times.items():
+                row[name] = statistics.median(v)
+                row[name + " min-max"] = (min(v), max(v))
+        else:
+            for name, m in models.items():
+                row[name] = median_s(fwd_bwd(m, x), args.min_run_time, args.timer)
         a = torch.rand(B, T, H).requires_grad_()
         b = torch.randn(B, T, H).requires_grad_()
 
@@ -125,10 +146,14 @@ def main(argv=None) -> dict:
     print(f"\nat T={last['T']}: MinGRU is {ratio_torch:.1f}x faster than torch.nn.GRU and "
           f"{ratio_fused:.1f}x faster than {fused} (forward+backward)")
     print(f"MinGRU overtakes {fused} from T={overtake} on (smallest T measured: {rows[0]['T']})")
+    ratio_lstm = last[fused] / last["MinLSTM"]
+    print(f"at T={last['T']}: {fused} time / MinGRU time = {ratio_fused:.2f}x, / MinLSTM time = "
+          f"{ratio_lstm:.2f}x (issue 12 asks >= 2.5x at T=4096, B=32, H=64)")
     result = dict(machine=machine(), timer=args.timer, threads=args.threads, malloc=args.malloc,
                   load_average=os.getloadavg(), B=B, H=H, fused_gru_backend=gru_backend,
                   scan_backend=scan_backend, rows=rows, ratio_vs_torch_gru=ratio_torch,
-                  ratio_vs_fused_gru=ratio_fused, overtake_T=overtake,
+                  ratio_vs_fused_gru=ratio_fused, minlstm_ratio_vs_fused_gru=ratio_lstm,
+                  overtake_T=overtake,
                   git=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip())
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -222,3 +222,184 @@ def test_repr_and_package_exports():
     assert repr(MinLSTM(3, 4, num_layers=2, log_space=True)) == \
         "MinLSTM(3, 4, num_layers=2, log_space=True)"
     assert fusedrnn.MinGRU is MinGRU and callable(fusedrnn.linear_scan)
+
+
+# -- the fused C++ minGRU/minLSTM pass (csrc/cpu/minrnn_scan.cpp) vs the unfused reference path
+
+def _fused_built():
+    from fusedrnn.scan import cpu
+    return "cpu" in CPU_BACKENDS and cpu.minrnn_available()
+
+
+def _run_grads(m, x, h0, lengths):
+    xi = x.clone().requires_grad_()
+    hi = None if h0 is None else h0.clone().requires_grad_()
+    y, h_n = m(xi, hi, lengths=lengths)
+    # weights that differ per element, so a gradient sent to the wrong step or channel shows
+    wy = torch.linspace(-1, 2, y.numel(), dtype=y.dtype).reshape(y.shape)
+    (y * wy).sum().backward(retain_graph=True)
+    h_n.square().sum().backward()
+    return [y, h_n, xi.grad] + ([] if hi is None else [hi.grad]) + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("H,lengths,with_h0", [(5, None, True), (37, [9, 0, 4], True),
+                                               (37, None, False), (16, [1, 9, 9], False)])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_matches_unfused_reference(cell, batch_first, H, lengths, with_h0):
+    """float64: outputs and every gradient equal the reference backend's unfused layer, with H
+    crossing the 16-channel blocks, lengths of 0 and T, both layouts, h0 given and absent."""
+    torch.manual_seed(11)
+    fused = cell(4, H, num_layers=2, bidirectional=True, batch_first=batch_first).double()
+    ref = cell(4, H, num_layers=2, bidirectional=True, batch_first=batch_first,
+                 backend="reference").double()
+    ref.load_state_dict(fused.state_dict())
+    x = 3 * torch.randn(3, 9, 4, dtype=torch.float64)  # wide: both branches of g, saturated z
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    h0 = torch.randn(4, 3, H, dtype=torch.float64) if with_h0 else None
+    lengths = None if lengths is None else torch.tensor(lengths)
+    assert fused._fused(x) and not ref._fused(x)  # the two paths really differ
+    for got, want in zip(_run_grads(fused, x, h0, lengths), _run_grads(ref, x, h0, lengths)):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_float32_against_float64(cell):
+    """float32 on the vectorised kernel (its own exp) against the float64 reference, with gate
+    inputs from -60 to 60 so that every sigmoid saturates somewhere."""
+    torch.manual_seed(12)
+    m = cell(6, 40, bidirectional=True)
+    ref = cell(6, 40, bidirectional=True, backend="reference").double()
+    ref.load_state_dict(m.state_dict())
+    x = (torch.randn(50, 4, 6) * torch.logspace(-2, 1, 6)).float()
+    h0 = torch.randn(2, 4, 40)
+    got = _run_grads(m, x, h0, torch.tensor([50, 31, 1, 0]))
+    want = _run_grads(ref, x.double(), h0.double(), torch.tensor([50, 31, 1, 0]))
+    for gv, wv in zip(got, want):
+        assert torch.isfinite(gv).all()
+        torch.testing.assert_close(gv.double(), wv, **TOL[torch.float32])
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_same_bits_on_1_and_2_threads(cell):
+    torch.manual_seed(13)
+    m = cell(5, 37, bidirectional=True)
+    x, h0 = torch.randn(20, 6, 5), torch.randn(2, 6, 37)
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            m.zero_grad()
+            runs.append(_run_grads(m, x, h0, torch.tensor([20, 3, 0, 20, 7, 1])))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("cell", [0, 1], ids=["MinGRU", "MinLSTM"])
+def test_fused_opcheck(time_major, cell):
+    torch.manual_seed(14)
+    p = 3 * torch.randn(3, 7, (cell + 2) * 20, dtype=torch.float64)
+    p.requires_grad_()
+    h0 = torch.randn(7 if time_major else 3, 20, dtype=torch.float64, requires_grad=True)
+    n = 7 if time_major else 3
+    lengths = torch.randint(0, (3 if time_major else 7) + 1, (n,))
+    bias = torch.randn((cell + 2) * 20, dtype=torch.float64, requires_grad=True)
+    op = torch.ops.fusedrnn.minrnn_fwd.default
+    torch.library.opcheck(op, (p, bias, h0, lengths, True, time_major, cell))
+    torch.library.opcheck(op, (p, None, None, None, False, time_major, cell))
+    fn = lambda p, bias, h0: op(p, bias, h0, lengths, True, time_major, cell)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (p, bias, h0))
+    # h_n alone in the loss: the kernel gets no grad_h
+    assert torch.autograd.gradcheck(lambda p: op(p, bias, h0, lengths, True, time_major, cell)[1], (p,))
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("loss", ["sum", "h_n_only", "transposed"])
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_gradient_layouts(cell, loss):
+    """grad_h broadcast (y.sum()), absent (only h_n in the loss) or strided (a transposed view):
+    the kernel reads each in place; gradients equal the unfused reference's."""
+    torch.manual_seed(15)
+    fused = cell(3, 21, bidirectional=True).double()
+    ref = cell(3, 21, bidirectional=True, backend="reference").double()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(8, 5, 3, dtype=torch.float64)
+    w = torch.randn(42, 5, 8, dtype=torch.float64).permute(2, 1, 0)  # [T, B, 2H], T innermost
+    grads = []
+    for m in (fused, ref):
+        xi = x.clone().requires_grad_()
+        y, h_n = m(xi)
+        if loss == "sum":
+            out = y.sum() + h_n.sum()
+        elif loss == "h_n_only":
+            out = h_n.square().sum()
+        else:  # a gradient with T innermost reaches the kernel as a strided tensor
+            out = (y * w).sum()
+        out.backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("cell", [0, 1], ids=["MinGRU", "MinLSTM"])
+def test_fused_kernel_extreme_gates_float32(cell):
+    """Gate inputs up to +-200: sigmoids saturate, minLSTM's f and i both underflow (its 0/0 case
+    without the shift by m). float32 (vectorised exp) against the float64 kernel (std::exp):
+    finite, and equal to float32 tolerance, outputs and gradients."""
+    torch.manual_seed(16)
+    p = 200 * torch.rand(6, 4, (cell + 2) * 17, dtype=torch.float64) - 100
+    p[:, :, : 2 * 17] -= 100  # f and i (z) far negative somewhere
+    h0 = torch.randn(4, 17, dtype=torch.float64)
+    p, h0 = p.float().double(), h0.float().double()  # both runs see the same (rounded) inputs
+    outs = []
+    for dt in (torch.float64, torch.float32):
+        pi, hi = p.to(dt).clone().requires_grad_(), h0.to(dt).clone().requires_grad_()
+        h, hn = torch.ops.fusedrnn.minrnn_fwd(pi, None, hi, None, False, True, cell)
+        (h.sum() + hn.square().sum()).backward()
+        outs.append([h, hn, pi.grad, hi.grad])
+    for want, got in zip(*outs):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, **TOL[torch.float32])
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_fused_traces_under_torch_compile(cell):
+    """torch.compile(fullgraph=True) goes through the fused ops' fake and autograd formulas
+    (without lengths: their validation reads tensor values, which a full graph cannot)."""
+    torch.manual_seed(17)
+    m = cell(4, 20, bidirectional=True).double()
+    x, h0 = torch.randn(7, 3, 4, dtype=torch.float64), torch.randn(2, 3, 20, dtype=torch.float64)
+    runs = []
+    for fn in (m, torch.compile(m, fullgraph=True, backend="aot_eager")):
+        m.zero_grad()
+        xi = x.clone().requires_grad_()
+        y, h_n = fn(xi, h0)
+        (y.square().sum() + h_n.sum()).backward()
+        runs.append([y, h_n, xi.grad] + [p.grad.clone() for p in m.parameters()])
+    for got, want in zip(runs[1], runs[0]):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.skipif(not _fused_built(), reason="the fused minGRU C++ ops are not built")
+def test_fused_ops_registered_at_import():
+    """In a fresh process the first MinGRU call may be inside a full-graph trace: the fused ops'
+    fake and autograd registration must already have happened at import (this test process
+    registered them long ago, so only a subprocess sees the first call)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, fusedrnn\n"
+            "m = fusedrnn.MinGRU(4, 8)\n"
+            "torch.compile(m, fullgraph=True, backend='aot_eager')(torch.randn(5, 2, 4))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

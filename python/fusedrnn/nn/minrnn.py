@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..scan import check_scan_backend, linear_scan, log_linear_scan
+from ..scan import resolve as resolve_scan
 
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g"]
 
@@ -186,6 +187,31 @@ class _MinRNNBase(nn.Module):
             h = h + decay * h0.unsqueeze(1)
         return h
 
+    def _fused(self, x: Tensor) -> bool:
+        """Whether this layer runs the fused C++ pass: gates and scan in one pass forward and one
+        back (csrc/cpu/minrnn_scan.cpp), for linear space on the cpu scan backend."""
+        if self.log_space or x.dtype not in (torch.float32, torch.float64):
+            return False
+        if x.device.type != "cpu":
+            return False
+        mod = resolve_scan(self.backend, x.device)
+        return getattr(mod, "minrnn_available", lambda: False)()
+
+    def _scan_fused(self, x: Tensor, layer: int, d: int, h0: Tensor | None,
+                    lengths: Tensor | None, time_major: bool) -> tuple[Tensor, Tensor]:
+        """x [T, B, I] (time_major) or [B, T, I] -> (h in the same layout, unmasked; h_n [B, H]).
+
+        One GEMM for all gate blocks ([k_z | k_h] or [k_f | k_i | k_h] per row, what the kernel reads), without its
+        bias: the kernel adds it (addmm would first copy the bias into every output row). h_n
+        comes from the kernel too, so its gradient enters the backward pass as a [B, H] tensor,
+        not as a zero-filled [T, B, H] one added to h's."""
+        from ..scan.cpu import minrnn_scan
+
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        p = F.linear(x, getattr(self, "weight_ih" + sfx))
+        return minrnn_scan(p, getattr(self, "bias_ih" + sfx), h0, lengths, reverse=d == 1,
+                           time_major=time_major, cell=self.GATES - 2)
+
     # -- the public API ---------------------------------------------------------------------------
 
     def forward(self, input: Tensor | PackedSequence, h0: Tensor | None = None,
@@ -212,19 +238,24 @@ class _MinRNNBase(nn.Module):
                 raise ValueError("lengths must be None when input is a PackedSequence, "
                                  "which carries its own lengths")
             x, lengths = pad_packed_sequence(input, batch_first=True)  # [B, T, I], original order
+            tm = False
         else:
             if not isinstance(input, Tensor) or input.dim() not in (2, 3):
                 raise ValueError("input must be a 3-D (batched) or 2-D (unbatched) tensor, got "
                                  f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
             unbatched = input.dim() == 2
-            x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))
-            x = x.contiguous()  # [B, T, I]: one copy here, not one per GEMM
+            # the fused path keeps [T, B, I] as it comes: no transposed copies in or out
+            tm = not unbatched and not self.batch_first and self._fused(input)
+            x = input.unsqueeze(0) if unbatched else (input if self.batch_first or tm
+                                                      else input.transpose(0, 1))
+            x = x.contiguous()  # [B, T, I] ([T, B, I] if tm): one copy here, not one per GEMM
             if unbatched and h0 is not None:
                 h0 = h0.unsqueeze(1)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input.size(-1) must be equal to input_size. Expected "
                              f"{self.input_size}, got {x.shape[-1]}")
-        B, T, _ = x.shape
+        B, T = (x.shape[1], x.shape[0]) if tm else (x.shape[0], x.shape[1])
+        fused = self._fused(x)
         dirs = 2 if self.bidirectional else 1
         if h0 is not None:
             expected = (self.num_layers * dirs, B, self.hidden_size)
@@ -233,16 +264,25 @@ class _MinRNNBase(nn.Module):
             if h0.dtype != x.dtype:
                 raise ValueError(f"h0 must have dtype {x.dtype} like input, got {h0.dtype}")
         mask = self._mask(lengths, B, T, x.device)
+        lengths64 = None if mask is None or not fused else torch.as_tensor(lengths).to("cpu", torch.int64)
         mask = None if mask is None else mask.to(x.dtype)  # [B, T, 1] 1.0 / 0.0
+        if tm and mask is not None:
+            mask = mask.transpose(0, 1)  # [T, B, 1]
         h_n = []
         for layer in range(self.num_layers):
             outs = []
             for d in range(dirs):
-                h = self._scan(x, layer, d, None if h0 is None else h0[layer * dirs + d], mask)
-                # padded steps kept the state, so the last processed column is the final state
-                h_n.append(h[:, 0] if d else h[:, T - 1])
+                h0_ld = None if h0 is None else h0[layer * dirs + d]
+                if fused:
+                    h, last = self._scan_fused(x, layer, d, h0_ld, lengths64, tm)
+                    h_n.append(last)
+                else:
+                    h = self._scan(x, layer, d, h0_ld, mask)
+                    # padded steps kept the state, so the last processed column is the final state
+                    if T > 0:
+                        h_n.append(h[:, 0] if d else h[:, T - 1])
                 outs.append(h)
-            y = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)  # [B, T, dirs*H]
+            y = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)  # [B, T, dirs*H] ([T, B, ..] if tm)
             if mask is not None:
                 y = y * mask
             if self.dropout and self.training and layer < self.num_layers - 1:
@@ -253,7 +293,7 @@ class _MinRNNBase(nn.Module):
             return self._repack(x, lengths, input), h_n
         if unbatched:
             return x.squeeze(0), h_n.squeeze(1)
-        return (x if self.batch_first else x.transpose(0, 1)), h_n
+        return (x if self.batch_first or tm else x.transpose(0, 1)), h_n
 
     def _empty_state(self, h0, B, x):
         dirs = 2 if self.bidirectional else 1

@@ -39,6 +39,9 @@ def unavailable() -> str | None:
         if why is None:
             _register()
         _STATE["why"] = why
+        # register the fused layer ops now, at import, not on first use inside a
+        # torch.compile trace (dynamo cannot trace torch.library registration)
+        minrnn_available()
     return _STATE["why"]
 
 
@@ -98,3 +101,66 @@ def log_linear_scan(log_a: Tensor, log_b: Tensor, log_h0: Tensor | None = None,
     """The log-space scan on the C++ kernel; see ``fusedrnn.scan.log_linear_scan``."""
     check_scan_args(log_a, log_b, log_h0, names=("log_a", "log_b", "log_h0"))
     return _run(log_a, log_b, log_h0, reverse, True)
+
+
+# -- the fused minGRU/minLSTM layer: gates + scan in one C++ pass (csrc/cpu/minrnn_scan.cpp) --
+
+_MINRNN: dict[str, bool] = {}
+
+
+def minrnn_available() -> bool:
+    """True when the C++ ops ``fusedrnn::minrnn_fwd`` / ``minrnn_bwd`` are registered (an older
+    build of the extension lacks them; the layer then runs its unfused path)."""
+    if "ok" not in _MINRNN:
+        try:
+            torch.ops.fusedrnn.minrnn_fwd  # noqa: B018
+            torch.ops.fusedrnn.minrnn_bwd  # noqa: B018
+            ok = unavailable() is None
+        except (AttributeError, RuntimeError):
+            ok = False
+        if ok:
+            _register_minrnn()
+        _MINRNN["ok"] = ok
+    return _MINRNN["ok"]
+
+
+def _register_minrnn() -> None:
+    @torch.library.register_fake("fusedrnn::minrnn_fwd")
+    def _(p, bias, h0, lengths, reverse, time_major, cell):
+        B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
+        return p.new_empty((p.shape[0], p.shape[1], H)), p.new_empty((B, H))
+
+    @torch.library.register_fake("fusedrnn::minrnn_bwd")
+    def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell):
+        B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
+        return (torch.empty_like(p, memory_format=torch.contiguous_format),
+                p.new_empty((B, H)), p.new_empty((p.shape[2],)))
+
+    def setup_context(ctx, inputs, output):
+        p, bias, h0, lengths, reverse, time_major, cell = inputs
+        ctx.args = (reverse, time_major, cell)
+        ctx.has = (bias is not None, h0 is not None)
+        ctx.save_for_backward(p, bias, h0, lengths, output[0])
+
+    def backward(ctx, grad_h, grad_hn):
+        p, bias, h0, lengths, h = ctx.saved_tensors
+        dp, dh0, dbias = torch.ops.fusedrnn.minrnn_bwd(p, bias, h, h0, lengths, grad_h, grad_hn,
+                                                       *ctx.args)
+        return dp, (dbias if ctx.has[0] else None), (dh0 if ctx.has[1] else None), None, None, None, None
+
+    torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
+
+
+def minrnn_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tensor | None,
+                reverse: bool, time_major: bool, cell: int) -> tuple[Tensor, Tensor]:
+    """A minGRU (``cell=0``) or minLSTM (``cell=1``) layer after its projection, gates and scan
+    in one C++ pass: ``p + bias`` holds the gate inputs per row, ``[k_z | k_h]`` or
+    ``[k_f | k_i | k_h]`` (p ``[T, B, G*H]`` if ``time_major`` else ``[B, T, G*H]``,
+    float32/float64; bias ``[G*H]`` or None) -> ``(h, h_n)``, h in p's layout with H channels,
+    h_n ``[B, H]`` the state after the last step.
+
+    ``h_t = a_t h_{t-1} + (1 - a_t) g(k_h)`` with ``a = sigmoid(-k_z)`` (minGRU) or
+    ``f / (f + i)`` (minLSTM); steps ``t >= lengths[b]`` keep the state. Differentiable in ``p``,
+    ``bias`` and ``h0`` (one fused C++ pass back)."""
+    return torch.ops.fusedrnn.minrnn_fwd(p, bias, h0, lengths, bool(reverse), bool(time_major),
+                                         int(cell))
