@@ -27,6 +27,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "fusedrnn/cells.h"
+
 namespace fusedrnn {
 namespace minrnn {
 

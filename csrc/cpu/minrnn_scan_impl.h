@@ -1,7 +1,7 @@
 // The fused minGRU layer scan, included once per instruction set by minrnn_scan.cpp inside
 // `#pragma GCC target(...)` and a namespace of its own, so that the plain loops below are
 // auto-vectorised for that ISA (no intrinsics: the same source is the portable fallback).
-// Needs <cmath>, <cstdint>, <cstring> included before the namespace opens.
+// Needs <cmath>, <cstdint>, <cstring> and fusedrnn/cells.h included before the namespace opens.
 //
 // One call runs one task: a batch row `bi` and channels [d0, d0 + nd), over every step.
 // p holds the projected gates, [k_z | k_h] for each (row, step): 2*H values per row, k_z at
@@ -22,31 +22,13 @@ struct Geo {
   }
 };
 
-// exp for float, vectorisable (Cephes' expf: range reduction by ln 2, degree-5 polynomial,
-// relative error about 1e-7); arguments are clamped to [-87.3, 88.3], so it never returns a
-// denormal or inf: exp(-87.3) = 1.3e-38 where the true value is smaller.
-inline float vexp(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  // round x / ln 2 to the nearest integer by adding 1.5 * 2^23 (no floor: it has no vector
-  // instruction before SSE4.1); the low bits of `t` are then that integer
-  const float t = x * 1.44269504088896341f + 12582912.0f;
-  const float fk = t - 12582912.0f;
-  const float r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  const float y = q * r * r + r + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits = (bits - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return y * scale;
+// exp: cells.h's (the host float one is a vectorisable polynomial, 8e-8 relative, libm's 0 and
+// +inf past its range; float64 is libm's)
+template <typename T>
+inline T vexp(T x) {
+  return fusedrnn::fr_exp(x);
 }
-inline double vexp(double x) { return std::exp(x); }  // float64 is the accuracy path
+
 
 // s = sigmoid(k), a = sigmoid(-k) = 1 - s without cancellation
 template <typename T>
