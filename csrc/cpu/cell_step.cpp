@@ -34,35 +34,51 @@ struct StepArgs {
   T *gx, *gh;                                       // scratch: [rows, G*H] pre-activations
   int64_t B, I, H;
   bool gemv;  // false: gx, gh already hold the projections (BLAS path)
+  bool rev;   // walk the weights backwards (see run())
 };
 
-// out[r] = bias[r] + W[r, :] . v for r < N. Four weight rows per pass share each load of v and
-// give four independent accumulators.
+// out[r..r+3] = bias + W[r..r+3, :] . v: four weight rows share each load of v and give four
+// independent accumulators.
+template <typename T>
+inline __attribute__((always_inline)) void dot4(const T* W, int64_t r, int64_t K, const T* v,
+                                                const T* bias, T* out) {
+  const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+  T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t k = 0; k < K; ++k) {
+    a0 += w0[k] * v[k];
+    a1 += w1[k] * v[k];
+    a2 += w2[k] * v[k];
+    a3 += w3[k] * v[k];
+  }
+  out[r] = a0 + (bias ? bias[r] : T(0));
+  out[r + 1] = a1 + (bias ? bias[r + 1] : T(0));
+  out[r + 2] = a2 + (bias ? bias[r + 2] : T(0));
+  out[r + 3] = a3 + (bias ? bias[r + 3] : T(0));
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void dot1(const T* W, int64_t r, int64_t K, const T* v,
+                                                const T* bias, T* out) {
+  const T* w = W + r * K;
+  T a = T(0);
+#pragma omp simd reduction(+ : a)
+  for (int64_t k = 0; k < K; ++k) a += w[k] * v[k];
+  out[r] = a + (bias ? bias[r] : T(0));
+}
+
+// out[r] = bias[r] + W[r, :] . v for r < N, four rows at a time. `rev` walks the rows last to
+// first; every row's sum is computed the same way in either order (bitwise equal results).
 template <typename T>
 inline __attribute__((always_inline)) void gemv(const T* W, int64_t N, int64_t K, const T* v,
-                                                const T* bias, T* out) {
-  int64_t r = 0;
-  for (; r + 4 <= N; r += 4) {
-    const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-    T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (int64_t k = 0; k < K; ++k) {
-      a0 += w0[k] * v[k];
-      a1 += w1[k] * v[k];
-      a2 += w2[k] * v[k];
-      a3 += w3[k] * v[k];
-    }
-    out[r] = a0 + (bias ? bias[r] : T(0));
-    out[r + 1] = a1 + (bias ? bias[r + 1] : T(0));
-    out[r + 2] = a2 + (bias ? bias[r + 2] : T(0));
-    out[r + 3] = a3 + (bias ? bias[r + 3] : T(0));
-  }
-  for (; r < N; ++r) {
-    const T* w = W + r * K;
-    T a = T(0);
-#pragma omp simd reduction(+ : a)
-    for (int64_t k = 0; k < K; ++k) a += w[k] * v[k];
-    out[r] = a + (bias ? bias[r] : T(0));
+                                                const T* bias, T* out, bool rev) {
+  const int64_t N4 = N / 4 * 4;
+  if (!rev) {
+    for (int64_t r = 0; r < N4; r += 4) dot4(W, r, K, v, bias, out);
+    for (int64_t r = N4; r < N; ++r) dot1(W, r, K, v, bias, out);
+  } else {
+    for (int64_t r = N - 1; r >= N4; --r) dot1(W, r, K, v, bias, out);
+    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot4(W, r, K, v, bias, out);
   }
 }
 
@@ -75,9 +91,12 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
   for (int64_t b = 0; b < a.B; ++b) {
     T* gx = a.gemv ? a.gx : a.gx + b * GH;
     T* gh = a.gemv ? a.gh : a.gh + b * GH;
-    if (a.gemv) {
-      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx);
-      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh);
+    if (a.gemv && !a.rev) {
+      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, false);
+      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, false);
+    } else if (a.gemv) {
+      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, true);
+      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, true);
     }
     const T* hp = a.h + b * H;
     const T* cp = Ops::kHasC ? a.c + b * H : nullptr;
@@ -146,7 +165,14 @@ void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
   StepArgs<T> a{x.data_ptr<T>(), w_ih.data_ptr<T>(), ptr_or_null<T>(b_ih), w_hh.data_ptr<T>(),
                 ptr_or_null<T>(b_hh), h.data_ptr<T>(), ptr_or_null<T>(c), h_new.data_ptr<T>(),
                 c_new.numel() ? c_new.data_ptr<T>() : nullptr, scratch.data(),
-                scratch.data() + need / 2, B, I, H, gemv};
+                scratch.data() + need / 2, B, I, H, gemv, false};
+  // Streaming reads the same weights every step. When they are about the size of L2 (LSTM,
+  // H = 256, float32: 2 MiB) a fixed order evicts each line just before it is needed again and
+  // every step streams from L3; alternating the direction step by step starts each step with the
+  // lines the previous one touched last, still in L2.
+  thread_local bool flip = false;
+  flip = !flip;
+  a.rev = flip;
   if (!gemv) {
     auto project = [&](T* o, const T* in, const T* w, const T* bias, int64_t K) {
       if (bias)
