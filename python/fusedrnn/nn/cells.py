@@ -14,6 +14,23 @@ from torch import Tensor, nn
 from .. import backends
 from . import _amp, _onnx
 
+_STEP_DTYPES = (torch.float32, torch.float64)
+# (backend name, device type) -> the backend's single-step op, or False where it has none
+_STEP_OPS: dict = {}
+
+
+def _step_op(backend: str, device: torch.device):
+    mod = backends.resolve(backend, device)  # resolved once, as the registry does
+    step = getattr(mod, "cell_step", None)
+    if step is None:
+        return False
+    if mod.__name__ == "fusedrnn.ops.cpu":
+        # the op overload itself, not the Python wrapper around it (one frame less; the unused
+        # c of non-LSTM cells is an empty tensor, not None); not its C++ _op either, which
+        # saves ~0.2 us more but is opaque to torch.compile
+        return torch.ops.fusedrnn.cell_step.default
+    return step
+
 
 class _FusedCellMixin:
     backend: str = "auto"
@@ -40,16 +57,26 @@ class _FusedCellMixin:
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
+    def _weights(self) -> tuple:
+        # straight from _parameters: nn.Module.__getattr__ costs ~0.4 us per name on every
+        # streaming step; parametrized or weight-normed cells move them out, hence the fallback
+        p = self._parameters
+        try:
+            return p["weight_ih"], p["bias_ih"], p["weight_hh"], p["bias_hh"]
+        except KeyError:
+            return self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh
+
     def _step(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
         """x [B, I], states ([B, H],) or ([B, H], [B, H]) -> (h [B, H], c [B, H] | None)."""
         mode = self._mode()
         # the checks sit on every streaming step: plain shape/dtype reads, messages built
         # only when one fails
-        B, w_dtype = x.shape[0], self.weight_ih.dtype
+        B, w_dtype = x.shape[0], self._weights()[0].dtype
         if x.shape[1] != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
             )
+        same_dtype = x.dtype == w_dtype
         for i, s in enumerate(states):
             if s.shape[0] != B:
                 raise RuntimeError(
@@ -60,9 +87,9 @@ class _FusedCellMixin:
                     f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
+            same_dtype = same_dtype and s.dtype == w_dtype
         # under autocast the dtypes may differ, as for torch.nn's cells: all are cast below
-        if _amp.autocast_dtype(x) is None and (
-                x.dtype != w_dtype or any(s.dtype != w_dtype for s in states)):
+        if not same_dtype and _amp.autocast_dtype(x) is None:
             name, t = next((n, t) for n, t in (("input", x), *(
                 (f"hx[{i}]", s) for i, s in enumerate(states))) if t.dtype != w_dtype)
             raise RuntimeError(
@@ -83,15 +110,17 @@ class _FusedCellMixin:
 
     def _run_step(self, mode, x, h0, c0, dtype):
         """One step in one dtype: the parameters are cast to ``dtype`` unless it is None."""
-        w_ih, b_ih, w_hh, b_hh = (
-            t if dtype is None else _amp.cast(t, dtype)
-            for t in (self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh)
-        )
-        step = getattr(backends.resolve(self.backend, x.device), "cell_step", None)
-        if (step is not None and not torch.is_grad_enabled()
-                and x.dtype in (torch.float32, torch.float64)):
-            # streaming inference: the whole step (both projections) in one op
-            return step(mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0)
+        w_ih, b_ih, w_hh, b_hh = ws = self._weights()
+        if dtype is not None:
+            w_ih, b_ih, w_hh, b_hh = (_amp.cast(t, dtype) for t in ws)
+        if not torch.is_grad_enabled() and x.dtype in _STEP_DTYPES:
+            step = _STEP_OPS.get((self.backend, x.device.type))
+            if step is None:
+                step = _STEP_OPS[(self.backend, x.device.type)] = _step_op(self.backend, x.device)
+            if step:
+                # streaming inference: the whole step (both projections) in one op (its c
+                # result is unused for non-LSTM)
+                return step(mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0)
         xw = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, B, G*H]
         _, h, c = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, backend=self.backend)
         return h, c
