@@ -37,34 +37,61 @@ struct StepArgs {
   bool rev;   // walk the weights backwards (see run())
 };
 
-// out[r..r+3] = bias + W[r..r+3, :] . v: four weight rows share each load of v and give four
-// independent accumulators.
+// 64-byte GCC vectors (16 float / 8 double lanes): one zmm on AVX-512, two ymm on AVX2, four xmm
+// in the baseline clone. Written out because GCC's "omp simd reduction" ends each dot product
+// by spilling the vector and adding its lanes one by one (most of the step's time at H = 64).
+typedef float VecF __attribute__((vector_size(64), aligned(4)));
+typedef double VecD __attribute__((vector_size(64), aligned(8)));
 template <typename T>
-inline __attribute__((always_inline)) void dot4(const T* W, int64_t r, int64_t K, const T* v,
-                                                const T* bias, T* out) {
-  const T *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-  T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t k = 0; k < K; ++k) {
-    a0 += w0[k] * v[k];
-    a1 += w1[k] * v[k];
-    a2 += w2[k] * v[k];
-    a3 += w3[k] * v[k];
+struct Vec;
+template <>
+struct Vec<float> {
+  using V = VecF;
+  static constexpr int W = 16;
+  static float sum(V v) {  // a tree: 16 -> 8 -> 4 -> 2 -> 1
+    typedef float V8 __attribute__((vector_size(32)));
+    typedef float V4 __attribute__((vector_size(16)));
+    typedef float V2 __attribute__((vector_size(8)));
+    V8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    V4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    V2 c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
+    return c[0] + c[1];
   }
-  out[r] = a0 + (bias ? bias[r] : T(0));
-  out[r + 1] = a1 + (bias ? bias[r + 1] : T(0));
-  out[r + 2] = a2 + (bias ? bias[r + 2] : T(0));
-  out[r + 3] = a3 + (bias ? bias[r + 3] : T(0));
-}
+};
+template <>
+struct Vec<double> {
+  using V = VecD;
+  static constexpr int W = 8;
+  static double sum(V v) {  // 8 -> 4 -> 2 -> 1
+    typedef double V4 __attribute__((vector_size(32)));
+    typedef double V2 __attribute__((vector_size(16)));
+    V4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    V2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+    return b[0] + b[1];
+  }
+};
 
-template <typename T>
-inline __attribute__((always_inline)) void dot1(const T* W, int64_t r, int64_t K, const T* v,
-                                                const T* bias, T* out) {
+// out[r..r+R-1] = bias + W[r..r+R-1, :] . v, R = 4 or 1: four weight rows share each load of v
+// and give four independent accumulators.
+template <int R, typename T>
+inline __attribute__((always_inline)) void dot_rows(const T* W, int64_t r, int64_t K, const T* v,
+                                                    const T* bias, T* out) {
+  using V = typename Vec<T>::V;
+  constexpr int L = Vec<T>::W;
   const T* w = W + r * K;
-  T a = T(0);
-#pragma omp simd reduction(+ : a)
-  for (int64_t k = 0; k < K; ++k) a += w[k] * v[k];
-  out[r] = a + (bias ? bias[r] : T(0));
+  V acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = V{};
+  int64_t k = 0;
+  for (; k + L <= K; k += L) {
+    const V x = *reinterpret_cast<const V*>(v + k);
+    for (int i = 0; i < R; ++i) acc[i] += *reinterpret_cast<const V*>(w + i * K + k) * x;
+  }
+  for (int i = 0; i < R; ++i) {
+    T s = Vec<T>::sum(acc[i]);
+    for (int64_t kk = k; kk < K; ++kk) s += w[i * K + kk] * v[kk];
+    out[r + i] = s + (bias ? bias[r + i] : T(0));
+  }
 }
 
 // out[r] = bias[r] + W[r, :] . v for r < N, four rows at a time. `rev` walks the rows last to
@@ -74,12 +101,24 @@ inline __attribute__((always_inline)) void gemv(const T* W, int64_t N, int64_t K
                                                 const T* bias, T* out, bool rev) {
   const int64_t N4 = N / 4 * 4;
   if (!rev) {
-    for (int64_t r = 0; r < N4; r += 4) dot4(W, r, K, v, bias, out);
-    for (int64_t r = N4; r < N; ++r) dot1(W, r, K, v, bias, out);
+    for (int64_t r = 0; r < N4; r += 4) dot_rows<4>(W, r, K, v, bias, out);
+    for (int64_t r = N4; r < N; ++r) dot_rows<1>(W, r, K, v, bias, out);
   } else {
-    for (int64_t r = N - 1; r >= N4; --r) dot1(W, r, K, v, bias, out);
-    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot4(W, r, K, v, bias, out);
+    for (int64_t r = N - 1; r >= N4; --r) dot_rows<1>(W, r, K, v, bias, out);
+    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot_rows<4>(W, r, K, v, bias, out);
   }
+}
+
+// The G gate values of unit j from per-gate row pointers (gates are H apart in memory).
+template <int G, typename T>
+inline __attribute__((always_inline)) void load_gates(const T* p0, const T* p1, const T* p2,
+                                                      const T* p3, int64_t j, T* out) {
+  out[0] = p0[j];
+  if constexpr (G > 1) {
+    out[1] = p1[j];
+    out[2] = p2[j];
+  }
+  if constexpr (G > 3) out[3] = p3[j];
 }
 
 // Row by row: the projections (GEMV path) then cells.h's equations over the units.
@@ -102,13 +141,14 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
     const T* cp = Ops::kHasC ? a.c + b * H : nullptr;
     T* hn = a.h_new + b * H;
     T* cn = Ops::kHasC ? a.c_new + b * H : nullptr;
+    // per-gate pointers with constant indices, so that the compiler keeps the gates in
+    // registers and vectorises the unit loop (an x[k] = gx[k * H + j] loop stayed scalar)
+    const int64_t o1 = G > 1 ? H : 0, o2 = G > 2 ? 2 * H : 0, o3 = G > 3 ? 3 * H : 0;
 #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T x[G], g[G], saved[Ops::S > 0 ? Ops::S : 1];
-      for (int k = 0; k < G; ++k) {
-        x[k] = gx[k * H + j];
-        g[k] = gh[k * H + j];
-      }
+      load_gates<G>(gx, gx + o1, gx + o2, gx + o3, j, x);
+      load_gates<G>(gh, gh + o1, gh + o2, gh + o3, j, g);
       T c_prev = T(0);
       if constexpr (Ops::kHasC) c_prev = cp[j];
       T h_out, c_out = c_prev;
