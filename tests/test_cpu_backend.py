@@ -253,6 +253,77 @@ def test_cell_step_matches_torch_nn(mode, dtype, B, I, H, bias):
                                c if mode == "LSTM" else None))
 
 
+def _step_args(mode, B=1, I=9, H=20, dtype=torch.float32):
+    G = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return (mode, r(B, I), r(G * H, I), r(G * H), r(G * H, H), r(G * H), r(B, H),
+            r(B, H) if mode == "LSTM" else None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cell_step_direct_binding_is_the_op(mode):
+    """The nn cells' direct binding (csrc/cpu/cell_step_py.cpp) runs the op's kernel: same bits,
+    same errors."""
+    for dtype, B in ((torch.float32, 1), (torch.float64, 3)):
+        args = _step_args(mode, B=B, dtype=dtype)
+        want = torch.ops.fusedrnn.cell_step(*args)
+        got = fusedrnn._ext._C._cell_step(*args)
+        assert got is not NotImplemented
+        for a, b in zip(got, want):  # consecutive calls: either weight-walk direction
+            assert torch.equal(a, b)
+    bad = list(_step_args(mode))
+    bad[5] = bad[5][:-1]  # b_hh one element short
+    for fn in (torch.ops.fusedrnn.cell_step, fusedrnn._ext._C._cell_step):
+        with pytest.raises(RuntimeError, match="biases must have"):
+            fn(*bad)
+        with pytest.raises(RuntimeError, match="mode must be one of"):
+            fn("LSTMX", *_step_args("LSTM")[1:])
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_cell_step_direct_binding_declines_what_the_dispatcher_must_see():
+    """NotImplemented for anything the dispatcher would not send straight to the CPU kernel, and
+    the nn cell then goes through the op: still torch.nn's numbers."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    args = _step_args("GRU")
+    direct = fusedrnn._ext._C._cell_step
+    neg = list(args)
+    neg[6] = torch._neg_view(-args[6])  # same values, read through a negative view
+    sub = list(args)
+    sub[1] = args[1].as_subclass(_Sub)
+    assert direct(*neg) is NotImplemented
+    assert direct(*sub) is NotImplemented
+    with Count():
+        assert direct(*args) is NotImplemented
+    with torch.profiler.profile():
+        assert direct(*args) is NotImplemented
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRUCell(9, 20)
+    cell = fusedrnn.GRUCell(9, 20, backend="cpu")
+    cell.load_state_dict(ref.state_dict())
+    x, h = torch.randn(1, 9), torch.randn(1, 20)
+    with torch.no_grad():
+        want = ref(x, h)
+        torch.testing.assert_close(cell(x, torch._neg_view(-h)), want, **TOL[torch.float32])
+        with Count():
+            got = cell(x, h)
+        assert any("fusedrnn.cell_step" in op for op in Count.ops)  # the op, seen by the mode
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
 def test_errors_name_argument():
     inp = make_inputs("GRU", 3, 2, 4)
     with pytest.raises(ValueError, match="dtypes.*xw.*float16"):
