@@ -204,7 +204,7 @@ void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
   if (scratch.size() < need) scratch.resize(need);
   StepArgs<T> a{x.data_ptr<T>(), w_ih.data_ptr<T>(), ptr_or_null<T>(b_ih), w_hh.data_ptr<T>(),
                 ptr_or_null<T>(b_hh), h.data_ptr<T>(), ptr_or_null<T>(c), h_new.data_ptr<T>(),
-                c_new.numel() ? c_new.data_ptr<T>() : nullptr, scratch.data(),
+                c_new.defined() ? c_new.data_ptr<T>() : nullptr, scratch.data(),
                 scratch.data() + need / 2, B, I, H, gemv, false};
   // Streaming reads the same weights every step. When they are about the size of L2 (LSTM,
   // H = 256, float32: 2 MiB) a fixed order evicts each line just before it is needed again and
@@ -227,9 +227,12 @@ void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, const Tensor& w_ih,
-                                     const OptTensor& b_ih, const Tensor& w_hh,
-                                     const OptTensor& b_hh, const Tensor& h, const OptTensor& c) {
+// The op's body, with an undefined c' for the cells without one (the op returns an empty tensor
+// there, as its schema cannot return None; the direct binding returns None: one allocation less).
+std::tuple<Tensor, Tensor> cell_step_impl(c10::string_view mode, const Tensor& x,
+                                          const Tensor& w_ih, const OptTensor& b_ih,
+                                          const Tensor& w_hh, const OptTensor& b_hh,
+                                          const Tensor& h, const OptTensor& c) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   const auto dt = x.scalar_type();
@@ -271,12 +274,20 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
                                                            : OptTensor();
   const OptTensor cc = has_c ? OptTensor(c->contiguous()) : OptTensor();
   Tensor h_new = alloc({B, H}, h.options());
-  Tensor c_new = lstm ? alloc({B, H}, h.options()) : at::empty({0}, h.options());
+  Tensor c_new = lstm ? alloc({B, H}, h.options()) : Tensor();
   if (dt == at::kDouble)
     run<double>(cell, xc, wi, bi, wh, bh, hc, cc, h_new, c_new);
   else
     run<float>(cell, xc, wi, bi, wh, bh, hc, cc, h_new, c_new);
   return {h_new, c_new};
+}
+
+std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, const Tensor& w_ih,
+                                     const OptTensor& b_ih, const Tensor& w_hh,
+                                     const OptTensor& b_hh, const Tensor& h, const OptTensor& c) {
+  auto r = cell_step_impl(mode, x, w_ih, b_ih, w_hh, b_hh, h, c);
+  if (!std::get<1>(r).defined()) std::get<1>(r) = at::empty({0}, h.options());
+  return r;
 }
 
 }  // namespace cpu

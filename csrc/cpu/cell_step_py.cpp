@@ -22,6 +22,12 @@
 namespace fusedrnn {
 namespace cpu {
 
+// cell_step.cpp: the op's body, c' undefined (here None) for the cells without one
+std::tuple<Tensor, Tensor> cell_step_impl(c10::string_view mode, const Tensor& x,
+                                          const Tensor& w_ih, const OptTensor& b_ih,
+                                          const Tensor& w_hh, const OptTensor& b_hh,
+                                          const Tensor& h, const OptTensor& c);
+
 namespace {
 
 // What the dispatcher would route to the plain CPU kernel (autocast passes custom ops through).
@@ -39,8 +45,8 @@ bool plain_cpu(PyObject* obj, const Tensor** out) {
 
 }  // namespace
 
-// _cell_step(mode, x, w_ih, b_ih | None, w_hh, b_hh | None, h, c | None) -> (h', c') or
-// NotImplemented; the results and errors are those of the op.
+// _cell_step(mode, x, w_ih, b_ih | None, w_hh, b_hh | None, h, c | None) -> (h', c' | None) or
+// NotImplemented; the results and errors are those of the op (None for its empty c').
 PyObject* cell_step_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 8 || !PyUnicode_Check(args[0])) {
@@ -67,8 +73,8 @@ PyObject* cell_step_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const int64_t macs = t[0]->numel() * t[1]->size(0) + t[5]->numel() * t[3]->size(0);
   std::optional<pybind11::gil_scoped_release> no_gil;
   if (macs > (int64_t(1) << 18)) no_gil.emplace();
-  r = cell_step(c10::string_view(mode, size_t(len)), *t[0], *t[1], opt(2), *t[3], opt(4), *t[5],
-                opt(6));
+  r = cell_step_impl(c10::string_view(mode, size_t(len)), *t[0], *t[1], opt(2), *t[3], opt(4),
+                     *t[5], opt(6));
   no_gil.reset();
   PyObject* h = THPVariable_Wrap(std::move(std::get<0>(r)));
   if (h == nullptr) return nullptr;
