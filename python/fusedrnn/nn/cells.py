@@ -78,7 +78,8 @@ class _FusedCellMixin:
         mode = self._mode()
         # the checks sit on every streaming step: plain shape/dtype reads, messages built
         # only when one fails
-        B, w_dtype = x.shape[0], self._weights()[0].dtype
+        ws = self._weights()
+        B, w_dtype = x.shape[0], ws[0].dtype
         if x.shape[1] != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
@@ -108,16 +109,17 @@ class _FusedCellMixin:
             return _onnx.cell_step(mode, self, x, h0, c0)
         plan = _amp.plan(x, self.backend)
         if plan is None:
-            return self._run_step(mode, x, h0, c0, None)
+            return self._run_step(mode, x, h0, c0, None, ws)
         out, run = plan
         # everything inside runs in `run` as written; autocast must not re-cast the GEMM
         with torch.autocast(x.device.type, enabled=False):
             h, c = self._run_step(mode, x.to(run), h0.to(run), _amp.cast(c0, run), run)
         return h.to(out), _amp.cast(c, out)
 
-    def _run_step(self, mode, x, h0, c0, dtype):
-        """One step in one dtype: the parameters are cast to ``dtype`` unless it is None."""
-        w_ih, b_ih, w_hh, b_hh = ws = self._weights()
+    def _run_step(self, mode, x, h0, c0, dtype, ws=None):
+        """One step in one dtype: the parameters (``ws``: _weights()) are cast to ``dtype``
+        unless it is None."""
+        w_ih, b_ih, w_hh, b_hh = ws = self._weights() if ws is None else ws
         if dtype is not None:
             w_ih, b_ih, w_hh, b_hh = (_amp.cast(t, dtype) for t in ws)
         if x.is_cpu and not torch.is_grad_enabled() and x.dtype in _STEP_DTYPES:
