@@ -31,6 +31,11 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("cell_step", &fusedrnn::cpu::cell_step);
 }
 
+namespace fusedrnn::cpu {
+// csrc/cpu/cell_step_py.cpp: the nn cells' direct binding of cell_step
+PyObject* cell_step_py(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+}  // namespace fusedrnn::cpu
+
 // The Python module fusedrnn._C: importing it registers the ops above. It also exposes the
 // NaN-poison test hook (csrc/cpu/recurrence.h).
 namespace {
@@ -89,6 +94,10 @@ PyMethodDef kMethods[] = {
      "The instruction sets the CPU loops can use here, best first."},
     {"_cpu_isa", cpu_isa, METH_NOARGS,
      "The instruction set the CPU loops use now (FUSEDRNN_CPU_ISA or the best one)."},
+    {"_cell_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                       &fusedrnn::cpu::cell_step_py)),
+     METH_FASTCALL,
+     "cell_step without the dispatcher for plain CPU tensors; NotImplemented otherwise."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods,

@@ -222,27 +222,6 @@ def test_gradgradcheck(mode):
     assert torch.autograd.gradgradcheck(f, [inp[k] for k in keys])
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_cell_step_matches_torch_nn(mode, dtype):
-    torch.manual_seed(0)
-    cls = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell}.get(mode, torch.nn.RNNCell)
-    kw = {} if cls is not torch.nn.RNNCell else {"nonlinearity": mode[4:].lower()}
-    cell = cls(7, 13, dtype=dtype, **kw)
-    x, h, c = (torch.randn(3, n, dtype=dtype) for n in (7, 13, 13))
-    with torch.no_grad():
-        want = cell(x, (h, c)) if mode == "LSTM" else (cell(x, h), None)
-        got = cpu.cell_step(mode, x, cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh,
-                            h, c if mode == "LSTM" else None)
-    for a, b in zip(got, want):
-        if b is not None:
-            torch.testing.assert_close(a, b, **TOL[dtype])
-    torch.library.opcheck(torch.ops.fusedrnn.cell_step.default,
-                          (mode, x, cell.weight_ih.detach(), cell.bias_ih.detach(),
-                           cell.weight_hh.detach(), cell.bias_hh.detach(), h,
-                           c if mode == "LSTM" else None))
-
-
 def test_errors_name_argument():
     inp = make_inputs("GRU", 3, 2, 4)
     with pytest.raises(ValueError, match="dtypes.*xw.*float16"):
@@ -273,23 +252,6 @@ def test_torch_compile_fullgraph_op(mode):
     torch.testing.assert_close(compiled, eager, **TOL[torch.float32])
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
-
-
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_nn_cell_no_grad_fast_path(kind):
-    """Under no_grad the nn cells take the single-op cell_step path; same numbers as torch.nn."""
-    torch.manual_seed(0)
-    ref = getattr(torch.nn, kind)(6, 11, dtype=torch.float64)
-    cell = getattr(fusedrnn, kind)(6, 11, dtype=torch.float64, backend="cpu")
-    cell.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 6, dtype=torch.float64)
-    hx = torch.randn(4, 11, dtype=torch.float64)
-    state = (hx, torch.randn_like(hx)) if kind == "LSTMCell" else hx
-    with torch.no_grad():
-        want, got = ref(x, state), cell(x, state)
-    for a, b in zip(got if isinstance(got, tuple) else (got,),
-                    want if isinstance(want, tuple) else (want,)):
-        torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
 # The instruction-set paths of the fused loops (csrc/cpu/isa_*.cpp): "auto" runs the best one the

@@ -1,6 +1,21 @@
 // One step of a cell with its input projection, for streaming inference through the nn cells
-// (B small, one call per time step): everything in one op so that the per-step cost is two
-// GEMVs and one pointwise pass, not a chain of dispatcher calls.
+// (B small, one call per time step). At B = 1 a step is a few microseconds of overhead around
+// ~0.5 us of arithmetic, so everything here avoids fixed costs: the two products are our own
+// GEMVs on the torch.nn weight layout (rows of W_ih [G*H, I] and W_hh [G*H, H] are contiguous:
+// dot products vectorised over k), not two BLAS calls; the pre-activations live in a per-thread
+// scratch buffer, not in tensors; the only allocations are the outputs. Larger batches keep one
+// BLAS GEMM per product (it reads each weight once for all rows).
+//
+// The kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 (GCC target_clones picks
+// one when the library loads). "no-trapping-math" lets GCC if-convert the selects of the cell
+// math (clamps, relu) so the unit loop vectorises; it changes no result. "fp-contract=fast" lets
+// the dot products use FMA (one rounding instead of two, as any BLAS does). Both come before every
+// include so that cells.h's functions get the same options as the kernels that inline them (GCC
+// does not inline across a mismatch).
+#pragma GCC optimize("no-trapping-math", "fp-contract=fast")
+
+#include <vector>
+
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -8,49 +23,216 @@ namespace cpu {
 
 namespace {
 
+// Batches up to this size run the fused GEMV, which re-reads the weights for every row; above it
+// one GEMM per product reads them once.
+constexpr int64_t kGemvMaxRows = 2;
+
+template <typename T>
+struct StepArgs {
+  const T *x, *w_ih, *b_ih, *w_hh, *b_hh, *h, *c;  // b_ih, b_hh, c may be null
+  T *h_new, *c_new;                                 // c_new null unless LSTM
+  T *gx, *gh;                                       // scratch: [rows, G*H] pre-activations
+  int64_t B, I, H;
+  bool gemv;  // false: gx, gh already hold the projections (BLAS path)
+  bool rev;   // walk the weights backwards (see run())
+};
+
+// 64-byte GCC vectors (16 float / 8 double lanes): one zmm on AVX-512, two ymm on AVX2, four xmm
+// in the baseline clone. Written out because GCC's "omp simd reduction" ends each dot product
+// by spilling the vector and adding its lanes one by one (most of the step's time at H = 64).
+typedef float VecF __attribute__((vector_size(64), aligned(4)));
+typedef double VecD __attribute__((vector_size(64), aligned(8)));
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using V = VecF;
+  static constexpr int W = 16;
+  static float sum(V v) {  // a tree: 16 -> 8 -> 4 -> 2 -> 1
+    typedef float V8 __attribute__((vector_size(32)));
+    typedef float V4 __attribute__((vector_size(16)));
+    typedef float V2 __attribute__((vector_size(8)));
+    V8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    V4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    V2 c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
+    return c[0] + c[1];
+  }
+};
+template <>
+struct Vec<double> {
+  using V = VecD;
+  static constexpr int W = 8;
+  static double sum(V v) {  // 8 -> 4 -> 2 -> 1
+    typedef double V4 __attribute__((vector_size(32)));
+    typedef double V2 __attribute__((vector_size(16)));
+    V4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    V2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+    return b[0] + b[1];
+  }
+};
+
+// out[r..r+R-1] = bias + W[r..r+R-1, :] . v, R = 4 or 1: four weight rows share each load of v
+// and give four independent accumulators.
+template <int R, typename T>
+inline __attribute__((always_inline)) void dot_rows(const T* W, int64_t r, int64_t K, const T* v,
+                                                    const T* bias, T* out) {
+  using V = typename Vec<T>::V;
+  constexpr int L = Vec<T>::W;
+  const T* w = W + r * K;
+  V acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = V{};
+  int64_t k = 0;
+  for (; k + L <= K; k += L) {
+    const V x = *reinterpret_cast<const V*>(v + k);
+    for (int i = 0; i < R; ++i) acc[i] += *reinterpret_cast<const V*>(w + i * K + k) * x;
+  }
+  for (int i = 0; i < R; ++i) {
+    T s = Vec<T>::sum(acc[i]);
+    for (int64_t kk = k; kk < K; ++kk) s += w[i * K + kk] * v[kk];
+    out[r + i] = s + (bias ? bias[r + i] : T(0));
+  }
+}
+
+// out[r] = bias[r] + W[r, :] . v for r < N, four rows at a time. `rev` walks the rows last to
+// first; every row's sum is computed the same way in either order (bitwise equal results).
+template <typename T>
+inline __attribute__((always_inline)) void gemv(const T* W, int64_t N, int64_t K, const T* v,
+                                                const T* bias, T* out, bool rev) {
+  const int64_t N4 = N / 4 * 4;
+  if (!rev) {
+    for (int64_t r = 0; r < N4; r += 4) dot_rows<4>(W, r, K, v, bias, out);
+    for (int64_t r = N4; r < N; ++r) dot_rows<1>(W, r, K, v, bias, out);
+  } else {
+    for (int64_t r = N - 1; r >= N4; --r) dot_rows<1>(W, r, K, v, bias, out);
+    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot_rows<4>(W, r, K, v, bias, out);
+  }
+}
+
+// The G gate values of unit j from per-gate row pointers (gates are H apart in memory).
+template <int G, typename T>
+inline __attribute__((always_inline)) void load_gates(const T* p0, const T* p1, const T* p2,
+                                                      const T* p3, int64_t j, T* out) {
+  out[0] = p0[j];
+  if constexpr (G > 1) {
+    out[1] = p1[j];
+    out[2] = p2[j];
+  }
+  if constexpr (G > 3) out[3] = p3[j];
+}
+
+// Row by row: the projections (GEMV path) then cells.h's equations over the units.
 template <Cell C, typename T>
-void step_loop(const Tensor& gx, const Tensor& gh, const Tensor& h, const Tensor& c, Tensor& h_new,
-               Tensor& c_new) {
+inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
   using Ops = CellOps<C>;
   constexpr int G = Ops::G;
-  constexpr bool kLstm = C == Cell::LSTM;
-  const int64_t B = h.size(0), H = h.size(1), GH = G * H;
-  const T* gxp = gx.data_ptr<T>();
-  const T* ghp = gh.data_ptr<T>();
-  const T* hp = h.data_ptr<T>();
-  const T* cp = kLstm ? c.data_ptr<T>() : nullptr;
-  T* hn = h_new.data_ptr<T>();
-  T* cn = kLstm ? c_new.data_ptr<T>() : nullptr;
-  for (int64_t b = 0; b < B; ++b) {
+  const int64_t H = a.H, GH = G * H;
+  for (int64_t b = 0; b < a.B; ++b) {
+    T* gx = a.gemv ? a.gx : a.gx + b * GH;
+    T* gh = a.gemv ? a.gh : a.gh + b * GH;
+    if (a.gemv && !a.rev) {
+      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, false);
+      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, false);
+    } else if (a.gemv) {
+      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, true);
+      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, true);
+    }
+    const T* hp = a.h + b * H;
+    const T* cp = Ops::kHasC ? a.c + b * H : nullptr;
+    T* hn = a.h_new + b * H;
+    T* cn = Ops::kHasC ? a.c_new + b * H : nullptr;
+    // per-gate pointers with constant indices, so that the compiler keeps the gates in
+    // registers and vectorises the unit loop (an x[k] = gx[k * H + j] loop stayed scalar)
+    const int64_t o1 = G > 1 ? H : 0, o2 = G > 2 ? 2 * H : 0, o3 = G > 3 ? 3 * H : 0;
+#pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) {
       T x[G], g[G], saved[Ops::S > 0 ? Ops::S : 1];
-      for (int k = 0; k < G; ++k) {
-        x[k] = gxp[b * GH + k * H + j];
-        g[k] = ghp[b * GH + k * H + j];
-      }
-      T c_out = kLstm ? cp[b * H + j] : T(0);
-      Ops::fwd(x, g, hp[b * H + j], c_out, &hn[b * H + j], &c_out, saved);
-      if (kLstm) cn[b * H + j] = c_out;
+      load_gates<G>(gx, gx + o1, gx + o2, gx + o3, j, x);
+      load_gates<G>(gh, gh + o1, gh + o2, gh + o3, j, g);
+      T c_prev = T(0);
+      if constexpr (Ops::kHasC) c_prev = cp[j];
+      T h_out, c_out = c_prev;
+      Ops::fwd(x, g, hp[j], c_prev, &h_out, &c_out, saved);
+      if constexpr (Ops::kHasC) cn[j] = c_out;
+      hn[j] = h_out;
     }
   }
 }
 
-template <typename T>
-void step_dispatch(Cell cell, const Tensor& gx, const Tensor& gh, const Tensor& h, const Tensor& c,
-                   Tensor& h_new, Tensor& c_new) {
-  switch (cell) {
-    case Cell::RNN_TANH: return step_loop<Cell::RNN_TANH, T>(gx, gh, h, c, h_new, c_new);
-    case Cell::RNN_RELU: return step_loop<Cell::RNN_RELU, T>(gx, gh, h, c, h_new, c_new);
-    case Cell::LSTM: return step_loop<Cell::LSTM, T>(gx, gh, h, c, h_new, c_new);
-    case Cell::GRU: return step_loop<Cell::GRU, T>(gx, gh, h, c, h_new, c_new);
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FUSEDRNN_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FUSEDRNN_CLONES
+#endif
+
+// one multi-versioned function per cell and dtype (target_clones does not take templates)
+#define FUSEDRNN_STEP_FN(CELL)                                                          \
+  FUSEDRNN_CLONES void step_f32_##CELL(const StepArgs<float>& a) {                      \
+    step_impl<Cell::CELL, float>(a);                                                    \
+  }                                                                                     \
+  FUSEDRNN_CLONES void step_f64_##CELL(const StepArgs<double>& a) {                     \
+    step_impl<Cell::CELL, double>(a);                                                   \
   }
+FUSEDRNN_CELLS(FUSEDRNN_STEP_FN)
+#undef FUSEDRNN_STEP_FN
+
+template <typename T>
+void step_dispatch(Cell cell, const StepArgs<T>& a) {
+#define FUSEDRNN_STEP_CASE(CELL)                                   \
+  case Cell::CELL:                                                 \
+    if constexpr (std::is_same_v<T, float>) return step_f32_##CELL(a); \
+    else return step_f64_##CELL(a);
+  switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_STEP_CASE) }
+#undef FUSEDRNN_STEP_CASE
+}
+
+template <typename T>
+const T* ptr_or_null(const OptTensor& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
+         const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h, const OptTensor& c,
+         Tensor& h_new, Tensor& c_new) {
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1), GH = num_gates(cell) * H;
+  const bool gemv = B <= kGemvMaxRows;
+  // per-thread scratch, grown once: a step allocates nothing but its outputs
+  thread_local std::vector<T> scratch;
+  const size_t need = size_t(2 * (gemv ? 1 : B) * GH);
+  if (scratch.size() < need) scratch.resize(need);
+  StepArgs<T> a{x.data_ptr<T>(), w_ih.data_ptr<T>(), ptr_or_null<T>(b_ih), w_hh.data_ptr<T>(),
+                ptr_or_null<T>(b_hh), h.data_ptr<T>(), ptr_or_null<T>(c), h_new.data_ptr<T>(),
+                c_new.defined() ? c_new.data_ptr<T>() : nullptr, scratch.data(),
+                scratch.data() + need / 2, B, I, H, gemv, false};
+  // Streaming reads the same weights every step. When they are about the size of L2 (LSTM,
+  // H = 256, float32: 2 MiB) a fixed order evicts each line just before it is needed again and
+  // every step streams from L3; alternating the direction step by step starts each step with the
+  // lines the previous one touched last, still in L2.
+  thread_local bool flip = false;
+  flip = !flip;
+  a.rev = flip;
+  if (!gemv) {
+    auto project = [&](T* o, const T* in, const T* w, const T* bias, int64_t K) {
+      if (bias)
+        for (int64_t b = 0; b < B; ++b) std::copy(bias, bias + GH, o + b * GH);
+      gemm_rows<T>(false, true, B, GH, K, in, K, w, K, bias ? T(1) : T(0), o, GH);
+    };
+    project(a.gx, a.x, a.w_ih, a.b_ih, I);  // [B, G*H]
+    project(a.gh, a.h, a.w_hh, a.b_hh, H);  // [B, G*H]
+  }
+  step_dispatch<T>(cell, a);
 }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, const Tensor& w_ih,
-                                     const OptTensor& b_ih, const Tensor& w_hh,
-                                     const OptTensor& b_hh, const Tensor& h, const OptTensor& c) {
+// The op's body, with an undefined c' for the cells without one (the op returns an empty tensor
+// there, as its schema cannot return None; the direct binding returns None: one allocation less).
+std::tuple<Tensor, Tensor> cell_step_impl(c10::string_view mode, const Tensor& x,
+                                          const Tensor& w_ih, const OptTensor& b_ih,
+                                          const Tensor& w_hh, const OptTensor& b_hh,
+                                          const Tensor& h, const OptTensor& c) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   const auto dt = x.scalar_type();
@@ -76,37 +258,36 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
     TORCH_CHECK(c->sizes() == h.sizes() && c->scalar_type() == dt,
                 "fusedrnn: c must have shape ", h.sizes(), " and dtype ", dt, ", got ",
                 c->sizes(), " ", c->scalar_type());
+  for (const OptTensor* bias : {&b_ih, &b_hh}) {
+    if (bias->has_value() && (*bias)->defined())
+      TORCH_CHECK((*bias)->numel() == GH && (*bias)->scalar_type() == dt,
+                  "fusedrnn: biases must have ", GH, " elements and dtype ", dt, ", got ",
+                  (*bias)->sizes(), " ", (*bias)->scalar_type());
+  }
 
-  // both projections straight into BLAS: at B = 1 the dispatcher overhead of at::addmm is a
-  // large share of the step
+  // contiguous() returns the tensor itself (no copy) in the usual case
   const Tensor xc = x.contiguous(), hc = h.contiguous(), wi = w_ih.contiguous(),
                wh = w_hh.contiguous();
-  const Tensor cc = has_c ? c->contiguous() : Tensor();
-  Tensor gx = at::empty({B, GH}, x.options()), gh = at::empty({B, GH}, x.options());
-  const int64_t I = x.size(1);
-  AT_DISPATCH_FLOATING_TYPES(dt, "fusedrnn_cell_step", [&] {
-    auto project = [&](Tensor& out, const Tensor& in, const Tensor& w, const OptTensor& bias,
-                       int64_t K) {
-      scalar_t* o = out.data_ptr<scalar_t>();
-      const bool has_bias = bias.has_value() && bias->defined();
-      if (has_bias) {
-        const Tensor bc = bias->contiguous();
-        for (int64_t b = 0; b < B; ++b)
-          std::copy(bc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>() + GH, o + b * GH);
-      }
-      gemm_rows<scalar_t>(false, true, B, GH, K, in.data_ptr<scalar_t>(), K,
-                          w.data_ptr<scalar_t>(), K, has_bias ? scalar_t(1) : scalar_t(0), o, GH);
-    };
-    project(gx, xc, wi, b_ih, I);   // [B, G*H]
-    project(gh, hc, wh, b_hh, H);   // [B, G*H]
-  });
+  const OptTensor bi = b_ih.has_value() && b_ih->defined() ? OptTensor(b_ih->contiguous())
+                                                           : OptTensor();
+  const OptTensor bh = b_hh.has_value() && b_hh->defined() ? OptTensor(b_hh->contiguous())
+                                                           : OptTensor();
+  const OptTensor cc = has_c ? OptTensor(c->contiguous()) : OptTensor();
   Tensor h_new = alloc({B, H}, h.options());
-  Tensor c_new = lstm ? alloc({B, H}, h.options()) : at::empty({0}, h.options());
+  Tensor c_new = lstm ? alloc({B, H}, h.options()) : Tensor();
   if (dt == at::kDouble)
-    step_dispatch<double>(cell, gx, gh, hc, cc, h_new, c_new);
+    run<double>(cell, xc, wi, bi, wh, bh, hc, cc, h_new, c_new);
   else
-    step_dispatch<float>(cell, gx, gh, hc, cc, h_new, c_new);
+    run<float>(cell, xc, wi, bi, wh, bh, hc, cc, h_new, c_new);
   return {h_new, c_new};
+}
+
+std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, const Tensor& w_ih,
+                                     const OptTensor& b_ih, const Tensor& w_hh,
+                                     const OptTensor& b_hh, const Tensor& h, const OptTensor& c) {
+  auto r = cell_step_impl(mode, x, w_ih, b_ih, w_hh, b_hh, h, c);
+  if (!std::get<1>(r).defined()) std::get<1>(r) = at::empty({0}, h.options());
+  return r;
 }
 
 }  // namespace cpu

@@ -14,6 +14,26 @@ from torch import Tensor, nn
 from .. import backends
 from . import _amp, _onnx
 
+_STEP_DTYPES = (torch.float32, torch.float64)
+# backend name -> (direct binding or None, the backend's single-step op) for CPU tensors, or
+# False where that backend has none (keyed on the name alone: x.device costs ~0.3 us a step)
+_CPU_STEP_OPS: dict = {}
+
+
+def _step_op(backend: str, device: torch.device):
+    mod = backends.resolve(backend, device)  # resolved once, as the registry does
+    step = getattr(mod, "cell_step", None)
+    if step is None:
+        return False
+    if mod.__name__ == "fusedrnn.ops.cpu":
+        # the op overload itself, not the Python wrapper around it (one frame less; the unused
+        # c of non-LSTM cells is an empty tensor, not None), and ahead of it the extension's
+        # direct binding of the same kernel (csrc/cpu/cell_step_py.cpp: ~1 us less per step)
+        from .. import _ext
+
+        return getattr(_ext._C, "_cell_step", None), torch.ops.fusedrnn.cell_step.default
+    return None, step
+
 
 class _FusedCellMixin:
     backend: str = "auto"
@@ -31,7 +51,11 @@ class _FusedCellMixin:
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
 
+    _MODE: str | None = None  # LSTM and GRU; RNNCell's follows its nonlinearity
+
     def _mode(self) -> str:
+        if self._MODE is not None:
+            return self._MODE
         if isinstance(self, nn.LSTMCell):
             return "LSTM"
         if isinstance(self, nn.GRUCell):
@@ -40,16 +64,27 @@ class _FusedCellMixin:
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
+    def _weights(self) -> tuple:
+        # straight from _parameters: nn.Module.__getattr__ costs ~0.4 us per name on every
+        # streaming step; parametrized or weight-normed cells move them out, hence the fallback
+        p = self._parameters
+        try:
+            return p["weight_ih"], p["bias_ih"], p["weight_hh"], p["bias_hh"]
+        except KeyError:
+            return self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh
+
     def _step(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
         """x [B, I], states ([B, H],) or ([B, H], [B, H]) -> (h [B, H], c [B, H] | None)."""
         mode = self._mode()
         # the checks sit on every streaming step: plain shape/dtype reads, messages built
         # only when one fails
-        B, w_dtype = x.shape[0], self.weight_ih.dtype
+        ws = self._weights()
+        B, w_dtype = x.shape[0], ws[0].dtype
         if x.shape[1] != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
             )
+        same_dtype = x.dtype == w_dtype
         for i, s in enumerate(states):
             if s.shape[0] != B:
                 raise RuntimeError(
@@ -60,9 +95,9 @@ class _FusedCellMixin:
                     f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
+            same_dtype = same_dtype and s.dtype == w_dtype
         # under autocast the dtypes may differ, as for torch.nn's cells: all are cast below
-        if _amp.autocast_dtype(x) is None and (
-                x.dtype != w_dtype or any(s.dtype != w_dtype for s in states)):
+        if not same_dtype and _amp.autocast_dtype(x) is None:
             name, t = next((n, t) for n, t in (("input", x), *(
                 (f"hx[{i}]", s) for i, s in enumerate(states))) if t.dtype != w_dtype)
             raise RuntimeError(
@@ -74,24 +109,35 @@ class _FusedCellMixin:
             return _onnx.cell_step(mode, self, x, h0, c0)
         plan = _amp.plan(x, self.backend)
         if plan is None:
-            return self._run_step(mode, x, h0, c0, None)
+            return self._run_step(mode, x, h0, c0, None, ws)
         out, run = plan
         # everything inside runs in `run` as written; autocast must not re-cast the GEMM
         with torch.autocast(x.device.type, enabled=False):
             h, c = self._run_step(mode, x.to(run), h0.to(run), _amp.cast(c0, run), run)
         return h.to(out), _amp.cast(c, out)
 
-    def _run_step(self, mode, x, h0, c0, dtype):
-        """One step in one dtype: the parameters are cast to ``dtype`` unless it is None."""
-        w_ih, b_ih, w_hh, b_hh = (
-            t if dtype is None else _amp.cast(t, dtype)
-            for t in (self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh)
-        )
-        step = getattr(backends.resolve(self.backend, x.device), "cell_step", None)
-        if (step is not None and not torch.is_grad_enabled()
-                and x.dtype in (torch.float32, torch.float64)):
-            # streaming inference: the whole step (both projections) in one op
-            return step(mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0)
+    def _run_step(self, mode, x, h0, c0, dtype, ws=None):
+        """One step in one dtype: the parameters (``ws``: _weights()) are cast to ``dtype``
+        unless it is None."""
+        w_ih, b_ih, w_hh, b_hh = ws = self._weights() if ws is None else ws
+        if dtype is not None:
+            w_ih, b_ih, w_hh, b_hh = (_amp.cast(t, dtype) for t in ws)
+        if x.is_cpu and not torch.is_grad_enabled() and x.dtype in _STEP_DTYPES:
+            ops = _CPU_STEP_OPS.get(self.backend)
+            if ops is None:
+                ops = _CPU_STEP_OPS[self.backend] = _step_op(self.backend, x.device)
+            if ops:
+                # streaming inference: the whole step (both projections) in one op (its c
+                # result is unused for non-LSTM). The direct binding declines (NotImplemented)
+                # whatever the dispatcher must see: subclasses, modes, the profiler; torch.compile
+                # traces the op.
+                fast, step = ops
+                args = (mode, x, w_ih, b_ih, w_hh, b_hh, h0, c0)
+                if fast is not None and not torch.compiler.is_compiling():
+                    out = fast(*args)
+                    if out is not NotImplemented:
+                        return out
+                return step(*args)
         xw = F.linear(x, w_ih, b_ih).unsqueeze(0)  # [1, B, G*H]
         _, h, c = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, backend=self.backend)
         return h, c
@@ -160,6 +206,8 @@ class GRUCell(_SingleStateCell, nn.GRUCell):
         >>> h = cell(torch.randn(3, 10))
     """
 
+    _MODE = "GRU"
+
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend)
@@ -180,6 +228,8 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
         >>> cell = fusedrnn.LSTMCell(10, 20)
         >>> h, c = cell(torch.randn(3, 10))
     """
+
+    _MODE = "LSTM"
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
