@@ -109,15 +109,15 @@ inline __attribute__((always_inline)) void gemv(const T* W, int64_t N, int64_t K
   }
 }
 
-// The G gate values of unit j from per-gate row pointers (gates are H apart in memory).
+// The G gate values of unit j from per-gate row pointers (gates are H apart in memory; cells of
+// up to 4 gates). Each gate is loaded only where the cell has it.
 template <int G, typename T>
 inline __attribute__((always_inline)) void load_gates(const T* p0, const T* p1, const T* p2,
                                                       const T* p3, int64_t j, T* out) {
+  static_assert(G >= 1 && G <= 4, "cell_step's unit loop takes cells of 1 to 4 gates");
   out[0] = p0[j];
-  if constexpr (G > 1) {
-    out[1] = p1[j];
-    out[2] = p2[j];
-  }
+  if constexpr (G > 1) out[1] = p1[j];
+  if constexpr (G > 2) out[2] = p2[j];
   if constexpr (G > 3) out[3] = p3[j];
 }
 
@@ -246,10 +246,10 @@ std::tuple<Tensor, Tensor> cell_step_impl(c10::string_view mode, const Tensor& x
               GH, ", ", x.size(1), "], got ", w_ih.sizes());
   TORCH_CHECK(w_hh.size(0) == GH && w_hh.size(1) == H, "fusedrnn: w_hh must have shape [", GH,
               ", ", H, "], got ", w_hh.sizes());
-  const bool lstm = cell == Cell::LSTM;
+  const bool lstm = has_cell_state(cell);
   const bool has_c = c.has_value() && c->defined();
-  TORCH_CHECK(has_c == lstm, "fusedrnn: cell_step needs c exactly for LSTM, mode ",
-              std::string(mode));
+  TORCH_CHECK(has_c == lstm, "fusedrnn: cell_step needs c exactly for cells with a cell state "
+              "(LSTM), mode ", std::string(mode));
   for (const Tensor* t : {&w_ih, &w_hh, &h}) {
     TORCH_CHECK(t->scalar_type() == dt, "fusedrnn: cell_step arguments must all have dtype ", dt,
                 ", got ", t->scalar_type());

@@ -17,18 +17,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi2")
 namespace fusedrnn::cpu::isa_avx2 {
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  static constexpr int W = 8, ACC = 12;
-  using R = __m256;
-  static R zero() { return _mm256_setzero_ps(); }
-  static R load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
-  static R bcast(float x) { return _mm256_set1_ps(x); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-};
+FUSEDRNN_X86_VEC(256, 12)
 #define FUSEDRNN_ISA_NAME "avx2"
 #include "loops_impl.h"
 }  // namespace fusedrnn::cpu::isa_avx2

@@ -17,18 +17,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,prefer-vector-width=512")
 namespace fusedrnn::cpu::isa_avx512 {
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  static constexpr int W = 16, ACC = 24;
-  using R = __m512;
-  static R zero() { return _mm512_setzero_ps(); }
-  static R load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
-  static R bcast(float x) { return _mm512_set1_ps(x); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-};
+FUSEDRNN_X86_VEC(512, 24)
 #define FUSEDRNN_ISA_NAME "avx512"
 #include "loops_impl.h"
 }  // namespace fusedrnn::cpu::isa_avx512

@@ -96,6 +96,23 @@ const IsaKernels<double>& kernels_f64();
 // The instruction sets this CPU can run, best first (for tests and benchmarks).
 const char* const* supported_isas(int* n);
 
+// The Vec<float> that loops_impl.h needs, from x86 intrinsics of BITS-wide registers (256: AVX2,
+// 512: AVX-512) and the accumulator budget of the micro-kernel. For the ISA files, inside their
+// `#pragma GCC target` region.
+#define FUSEDRNN_X86_VEC(BITS, ACC_REGS)                                             \
+  template <typename T>                                                              \
+  struct Vec;                                                                        \
+  template <>                                                                        \
+  struct Vec<float> {                                                                \
+    static constexpr int W = BITS / 32, ACC = ACC_REGS;                              \
+    using R = __m##BITS;                                                             \
+    static R zero() { return _mm##BITS##_setzero_ps(); }                             \
+    static R load(const float* p) { return _mm##BITS##_loadu_ps(p); }                \
+    static void store(float* p, R v) { _mm##BITS##_storeu_ps(p, v); }                \
+    static R bcast(float x) { return _mm##BITS##_set1_ps(x); }                       \
+    static R fma(R a, R b, R c) { return _mm##BITS##_fmadd_ps(a, b, c); }            \
+  };
+
 // Defined by the per-ISA files; null where the set was not compiled (non-x86 builds).
 const IsaKernels<float>* avx512_kernels();
 const IsaKernels<float>* avx2_kernels();

@@ -90,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   }
   const bool has_c0 = c0.has_value() && c0->defined();
   if (has_c0) {
-    TORCH_CHECK(cell == Cell::LSTM, "fusedrnn: c0 is only used by LSTM, got mode ",
+    TORCH_CHECK(has_cell_state(cell), "fusedrnn: c0 is only used by LSTM, got mode ",
                 std::string(mode));
     check_same("c0", *c0, xw);
     TORCH_CHECK(c0->dim() == 2 && c0->size(0) == B && c0->size(1) == H,
