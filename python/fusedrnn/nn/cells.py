@@ -25,14 +25,9 @@ def _step_op(backend: str, device: torch.device):
     step = getattr(mod, "cell_step", None)
     if step is None:
         return False
-    if mod.__name__ == "fusedrnn.ops.cpu":
-        # the op overload itself, not the Python wrapper around it (one frame less; the unused
-        # c of non-LSTM cells is an empty tensor, not None), and ahead of it the extension's
-        # direct binding of the same kernel (csrc/cpu/cell_step_py.cpp: ~1 us less per step)
-        from .. import _ext
-
-        return getattr(_ext._C, "_cell_step", None), torch.ops.fusedrnn.cell_step.default
-    return None, step
+    # a backend may offer lower-level entry points of the same step (ops/cpu.py)
+    ops = getattr(mod, "cell_step_ops", None)
+    return ops() if ops is not None else (None, step)
 
 
 class _FusedCellMixin:

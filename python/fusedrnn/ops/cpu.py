@@ -239,3 +239,12 @@ def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Ten
     """
     h_new, c_new = torch.ops.fusedrnn.cell_step(mode, x, w_ih, b_ih, w_hh, b_hh, h, c)
     return h_new, (c_new if mode == "LSTM" else None)
+
+
+def cell_step_ops():
+    """(direct binding or None, op) of the single-step kernel, for the nn cells' streaming path:
+    the op overload itself (one Python frame less than :func:`cell_step`; its unused c is an
+    empty tensor for non-LSTM cells), and ahead of it the extension's direct binding of the same
+    kernel (``csrc/cpu/cell_step_py.cpp``: ~1 us less per step; it returns NotImplemented for
+    whatever the dispatcher must see: tensor subclasses, modes, the profiler)."""
+    return getattr(_ext._C, "_cell_step", None), torch.ops.fusedrnn.cell_step.default
