@@ -20,6 +20,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
       "Tensor y, Tensor ws, float clip=0.0) "
       "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr)");
+  // a [M, K] @ w [N, K]^T + b, each row reduced in a fixed order (csrc/cpu/linear.cpp)
+  m.def("rows_linear(Tensor a, Tensor w, Tensor? b) -> Tensor");
   m.def(
       "cell_step(str mode, Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
       "Tensor h, Tensor? c) -> (Tensor h_new, Tensor c_new)");
@@ -29,6 +31,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("recurrence_fwd", &fusedrnn::cpu::recurrence_fwd);
   m.impl("recurrence_bwd", &fusedrnn::cpu::recurrence_bwd);
   m.impl("cell_step", &fusedrnn::cpu::cell_step);
+  m.impl("rows_linear", &fusedrnn::cpu::rows_linear);
 }
 
 namespace fusedrnn::cpu {

@@ -86,6 +86,10 @@ struct IsaKernels {
   void (*pack)(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, T* dst);
   void (*fwd)(Cell cell, const FwdLoop<T>& a, RowSet rows);
   void (*bwd)(Cell cell, const BwdLoop<T>& a, RowSet rows);
+  // out[i] = A_i @ B (+ bias | += out) for rows [i0, i1): gemm_impl.h rows_mm_t
+  void (*rows_mm)(bool a_trans, const T* a, int64_t lda, int64_t i0, int64_t i1, int64_t K,
+                  const T* packed, int64_t N, const T* bias, bool accumulate, T* out,
+                  int64_t ldo);
 };
 
 // The kernel set for float32, from the CPU and FUSEDRNN_CPU_ISA (auto | avx512 | avx2 | base; read

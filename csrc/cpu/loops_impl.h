@@ -114,6 +114,17 @@ inline int64_t live_prefix(const int64_t* len, RowSet rs, int64_t t) {
   return lo;
 }
 
+// Software prefetch of n elements from p into L2 (read or, with kWrite, for a store). A step's
+// live rows are not contiguous in memory when lengths come in any order (rows b = 0, 2, 4, ...):
+// the hardware prefetchers lose the stream at every row, and each row's first lines missed to
+// L3 or DRAM. Issued for all live rows before the step's products, they arrive while it runs
+// (an unsorted packed batch, 16 of 32 rows live: from the full batch's time to its share).
+template <bool kWrite = false, typename T>
+inline void prefetch(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o, kWrite, 2);
+}
+
 // The step a row processed before t, or -1 when its state came from h0/c0 (t is its first step).
 inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
   return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
@@ -156,6 +167,11 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       const int64_t b = rs.rows[i];
       const int64_t tp = prev_step(t, a.len[b], a.reverse);
       hprev[i] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+      const int64_t row = t * B + b;
+      prefetch(a.xw + row * GH, GH);
+      prefetch<true>(a.y + row * Ho, Ho);
+      if (a.cs) prefetch<true>(a.cs + row * a.ws_stride, H);
+      if (a.act) prefetch<true>(a.act + row * a.ws_stride, S * H);
     }
     // 1. pre = h_prev W_hh^T: each panel (all gates of UW units) over every live row, so the
     //    panel stays in L1 while the rows stream past it
@@ -290,6 +306,15 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         std::fill(a.dhp + row * Ho, a.dhp + (row + 1) * Ho, T(0));
       }
     }
+    for (int64_t i = 0; i < nl; ++i) {  // what the step reads and writes (see prefetch)
+      const int64_t row = t * B + rs.rows[i];
+      if (!a.act) prefetch(a.xw + row * GH, GH);
+      if (a.act) prefetch(a.act + row * a.ws_stride, S * H);
+      if (a.cs) prefetch(a.cs + row * a.ws_stride, H);
+      if (a.dy) prefetch(a.dy + row * Ho, Ho);
+      prefetch(a.y + row * Ho, Ho);
+      prefetch<true>(a.dxw + row * GH, GH);
+    }
     for (int64_t i0 = 0; i0 < nl; i0 += MB) {
       const int m = int(std::min<int64_t>(MB, nl - i0));
       for (int r = 0; r < m; ++r) {
@@ -406,6 +431,8 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   }
 }
 
+#include "gemm_impl.h"
+
 // ---- the kernel table ---------------------------------------------------------------------------
 
 #define FUSEDRNN_CELL_CASE(CELL) \
@@ -430,4 +457,4 @@ void bwd_dispatch(Cell cell, const BwdLoop<T>& a, RowSet rs) {
 // The table of this ISA (constant-initialised data: reading it runs no code of this ISA).
 template <typename T>
 const IsaKernels<T> kKernels{FUSEDRNN_ISA_NAME, Vec<T>::W, &pack_size_t<T>, &pack_t<T>,
-                             &fwd_dispatch<T>, &bwd_dispatch<T>};
+                             &fwd_dispatch<T>, &bwd_dispatch<T>, &rows_mm_t<T>};

@@ -95,6 +95,12 @@ void run_groups(const RowPartition& part, const F& fn) {
   });
 }
 
+// out [M, N] (+)= a [M, K] @ w [N, K]^T (+ bias [N]), a and w row- or column-major, out
+// row-major float32/float64: every row reduced in a fixed order (linear.cpp, gemm_impl.h).
+void matmul_rows(const Tensor& a, const Tensor& w, const Tensor& bias, bool accumulate,
+                 Tensor& out);
+Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b);
+
 // Row-major C [M, N] = op(A) [M, K] @ op(B) [K, N] + beta * C (beta 0 or 1), op = transpose
 // when ta/tb; lda/ldb/ldc are row strides of the stored matrices (blas.cpp).
 template <typename T>

@@ -68,7 +68,8 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
     // sequence's first step t = len-1 that y row is zero, so h0 is added below instead)
     const Tensor g = reverse ? dg.narrow(0, 0, T - 1) : dg.narrow(0, 1, T - 1);
     const Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    out.addmm_(g.reshape({(T - 1) * B, K}).t(), hp.reshape({(T - 1) * B, Ho}));
+    matmul_rows(g.reshape({(T - 1) * B, K}).t(), hp.reshape({(T - 1) * B, Ho}).t(), Tensor(),
+                /*accumulate=*/true, out);
   }
   // the rows whose previous state is h0: the first processed step of every sequence
   Tensor g0;
@@ -81,7 +82,7 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
     for (int64_t b = 0; b < B; ++b)
       if (L.len[b] > 0) g0[b].copy_(dg[L.len[b] - 1][b]);
   }
-  out.addmm_(g0.t(), h0);
+  matmul_rows(g0.t(), h0.t(), Tensor(), /*accumulate=*/true, out);
 }
 
 }  // namespace
@@ -155,7 +156,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     if (has_b) at::sum_out(d_b_hh, o.dxw, {0, 1});
   }
   Tensor d_w_hr = at::empty({0}, opts);
-  if (proj) d_w_hr = at::mm(o.dhp.reshape({T * B, Ho}).t(), o.r.reshape({T * B, H}));
+  if (proj) {
+    d_w_hr = alloc({Ho, H}, opts);
+    matmul_rows(o.dhp.reshape({T * B, Ho}).t(), o.r.reshape({T * B, H}).t(), Tensor(), false,
+                d_w_hr);
+  }
   Tensor dc0 = has_c0 ? o.dc : at::empty({0}, opts);
 
   if (dt == at::kBFloat16) {

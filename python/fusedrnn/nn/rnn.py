@@ -81,6 +81,7 @@ class _FusedRNNMixin:
         num_dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         live = _live_rows(x, lengths)
+        lin = _backend_linear(self.backend, x)
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dirs):
@@ -89,9 +90,9 @@ class _FusedRNNMixin:
                 if b_ih is not None and self.mode != "GRU":
                     # both biases sit outside any gate product here, so b_ih joins b_hh and
                     # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
-                    xw, b_hh = _project(x, w_ih, None, live), b_ih + b_hh  # [T, B, G*H]
+                    xw, b_hh = _project(x, w_ih, None, live, lin), b_ih + b_hh  # [T, B, G*H]
                 else:
-                    xw = _project(x, w_ih, b_ih, live)  # [T, B, G*H], one GEMM, all steps
+                    xw = _project(x, w_ih, b_ih, live, lin)  # [T, B, G*H], one GEMM, all steps
                 y, h, c = backends.recurrence(
                     self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
@@ -256,9 +257,20 @@ def _inference_buffer(rows: int, cols: int, like: Tensor) -> Tensor | None:
     return buf[: rows * cols].view(rows, cols)
 
 
-def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None) -> Tensor:
-    """x [T, B, I] @ w^T (+ b) -> [T, B, N]; with `live`, over those rows only (padding
-    positions get zeros: the op never reads them)."""
+def _backend_linear(backend: str, x: Tensor):
+    """The chosen backend's own input projection (``linear``: the cpu backend's, whose rows are
+    batch- and thread-count invariant) for float32/float64, else None (F.linear)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return None
+    return getattr(backends.resolve(backend, x.device), "linear", None)
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None, lin=None) -> Tensor:
+    """x [T, B, I] @ w^T (+ b) -> [T, B, N] by ``lin`` (default F.linear); with `live`, over
+    those rows only (padding positions get zeros: the op never reads them)."""
+    if live is None and lin is not None:
+        return lin(x, w, b)
+    lin = lin or F.linear
     if live is None:
         T, B = x.shape[0], x.shape[1]
         out = _inference_buffer(T * B, w.shape[0], x) if x.dtype == w.dtype else None
@@ -272,7 +284,7 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None) -> Ten
         return out.view(T, B, -1)
     T, B = x.shape[0], x.shape[1]
     # advanced indexing and index_put_: index_select / index_copy measured 2-10x slower here
-    rows = F.linear(x.reshape(T * B, -1)[live], w, b)  # [n, N]
+    rows = lin(x.reshape(T * B, -1)[live], w, b)  # [n, N]
     return rows.new_zeros(T * B, rows.shape[1]).index_put_((live,), rows).view(T, B, -1)
 
 

@@ -145,6 +145,26 @@ class _ClippedRecurrence(torch.autograd.Function):
         return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
 
 
+def _linear_fake(a, w, b):
+    return a.new_empty(a.shape[0], w.shape[0])
+
+
+def _linear_setup(ctx, inputs, output):
+    a, w, b = inputs
+    ctx.save_for_backward(a, w)
+    ctx.has_b = b is not None
+
+
+def _linear_backward(ctx, dy):
+    # the same op for the input and weight gradients (each row in a fixed order), so they are
+    # thread-count invariant too, and differentiable again (double backward)
+    a, w = ctx.saved_tensors
+    da = torch.ops.fusedrnn.rows_linear(dy, w.t(), None) if ctx.needs_input_grad[0] else None
+    dw = torch.ops.fusedrnn.rows_linear(dy.t(), a.t(), None) if ctx.needs_input_grad[1] else None
+    db = dy.sum(0) if ctx.has_b and ctx.needs_input_grad[2] else None
+    return da, dw, db
+
+
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
     return h.new_empty(h.shape), h.new_empty(h.shape) if mode == "LSTM" else h.new_empty(0)
 
@@ -153,6 +173,10 @@ if _ext.extension_error() is None:
     torch.library.register_fake("fusedrnn::recurrence_fwd")(_fwd_fake)
     torch.library.register_fake("fusedrnn::recurrence_bwd")(_bwd_fake)
     torch.library.register_fake("fusedrnn::cell_step")(_step_fake)
+    torch.library.register_fake("fusedrnn::rows_linear")(_linear_fake)
+    torch.library.register_autograd(
+        "fusedrnn::rows_linear", _linear_backward, setup_context=_linear_setup
+    )
     torch.library.register_autograd(
         "fusedrnn::recurrence_fwd", _backward, setup_context=_setup_context
     )
@@ -214,6 +238,18 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save
         )
     return y, h_T, (c_T if mode == "LSTM" else None)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``F.linear(x, w, b)`` for the layers' input projections on this backend: x [..., K],
+    w [N, K], b [N] or None -> [..., N], differentiable (input, weight and bias).
+
+    Every output row is reduced in a fixed order and rows are split over threads, so a row's
+    result is bitwise the same alone or in a batch and with any thread count (MKL's GEMM, which
+    F.linear calls, is neither on every CPU). float32, float64, bfloat16 (computed in float32).
+    """
+    y = torch.ops.fusedrnn.rows_linear(x.reshape(-1, x.shape[-1]), w, b)
+    return y.view(*x.shape[:-1], w.shape[0])
 
 
 def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
