@@ -152,8 +152,7 @@ def compile_one(kern, sig, consts, arch, num_warps, num_stages=launch.NUM_STAGES
     """Compile for one arch and measure it; raises when Triton or ptxas fails."""
     src = ASTSource(fn=kern, signature=sig, constexprs=consts)
     ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": num_warps, "num_stages": num_stages,
-                                 **launch._regs()})
+                        options={"num_warps": num_warps, "num_stages": num_stages})
     if ck.metadata.shared > SMEM_LIMIT[arch]:
         raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
     regs, st, ld = _ptxas(ck.asm["ptx"], arch)

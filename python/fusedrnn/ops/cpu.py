@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _ext
 from .cells import GATES
-from .reference import check_clip, check_contract, recurrence_ref
+from .reference import check_clip, check_contract, compute_dtype, recurrence_ref
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -31,16 +31,12 @@ def supports(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
     ws_units = _ext._C._ws_units(mode, save, w_hr is not None)  # csrc/cpu/common.cpp ws_layout
-    acc = _acc(xw.dtype)
+    acc = compute_dtype(xw.dtype)
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),

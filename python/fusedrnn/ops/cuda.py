@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .cells import GATES
-from .reference import check_clip, check_contract
+from .reference import check_clip, check_contract, compute_dtype
 
 _SAVED = {"RNN_TANH": 0, "RNN_RELU": 0, "LSTM": 4, "GRU": 4}
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -97,7 +97,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = h0.shape[1]
-    acc = torch.float64 if xw.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(xw.dtype)
     S = _SAVED[mode]
     lstm, proj = mode == "LSTM", w_hr is not None
     return (

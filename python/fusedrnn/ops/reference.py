@@ -5,7 +5,8 @@ torch.nn (tests/test_reference.py). Autograd comes from PyTorch.
 
 The op contract (one layer, one direction, one cell type)::
 
-    <cell>_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None)
+    recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None)
+        mode    a cell of ``cells.MODES`` (torch.nn's names: RNN_TANH, RNN_RELU, LSTM, GRU)
         xw      [T, B, G*H]  input projection of every step, bias_ih included
         w_hh    [G*H, H_out] recurrent weights (torch.nn layout and gate order)
         b_hh    [G*H] | None
@@ -146,25 +147,3 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
         y = xw.new_zeros(0, B, h.shape[1])
     return y.to(out_dtype), h.to(out_dtype), None if c is None else c.to(out_dtype)
 
-
-def rnn_tanh_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """Elman RNN with tanh: h_t = tanh(xw_t + W_hh h_{t-1} + b_hh)."""
-    return recurrence_ref("RNN_TANH", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def rnn_relu_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """Elman RNN with relu: h_t = relu(xw_t + W_hh h_{t-1} + b_hh)."""
-    return recurrence_ref("RNN_RELU", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def lstm_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """LSTM, gates (i, f, g, o), optional projection h_t = W_hr (o * tanh(c_t))."""
-    return recurrence_ref("LSTM", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def gru_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """GRU, gates (r, z, n), n = tanh(xw_n + r * (W_hn h + b_hn))."""
-    return recurrence_ref("GRU", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-REFS = {"RNN_TANH": rnn_tanh_ref, "RNN_RELU": rnn_relu_ref, "LSTM": lstm_ref, "GRU": gru_ref}

@@ -3,8 +3,8 @@
 Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
 ``recurrence(...)``. Custom ops (``autograd.py``): ``torch.ops.fusedrnn.triton_recurrence_fwd``
 (with its autograd formula) and ``triton_recurrence_bwd``. Launchers without autograd:
-``<cell>_fwd`` / ``<cell>_bwd`` (and the mode-generic ``rnn_fwd`` / ``rnn_bwd`` in
-``launch.py``). Design, paths and the performance model: ``docs/triton_backend.md``.
+the mode-generic ``rnn_fwd`` / ``rnn_bwd`` (``launch.py``). Design, paths and the performance
+model: ``docs/triton_backend.md``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ if _IMPORT_ERROR is None:
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
 
 __all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
-           "rnn_tanh_fwd", "rnn_tanh_bwd", "rnn_relu_fwd", "rnn_relu_bwd", "lstm_fwd", "lstm_bwd",
-           "gru_fwd", "gru_bwd", "recurrence_fwd", "recurrence_bwd"]
+           "recurrence_fwd", "recurrence_bwd"]
 
 
 def unavailable() -> str | None:
@@ -90,22 +89,3 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
 
 def _contig(t):
     return None if t is None else t.contiguous()
-
-
-def _cell(mode):
-    def fwd(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None, save=True):
-        return rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
-
-    def bwd(saved, w_hh, dy, dh_T, dc_T=None, lengths=None, reverse=False, w_hr=None):
-        return rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths, reverse, w_hr)
-
-    fwd.__doc__ = f"Forward launcher for {mode}: see ``launch.rnn_fwd``."
-    bwd.__doc__ = f"Backward launcher for {mode}: see ``launch.rnn_bwd``."
-    return fwd, bwd
-
-
-if _IMPORT_ERROR is None:
-    rnn_tanh_fwd, rnn_tanh_bwd = _cell("RNN_TANH")
-    rnn_relu_fwd, rnn_relu_bwd = _cell("RNN_RELU")
-    lstm_fwd, lstm_bwd = _cell("LSTM")
-    gru_fwd, gru_bwd = _cell("GRU")

@@ -64,10 +64,6 @@ BLOCK_B = 16
 NUM_STAGES = 1
 #: pipeline stages of the streamed path's K-chunk loop
 STREAM_STAGES = 2
-#: ptxas register cap: None leaves it to ptxas. It caps a few sm_80 backward kernels at 128
-#: registers with small spills; maxnreg=255 removes those but makes several fp32 backward
-#: kernels spill on sm_90 (tools/triton_aot_report.py), so the default stays.
-MAXNREG = None
 #: polls of the grid barrier's spin before a program gives up and flags the launch as failed
 #: (the launcher then raises): at ~0.5-1 us per gpu-scope acquire load (modelled), ~8-17 s,
 #: far beyond any legitimate wait of one step
@@ -257,11 +253,6 @@ def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
     return pl
 
 
-def _regs() -> dict:
-    """Launch/compile options for the register cap."""
-    return {} if MAXNREG is None else {"maxnreg": MAXNREG}
-
-
 def _dot_config(dtype: torch.dtype):
     """(operand dtype, input_precision, X3) of the kernels' products.
 
@@ -349,7 +340,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     args = (xw, w_hh, b_hh, w_hr, h0)
     tail = (y, h_out, c_out, act, hprev, cprev, hbuf, mbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
-               num_stages=pl.stages, **_regs(), **k)
+               num_stages=pl.stages, **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
@@ -407,6 +398,6 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
         for s0, s1, phase in steps:
             k["PHASE"] = phase
             rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps,
-                                 num_stages=pl.stages, **_regs(), **k)
+                                 num_stages=pl.stages, **k)
     _check_barrier(counter, k, "backward")
     return dxw, drec, dh0, dc0, dhtot
