@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cells import CELL_STATE
 from ..reference import check_clip, check_contract
 
 try:
@@ -51,7 +52,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection (bias_ih included); float32, bfloat16 or float16.
         w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
         lengths: [B] int64 | None; reverse: run each sequence from its end.
@@ -84,7 +85,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     y, h_T, c_T, _ = torch.ops.fusedrnn.triton_recurrence_fwd(
         mode, *(_contig(t) for t in ins[:5]), lengths, bool(reverse), _contig(w_hr), save, clip,
         tile_units or 0)
-    return y, h_T, (c_T if mode == "LSTM" else None)
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def _contig(t):

@@ -30,13 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..cells import GATES
+from ..cells import CELLS, GATES, MODE_ID
 from . import validated
 from .kernels import rnn_bwd_kernel, rnn_fwd_kernel
 
-MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
-#: saved activations per unit: RNN keeps h, LSTM i f g o, GRU r z n and W_hn h + b_hn
-SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}
+#: activations per unit the kernels save (``act``): the cell's own (LSTM i f g o, GRU r z n and
+#: W_hn h + b_hn), or h itself for a cell that saves none (its backward reads h, which y holds
+#: only in the input dtype)
+SAVED = {name: max(c.saved, 1) for name, c in CELLS.items()}
 #: Weight bytes one program keeps on chip (Triton stages them in shared memory and feeds the
 #: tensor cores from there): the largest tiles that compile without register spills on sm_90
 #: (tools/triton_aot_report.py). Larger layers stream their weights instead.
@@ -278,9 +279,16 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
         BO=pl.BO, BB=pl.BB, SPLIT=split, PHASE=0,
         SYNC=pl.path in ("persistent", "stream"), SOLO=pl.n_tiles == 1, STREAM=pl.stream,
         BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
-        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=mode == "LSTM", REVERSE=bool(reverse),
+        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELLS[mode].has_cell_state, REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3,
     )
+
+
+def bwd_traits(mode) -> dict:
+    """The cell's traits the backward kernel reads (constexprs): ``REC``, the recurrent-side gate
+    gradients differ from the input-side ones (written to ``drec``); ``DIRECT``, h_new depends
+    on h_prev outside W_hh (backward reads ``hprev`` and carries the cell's direct dh_prev)."""
+    return dict(REC=CELLS[mode].recurrent_grad_differs, DIRECT=CELLS[mode].direct_h_grad)
 
 
 def _on(device: torch.device):
@@ -378,9 +386,10 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     lengths = _lengths(lengths, dev)
     k.pop("SAVE", None)
     k["CLIP"] = recurrent_grad_clip is not None
+    k.update(bwd_traits(mode))
     clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
     dxw = torch.empty(T, B, G * H, device=dev, dtype=f32)
-    drec = torch.empty_like(dxw) if mode == "GRU" else dxw
+    drec = torch.empty_like(dxw) if CELLS[mode].recurrent_grad_differs else dxw
     dhtot = torch.empty(T, B, P, device=dev, dtype=f32) if proj else None
     r_state = dh_T.to(f32).contiguous().clone()
     dc_state = dc_T.to(f32).contiguous().clone() if k["HAS_C"] else None
