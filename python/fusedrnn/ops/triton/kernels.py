@@ -294,15 +294,20 @@ def rnn_bwd_kernel(
                 hp = _ld(hprev + t * B * P, oh, mh)
             x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp,
                                                                 hp)
-            d0 = tl.where(live, q0, 0.0)  # slots past G stay loop-invariant zeros
+            # gate g's gradients, each stored as soon as it is made (slots past G stay
+            # loop-invariant zeros)
+            xt = dxw + t * B * GH
+            d0 = tl.where(live, q0, 0.0)
+            _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
             if G > 1:
                 d1 = tl.where(live, q1, 0.0)
+                _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
             if G > 2:
                 d2 = tl.where(live, q2, 0.0)
+                _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
             if G > 3:
                 d3 = tl.where(live, q3, 0.0)
-            _st_gates(dxw + t * B * GH, ox, sx, H, G, (tl.where(live, x0, 0.0),
-                      tl.where(live, x1, 0.0), tl.where(live, x2, 0.0), tl.where(live, x3, 0.0)))
+                _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
             if REC:
                 _st_gates(drec + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
             if DIRECT:
