@@ -1,6 +1,7 @@
 """The fused Triton recurrence as ``torch.library`` custom ops, with fake impls and autograd.
 
-Ladder (docs/architecture.md, convention 1): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate, launch) ->
+Ladder (docs/architecture.md, convention 1): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate,
+launch) ->
 ``fusedrnn::triton_recurrence_fwd`` / ``fusedrnn::triton_recurrence_bwd`` (here: custom ops, so
 ``torch.compile(fullgraph=True)`` keeps them as opaque nodes instead of graph-breaking) -> the
 autograd formula registered on the forward op -> ``recurrence`` in ``__init__``.

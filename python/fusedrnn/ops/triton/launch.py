@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..cells import CELLS, GATES, MODE_ID
+from ..cells import CELL_STATE, CELLS, GATES, MODE_ID
 from . import validated
 from .kernels import rnn_bwd_kernel, rnn_fwd_kernel
 
@@ -279,7 +279,7 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
         BO=pl.BO, BB=pl.BB, SPLIT=split, PHASE=0,
         SYNC=pl.path in ("persistent", "stream"), SOLO=pl.n_tiles == 1, STREAM=pl.stream,
         BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
-        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELLS[mode].has_cell_state, REVERSE=bool(reverse),
+        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELL_STATE[mode], REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3,
     )
 
