@@ -1,8 +1,9 @@
 """The CPU backend: the recurrence op as fused C++ time loops (``csrc/cpu``).
 
 The ladder (docs/architecture.md, convention 1): ``torch.ops.fusedrnn.recurrence_fwd`` /
-``recurrence_bwd`` (C++ kernels, no autograd) -> fake implementations and the autograd formula registered here ->
-:func:`recurrence`, the backend's entry point used by ``fusedrnn.backends`` and the nn layers.
+``recurrence_bwd`` (C++ kernels, no autograd) -> fake implementations and the autograd formula
+registered here -> :func:`recurrence`, the backend's entry point used by ``fusedrnn.backends``
+and the nn layers.
 
 Backend interface (see ``fusedrnn.backends``): :func:`unavailable`, :func:`supports`,
 :func:`recurrence`. Also :func:`cell_step`, a single-step inference op for streaming cells.
