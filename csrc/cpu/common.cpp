@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "fusedrnn/cell_dispatch.h"
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -18,12 +19,10 @@ std::atomic<bool> g_poison{false};
 }
 
 Cell parse_mode(c10::string_view mode) {
-  if (mode == "RNN_TANH") return Cell::RNN_TANH;
-  if (mode == "RNN_RELU") return Cell::RNN_RELU;
-  if (mode == "LSTM") return Cell::LSTM;
-  if (mode == "GRU") return Cell::GRU;
-  TORCH_CHECK(false, "fusedrnn: mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, got '",
-              std::string(mode), "'");
+  Cell cell;
+  TORCH_CHECK(cell_from_name(mode.data(), mode.size(), &cell), "fusedrnn: mode must be one of ",
+              cell_name_list(), ", got '", std::string(mode), "'");
+  return cell;
 }
 
 void set_debug_poison(bool on) { g_poison.store(on); }

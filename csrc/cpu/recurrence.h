@@ -1,6 +1,6 @@
 // The CPU backend of the recurrence op (one layer, one direction, one cell type).
 //
-// Op contract (DESIGN.md, python/fusedrnn/ops/reference.py):
+// Op contract (docs/architecture.md, python/fusedrnn/ops/reference.py):
 //   xw [T, B, G*H], w_hh [G*H, H_out], b_hh [G*H]?, h0 [B, H_out], c0 [B, H]? (LSTM),
 //   lengths [B] int64?, reverse, w_hr [P, H]? (LSTM projection, H_out = P)
 //   save: keep what backward needs (false for inference: nothing is written to ws)

@@ -67,8 +67,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
               std::string(mode), ", got ", GH);
   const int64_t H = GH / G;
   const bool proj = w_hr.has_value() && w_hr->defined();
-  TORCH_CHECK(!proj || cell == Cell::LSTM, "fusedrnn: w_hr (projection) is only supported for "
-              "LSTM, got mode ", std::string(mode));
+  TORCH_CHECK(!proj || supports_projection(cell), "fusedrnn: w_hr (projection) is only "
+              "supported for LSTM, got mode ", std::string(mode));
   const int64_t Ho = proj ? w_hr->size(0) : H;
   if (proj) {
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "fusedrnn: w_hr must have shape [P, ",

@@ -6,8 +6,9 @@ A backend is a module under ``fusedrnn.ops`` that provides
         None when the backend can run in this process, else why not and how to fix it.
     supports(device: torch.device) -> bool
         whether it runs on tensors of that device.
-    recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr) -> (y, h_T, c_T)
-        the op contract of ``fusedrnn.ops.reference`` with autograd.
+    recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, recurrent_grad_clip=None)
+        -> (y, h_T, c_T): the op contract of ``fusedrnn.ops.reference`` with autograd (every
+        backend implements ``recurrent_grad_clip``).
 
 "auto" picks cpu for CPU tensors and the fastest GPU backend for CUDA tensors; when the compiled
 part it wants is missing it falls back to the reference with a one-time warning.
@@ -16,7 +17,6 @@ part it wants is missing it falls back to the reference with a one-time warning.
 from __future__ import annotations
 
 import importlib
-import inspect
 import warnings
 from types import ModuleType
 
@@ -117,12 +117,5 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     step (see ``recurrence_ref``); None (the default) leaves every backend's results untouched.
     """
     mod = resolve(backend, xw.device)
-    if recurrent_grad_clip is None:
-        return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-    if "recurrent_grad_clip" not in inspect.signature(mod.recurrence).parameters:
-        raise NotImplementedError(
-            f"backend {mod.__name__.rsplit('.', 1)[-1]!r} does not implement recurrent_grad_clip; "
-            "use backend='reference' (or another backend that does) for clipped BPTT"
-        )
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
                           recurrent_grad_clip=recurrent_grad_clip)

@@ -138,6 +138,8 @@ HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) { return c == Cell::GR
 // letting it recompute them, where that keeps training memory at or below torch.nn's (which keeps
 // the LSTM's gates too): the LSTM. The other cells recompute (saving would exceed torch.nn's).
 HOST_DEVICE constexpr bool saves_activations(Cell c) { return c == Cell::LSTM; }
+// The cell takes the op's w_hr projection (torch.nn's proj_size): the LSTM.
+HOST_DEVICE constexpr bool supports_projection(Cell c) { return c == Cell::LSTM; }
 
 // ---------------------------------------------------------------------------------------------
 // Elman RNN: h = act(x + hh). Nothing saved: the derivative is a function of h itself.

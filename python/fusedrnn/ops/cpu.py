@@ -1,8 +1,9 @@
 """The CPU backend: the recurrence op as fused C++ time loops (``csrc/cpu``).
 
-The ladder (CONVENTIONS.md): ``torch.ops.fusedrnn.recurrence_fwd`` / ``recurrence_bwd`` (C++
-kernels, no autograd) -> fake implementations and the autograd formula registered here ->
-:func:`recurrence`, the backend's entry point used by ``fusedrnn.backends`` and the nn layers.
+The ladder (docs/architecture.md, convention 1): ``torch.ops.fusedrnn.recurrence_fwd`` /
+``recurrence_bwd`` (C++ kernels, no autograd) -> fake implementations and the autograd formula
+registered here -> :func:`recurrence`, the backend's entry point used by ``fusedrnn.backends``
+and the nn layers.
 
 Backend interface (see ``fusedrnn.backends``): :func:`unavailable`, :func:`supports`,
 :func:`recurrence`. Also :func:`cell_step`, a single-step inference op for streaming cells.
@@ -15,8 +16,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _ext
-from .cells import GATES
-from .reference import check_clip, check_contract, recurrence_ref
+from .cells import CELL_STATE, GATES
+from .reference import check_clip, check_contract, compute_dtype, recurrence_ref
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -31,20 +32,16 @@ def supports(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
     ws_units = _ext._C._ws_units(mode, save, w_hr is not None)  # csrc/cpu/common.cpp ws_layout
-    acc = _acc(xw.dtype)
+    acc = compute_dtype(xw.dtype)
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
-        xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0),
+        xw.new_empty(B, H) if CELL_STATE[mode] else xw.new_empty(0),
         xw.new_empty(T, B, ws_units * H, dtype=acc) if ws_units else xw.new_empty(0, dtype=acc),
     )
 
@@ -100,7 +97,7 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
     mode = ctx.mode
     xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
-        mode, dy, dh_T, dc_T if mode == "LSTM" else None, xw, w_hh, b_hh, h0, c0, lengths,
+        mode, dy, dh_T, dc_T if CELL_STATE[mode] else None, xw, w_hh, b_hh, h0, c0, lengths,
         ctx.reverse, w_hr, y, ws, clip,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
@@ -166,7 +163,7 @@ def _linear_backward(ctx, dy):
 
 
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
-    return h.new_empty(h.shape), h.new_empty(h.shape) if mode == "LSTM" else h.new_empty(0)
+    return h.new_empty(h.shape), h.new_empty(h.shape) if CELL_STATE[mode] else h.new_empty(0)
 
 
 if _ext.extension_error() is None:
@@ -199,7 +196,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection of every step, ``b_ih`` included.
         w_hh: [G*H, H_out] recurrent weights (torch.nn layout and gate order).
         b_hh: [G*H] or None.
@@ -237,7 +234,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
             mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save
         )
-    return y, h_T, (c_T if mode == "LSTM" else None)
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
@@ -260,7 +257,7 @@ def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Ten
     differentiable: use :func:`recurrence` when gradients are needed.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         x: [B, I]; w_ih: [G*H, I]; b_ih: [G*H] or None; w_hh: [G*H, H]; b_hh: [G*H] or None;
         h: [B, H]; c: [B, H] for LSTM, else None. float32 or float64, CPU.
 
@@ -274,7 +271,7 @@ def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Ten
         ...                  cell.weight_hh, cell.bias_hh, torch.zeros(1, 4), torch.zeros(1, 4))
     """
     h_new, c_new = torch.ops.fusedrnn.cell_step(mode, x, w_ih, b_ih, w_hh, b_hh, h, c)
-    return h_new, (c_new if mode == "LSTM" else None)
+    return h_new, (c_new if CELL_STATE[mode] else None)
 
 
 def cell_step_ops():

@@ -5,7 +5,8 @@ torch.nn (tests/test_reference.py). Autograd comes from PyTorch.
 
 The op contract (one layer, one direction, one cell type)::
 
-    <cell>_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None)
+    recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None)
+        mode    a cell of ``cells.CELLS`` (torch.nn's mode names: RNN_TANH, ..., GRU)
         xw      [T, B, G*H]  input projection of every step, bias_ih included
         w_hh    [G*H, H_out] recurrent weights (torch.nn layout and gate order)
         b_hh    [G*H] | None
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cells import GATES, STEPS
+from .cells import CELLS, GATES, STEPS
 
 
 def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
@@ -41,7 +42,7 @@ def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
     if GH % G:
         raise ValueError(f"xw.size(-1) must be a multiple of {G} for {mode}, got {GH}")
     H = GH // G
-    if w_hr is not None and mode != "LSTM":
+    if w_hr is not None and not CELLS[mode].projection:
         raise ValueError(f"w_hr (projection) is only supported for LSTM, got mode {mode}")
     H_out = w_hr.shape[0] if w_hr is not None else H
     if w_hr is not None and tuple(w_hr.shape) != (H_out, H):
@@ -53,7 +54,7 @@ def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
     if tuple(h0.shape) != (B, H_out):
         raise ValueError(f"h0 must have shape {(B, H_out)}, got {tuple(h0.shape)}")
     if c0 is not None:
-        if mode != "LSTM":
+        if not CELLS[mode].has_cell_state:
             raise ValueError(f"c0 is only used by LSTM, got mode {mode}")
         if tuple(c0.shape) != (B, H):
             raise ValueError(f"c0 must have shape {(B, H)}, got {tuple(c0.shape)}")
@@ -96,7 +97,7 @@ def check_clip(recurrent_grad_clip) -> None:
 
 def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
                    recurrent_grad_clip=None):
-    """The op contract for any ``mode`` in ``RNN_TANH, RNN_RELU, LSTM, GRU`` (see module doc).
+    """The op contract for any ``mode`` of ``cells.CELLS`` (see module doc).
 
     ``recurrent_grad_clip`` (None or > 0): in backward, the gradient a (live) step sends back to
     its input state h_{t-1} (and c_{t-1}) is clamped elementwise to [-clip, clip] before it is
@@ -114,7 +115,7 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
     b_hh = None if b_hh is None else b_hh.to(acc)
     w_hr = None if w_hr is None else w_hr.to(acc)
     c = None
-    if mode == "LSTM":
+    if CELLS[mode].has_cell_state:
         c = xw.new_zeros(B, H) if c0 is None else c0.to(acc)
     if lengths is not None:
         lengths = lengths.to(xw.device)
@@ -146,25 +147,3 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
         y = xw.new_zeros(0, B, h.shape[1])
     return y.to(out_dtype), h.to(out_dtype), None if c is None else c.to(out_dtype)
 
-
-def rnn_tanh_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """Elman RNN with tanh: h_t = tanh(xw_t + W_hh h_{t-1} + b_hh)."""
-    return recurrence_ref("RNN_TANH", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def rnn_relu_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """Elman RNN with relu: h_t = relu(xw_t + W_hh h_{t-1} + b_hh)."""
-    return recurrence_ref("RNN_RELU", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def lstm_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """LSTM, gates (i, f, g, o), optional projection h_t = W_hr (o * tanh(c_t))."""
-    return recurrence_ref("LSTM", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-def gru_ref(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None):
-    """GRU, gates (r, z, n), n = tanh(xw_n + r * (W_hn h + b_hn))."""
-    return recurrence_ref("GRU", xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-
-
-REFS = {"RNN_TANH": rnn_tanh_ref, "RNN_RELU": rnn_relu_ref, "LSTM": lstm_ref, "GRU": gru_ref}

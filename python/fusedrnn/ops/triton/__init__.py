@@ -3,14 +3,15 @@
 Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
 ``recurrence(...)``. Custom ops (``autograd.py``): ``torch.ops.fusedrnn.triton_recurrence_fwd``
 (with its autograd formula) and ``triton_recurrence_bwd``. Launchers without autograd:
-``<cell>_fwd`` / ``<cell>_bwd`` (and the mode-generic ``rnn_fwd`` / ``rnn_bwd`` in
-``launch.py``). Design, paths and the performance model: ``docs/triton_backend.md``.
+the mode-generic ``rnn_fwd`` / ``rnn_bwd`` (``launch.py``). Design, paths and the performance
+model: ``docs/triton_backend.md``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..cells import CELL_STATE
 from ..reference import check_clip, check_contract
 
 try:
@@ -28,8 +29,7 @@ if _IMPORT_ERROR is None:
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
 
 __all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
-           "rnn_tanh_fwd", "rnn_tanh_bwd", "rnn_relu_fwd", "rnn_relu_bwd", "lstm_fwd", "lstm_bwd",
-           "gru_fwd", "gru_bwd", "recurrence_fwd", "recurrence_bwd"]
+           "recurrence_fwd", "recurrence_bwd"]
 
 
 def unavailable() -> str | None:
@@ -52,7 +52,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection (bias_ih included); float32, bfloat16 or float16.
         w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
         lengths: [B] int64 | None; reverse: run each sequence from its end.
@@ -85,27 +85,8 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     y, h_T, c_T, _ = torch.ops.fusedrnn.triton_recurrence_fwd(
         mode, *(_contig(t) for t in ins[:5]), lengths, bool(reverse), _contig(w_hr), save, clip,
         tile_units or 0)
-    return y, h_T, (c_T if mode == "LSTM" else None)
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def _contig(t):
     return None if t is None else t.contiguous()
-
-
-def _cell(mode):
-    def fwd(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None, save=True):
-        return rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
-
-    def bwd(saved, w_hh, dy, dh_T, dc_T=None, lengths=None, reverse=False, w_hr=None):
-        return rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths, reverse, w_hr)
-
-    fwd.__doc__ = f"Forward launcher for {mode}: see ``launch.rnn_fwd``."
-    bwd.__doc__ = f"Backward launcher for {mode}: see ``launch.rnn_bwd``."
-    return fwd, bwd
-
-
-if _IMPORT_ERROR is None:
-    rnn_tanh_fwd, rnn_tanh_bwd = _cell("RNN_TANH")
-    rnn_relu_fwd, rnn_relu_bwd = _cell("RNN_RELU")
-    lstm_fwd, lstm_bwd = _cell("LSTM")
-    gru_fwd, gru_bwd = _cell("GRU")

@@ -1,6 +1,7 @@
 """The fused Triton recurrence as ``torch.library`` custom ops, with fake impls and autograd.
 
-Ladder (CONVENTIONS.md): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate, launch) ->
+Ladder (docs/architecture.md, convention 1): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate,
+launch) ->
 ``fusedrnn::triton_recurrence_fwd`` / ``fusedrnn::triton_recurrence_bwd`` (here: custom ops, so
 ``torch.compile(fullgraph=True)`` keeps them as opaque nodes instead of graph-breaking) -> the
 autograd formula registered on the forward op -> ``recurrence`` in ``__init__``.
@@ -29,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cells import GATES
+from ..cells import CELL_STATE, GATES, SPLIT_REC
 from .launch import SAVED, layer_plan, rnn_bwd, rnn_fwd
 
 #: fp32 tensors the forward keeps for backward, in the order the fwd op returns them (its
@@ -41,7 +42,7 @@ _F32 = torch.float32
 def _saved_shapes(mode: str, T: int, B: int, H: int, P: int) -> dict:
     """Shape of each saved tensor, None where the mode has none (cprev outside LSTM)."""
     return {"act": (T, B, SAVED[mode] * H), "hprev": (T, B, P),
-            "cprev": (T, B, H) if mode == "LSTM" else None}
+            "cprev": (T, B, H) if CELL_STATE[mode] else None}
 
 
 def _sizes(mode: str, xw: Tensor, h0: Tensor):
@@ -95,7 +96,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, 
     T, B, H, P = _sizes(mode, xw, h0)
     saved = [xw.new_empty(0, dtype=_F32) if s is None or not save else xw.new_empty(s, dtype=_F32)
              for s in _saved_shapes(mode, T, B, H, P).values()]
-    c_T = xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0)
+    c_T = xw.new_empty(B, H) if CELL_STATE[mode] else xw.new_empty(0)
     return xw.new_empty(T, B, P), xw.new_empty(B, P), c_T, saved
 
 
@@ -120,20 +121,20 @@ def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
     def absent():  # a fresh placeholder each time: custom op outputs may not alias
         return dy.new_empty(0, dtype=_F32)
 
-    if mode == "LSTM" and dc_T is None:
+    if CELL_STATE[mode] and dc_T is None:
         dc_T = dh_T.new_zeros(B, H, dtype=_F32)
     if T == 0:  # nothing to run: the states' gradients pass straight through
-        dc0 = dc_T.to(_F32, copy=True) if mode == "LSTM" else absent()
+        dc0 = dc_T.to(_F32, copy=True) if CELL_STATE[mode] else absent()
         dhtot = dy.new_zeros(0, B, P, dtype=_F32) if w_hr is not None else absent()
         return (dy.new_zeros(0, B, GH, dtype=_F32),
-                dy.new_zeros(0, B, GH, dtype=_F32) if mode == "GRU" else absent(),
+                dy.new_zeros(0, B, GH, dtype=_F32) if SPLIT_REC[mode] else absent(),
                 dh_T.to(_F32, copy=True), dc0, dhtot)
     state = dict(zip(SAVED_KEYS, saved))
     state["plan"] = layer_plan(mode, H, P, B, dtype, w_hr is not None, w_hh.device,
                                tile_units or None)
     dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, state, w_hh, dy, dh_T, dc_T, lengths, reverse,
                                          w_hr, clip or None)
-    return (dxw, drec if mode == "GRU" else absent(), dh0, absent() if dc0 is None else dc0,
+    return (dxw, drec if SPLIT_REC[mode] else absent(), dh0, absent() if dc0 is None else dc0,
             absent() if dhtot is None else dhtot)
 
 
@@ -147,8 +148,8 @@ def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, 
     def e(*shape):
         return dy.new_empty(shape, dtype=_F32)
 
-    return (e(T, B, GH), e(T, B, GH) if mode == "GRU" else e(0), e(B, P),
-            e(B, H) if mode == "LSTM" else e(0), e(T, B, P) if w_hr is not None else e(0))
+    return (e(T, B, GH), e(T, B, GH) if SPLIT_REC[mode] else e(0), e(B, P),
+            e(B, H) if CELL_STATE[mode] else e(0), e(T, B, P) if w_hr is not None else e(0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -175,14 +176,14 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
     w_hh, w_hr, lengths, *saved = ctx.saved_tensors
     b_dt, h_dt, c_dt = ctx.dtypes
     dxw, drec, dh0, dc0, dhtot = torch.ops.fusedrnn.triton_recurrence_bwd(
-        mode, dy.contiguous(), dh_T, dc_T if mode == "LSTM" else None, saved, w_hh, lengths,
+        mode, dy.contiguous(), dh_T, dc_T if CELL_STATE[mode] else None, saved, w_hh, lengths,
         ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units)
     st = dict(zip(SAVED_KEYS, saved))
     act, hprev, cprev = st["act"], st["hprev"], st["cprev"]
     T, B, P = hprev.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
-    drec2 = (drec if mode == "GRU" else dxw).reshape(T * B, GH)
+    drec2 = (drec if SPLIT_REC[mode] else dxw).reshape(T * B, GH)
     d_w_hh = drec2.t() @ hprev.reshape(T * B, P)  # [G*H, P], fp32
     d_b_hh = None if b_dt is None else drec2.sum(0).to(b_dt)
     d_w_hr = None

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from .cells import cell_bwd, cell_fwd
 from .tiles import (_gate_tiles, _gates_mm, _ld, _ld_gates, _ldx, _mm, _offs, _rec_grad,
-                    _rec_grad_global, _st, _step_barrier, _stream_mm, _wload)
+                    _rec_grad_global, _st, _st_gates, _step_barrier, _stream_mm, _wload)
 
 
 @triton.jit
@@ -84,6 +84,7 @@ def rnn_fwd_kernel(
         b0 = tl.load(b + 0 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]  # [BU, 1]
         if G > 1:
             b1 = tl.load(b + 1 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 2:
             b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
         if G > 3:
             b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
@@ -141,12 +142,7 @@ def rnn_fwd_kernel(
             r3 += b3
             out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
             if SAVE:
-                at = act + t * B * (NA * H)
-                _st(at + 0 * H, oa, mx, e0)
-                if NA > 1:
-                    _st(at + 1 * H, oa, mx, e1)
-                    _st(at + 2 * H, oa, mx, e2)
-                    _st(at + 3 * H, oa, mx, e3)
+                _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3))
                 if HAS_C:
                     _st(cprev + t * B * H, oc, mx, c)
             c = tl.where(live, c_new, c)
@@ -184,7 +180,8 @@ def rnn_bwd_kernel(
     counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
     clip,  # recurrent_grad_clip (used when CLIP)
-    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
+    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr, REC: tl.constexpr,
+    DIRECT: tl.constexpr,  # the cell's traits (launch.bwd_traits)
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
@@ -237,7 +234,7 @@ def rnn_bwd_kernel(
     else:
         lens = tl.where(mb, T, 0)[None, :]
     dsrc = dxw
-    if MODE == 3:
+    if REC:
         dsrc = drec
 
     # Step T has no forward step left: it only completes dh0 = W_hh^T drec_first + R. It runs
@@ -275,7 +272,7 @@ def rnn_bwd_kernel(
             dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
             if HAS_PROJ:
                 _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
-            if MODE != 3:
+            if not DIRECT:
                 R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
         if PSPLIT:
             if SYNC:
@@ -293,26 +290,27 @@ def rnn_bwd_kernel(
             if HAS_C:
                 cp = _ld(cprev + t * B * H, oc, mx)
             hp = dm
-            if MODE == 3:
+            if DIRECT:
                 hp = _ld(hprev + t * B * P, oh, mh)
             x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp,
                                                                 hp)
+            # gate g's gradients, each stored as soon as it is made (slots past G stay
+            # loop-invariant zeros)
             xt = dxw + t * B * GH
             d0 = tl.where(live, q0, 0.0)
             _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
             if G > 1:
                 d1 = tl.where(live, q1, 0.0)
-                d2 = tl.where(live, q2, 0.0)
                 _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
+            if G > 2:
+                d2 = tl.where(live, q2, 0.0)
                 _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
             if G > 3:
                 d3 = tl.where(live, q3, 0.0)
                 _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
-            if MODE == 3:
-                rt = drec + t * B * GH
-                _st(rt + 0 * H, ox, sx, d0)
-                _st(rt + 1 * H, ox, sx, d1)
-                _st(rt + 2 * H, ox, sx, d2)
+            if REC:
+                _st_gates(drec + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
+            if DIRECT:
                 R = tl.where(live, dhd, dh_tot)
             if CLIP:
                 dcp = tl.minimum(tl.maximum(dcp, -clip), clip)
