@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends
-from . import _amp, _onnx
+from . import _amp, _onnx, _regularisers
 from ..ops.reference import check_clip
 
 
@@ -27,11 +27,17 @@ class _FusedRNNMixin:
 
     backend: str = "auto"
     recurrent_grad_clip: float | None = None
+    weight_drop: float = 0.0
+    dropout_mode: str = "standard"
 
     def _set_backend(self, backend: str, recurrent_grad_clip: float | None = None) -> None:
         self.backend = backends.check_backend(backend)
         check_clip(recurrent_grad_clip)
         self.recurrent_grad_clip = recurrent_grad_clip
+
+    def _set_regularisers(self, weight_drop=0.0, dropout_mode="standard") -> None:
+        self.weight_drop = _regularisers.check_weight_drop(weight_drop)
+        self.dropout_mode = _regularisers.check_dropout_mode(dropout_mode)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -39,12 +45,18 @@ class _FusedRNNMixin:
             s += f", backend={self.backend!r}"
         if self.recurrent_grad_clip is not None:
             s += f", recurrent_grad_clip={self.recurrent_grad_clip}"
+        if self.weight_drop:
+            s += f", weight_drop={self.weight_drop}"
+        if self.dropout_mode != "standard":
+            s += f", dropout_mode={self.dropout_mode!r}"
         return s
 
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("recurrent_grad_clip", None)
+        self.__dict__.setdefault("weight_drop", 0.0)
+        self.__dict__.setdefault("dropout_mode", "standard")
 
     # -- the layer stack -------------------------------------------------------------------
 
@@ -86,6 +98,7 @@ class _FusedRNNMixin:
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d, dtype)
+                w_hh = _regularisers.drop_weight(w_hh, self.weight_drop, self.training)
                 if b_ih is not None and self.mode != "GRU":
                     # both biases sit outside any gate product here, so b_ih joins b_hh and
                     # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
@@ -102,7 +115,10 @@ class _FusedRNNMixin:
                 c_n.append(c)
             x = outs[0] if num_dirs == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, p=self.dropout, training=True)
+                if self.dropout_mode == "locked":
+                    x = _regularisers.locked_dropout(x, self.dropout)
+                else:
+                    x = F.dropout(x, p=self.dropout, training=True)
         return x, torch.stack(h_n, 0), (torch.stack(c_n, 0) if c0 is not None else None)
 
     # -- torch.nn's forward, with its checks and messages ----------------------------------
@@ -288,6 +304,12 @@ class RNN(_FusedRNNMixin, nn.RNN):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
+            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
+            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
+        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
+            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
+            every step (variational dropout, AWD-LSTM's LockedDropout).
 
     Inputs: ``input`` [T, B, I] (or [B, T, I] with batch_first, [T, I] unbatched, or a
     PackedSequence) and ``hx`` [L*D, B, H] or None.
@@ -299,9 +321,11 @@ class RNN(_FusedRNNMixin, nn.RNN):
         >>> out, h_n = rnn(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend, recurrent_grad_clip)
+        self._set_regularisers(weight_drop, dropout_mode)
 
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
@@ -317,6 +341,12 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
+            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
+            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
+        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
+            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
+            every step (variational dropout, AWD-LSTM's LockedDropout).
 
     Inputs: ``input`` [T, B, I] (batch_first, unbatched or PackedSequence as torch.nn) and
     ``(h_0 [L*D, B, H_out], c_0 [L*D, B, H])`` or None.
@@ -328,9 +358,11 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend, recurrent_grad_clip)
+        self._set_regularisers(weight_drop, dropout_mode)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
@@ -345,6 +377,12 @@ class GRU(_FusedRNNMixin, nn.GRU):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
+            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
+            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
+        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
+            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
+            every step (variational dropout, AWD-LSTM's LockedDropout).
 
     Returns: ``output`` [T, B, D*H], ``h_n`` [L*D, B, H].
 
@@ -354,6 +392,8 @@ class GRU(_FusedRNNMixin, nn.GRU):
         >>> out, h_n = gru(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend, recurrent_grad_clip)
+        self._set_regularisers(weight_drop, dropout_mode)

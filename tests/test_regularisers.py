@@ -1,0 +1,245 @@
+"""The sequence-level regularisers of the drop-in layers: ``weight_drop`` (DropConnect on the
+recurrent weights, AWD-LSTM's WeightDrop) and ``dropout_mode="locked"`` (one dropout mask per
+sequence and layer, AWD-LSTM's LockedDropout), against torch.nn modules given the same masks by
+hand, in float64. The masks are drawn as ``fusedrnn/nn/_regularisers.py`` documents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from conftest import TOL
+
+T64 = TOL[torch.float64]
+BACKENDS = [b for b in ("reference", "cpu", "triton") if b in fusedrnn.available_backends()]
+KINDS = {"lstm": (torch.nn.LSTM, fusedrnn.LSTM), "gru": (torch.nn.GRU, fusedrnn.GRU),
+         "rnn": (torch.nn.RNN, fusedrnn.RNN)}
+
+
+def _twins(kind, backend="reference", **kw):
+    tcls, fcls = KINDS[kind]
+    torch.manual_seed(0)
+    ref = tcls(3, 4, dtype=torch.float64, **{k: v for k, v in kw.items()
+                                              if k not in ("weight_drop", "dropout_mode")})
+    ours = fcls(3, 4, dtype=torch.float64, backend=backend, **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _hh_names(m):
+    dirs = ["", "_reverse"] if m.bidirectional else [""]
+    return [f"weight_hh_l{k}{d}" for k in range(m.num_layers) for d in dirs]
+
+
+def _draw_weight_masks(m, p, seed):
+    """The weight_drop masks of one forward call: one bernoulli_(1 - p) per recurrent weight in
+    layer, then direction order (nothing else draws in between when dropout == 0)."""
+    torch.manual_seed(seed)
+    return {n: torch.empty_like(getattr(m, n)).bernoulli_(1 - p) for n in _hh_names(m)}
+
+
+# -- weight_drop ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_weight_drop_eval_equals_plain_layer(kind):
+    ref, ours = _twins(kind, weight_drop=0.5, num_layers=2, bidirectional=True)
+    ours.eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    y_ref, h_ref = ref(x)
+    y, h = ours(x)
+    torch.testing.assert_close(y, y_ref, **T64)
+    torch.testing.assert_close(h, h_ref, **T64)
+    # off by default, and 0 is off in training too: the same numbers as a plain layer
+    plain = KINDS[kind][1](3, 4, dtype=torch.float64, num_layers=2, bidirectional=True,
+                           backend="reference")
+    plain.load_state_dict(ours.state_dict())
+    zero = KINDS[kind][1](3, 4, dtype=torch.float64, num_layers=2, bidirectional=True,
+                          backend="reference", weight_drop=0.0)
+    zero.load_state_dict(ours.state_dict())
+    assert torch.equal(zero(x)[0], plain(x)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_weight_drop_train_equals_hand_masked_whh(kind, backend):
+    p, seed = 0.4, 123
+    bidir = backend != "triton"  # keep the interpreter case small
+    ref, ours = _twins(kind, backend, weight_drop=p, num_layers=2, bidirectional=bidir)
+    ours.train()
+    masks = _draw_weight_masks(ours, p, seed)
+    with torch.no_grad():
+        for n, mk in masks.items():
+            getattr(ref, n).mul_(mk / (1 - p))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 3, dtype=torch.float64, generator=gen)
+    up = torch.randn(4, 3, 8 if bidir else 4, dtype=torch.float64, generator=gen)
+    xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, _ = ref(xr)
+    torch.manual_seed(seed)
+    y, _ = ours(xo)
+    torch.testing.assert_close(y, y_ref, **T64)
+    (y_ref * up).sum().backward()
+    (y * up).sum().backward()
+    torch.testing.assert_close(xo.grad, xr.grad, **T64)
+    for n, mk in masks.items():
+        # d loss / d raw W_hh = mask / (1 - p) * d loss / d (masked W_hh): reaches the parameter
+        torch.testing.assert_close(getattr(ours, n).grad, getattr(ref, n).grad * mk / (1 - p),
+                                   **T64)
+    # a second call draws a new mask
+    torch.manual_seed(seed + 1)
+    y2, _ = ours(x)
+    assert not torch.allclose(y2, y)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_weight_drop_gradcheck(backend):
+    _, m = _twins("lstm", backend, weight_drop=0.3)
+    m.train()
+    w0 = m.weight_hh_l0.detach().clone().requires_grad_()
+    x0 = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        torch.manual_seed(7)  # the same mask on every evaluation
+        out, (h, c) = torch.func.functional_call(m, {"weight_hh_l0": w}, (x,))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x0, w0))
+    # and the mask is really on: the weight's gradient has zeros exactly where it dropped
+    torch.manual_seed(7)
+    mk = torch.empty_like(w0).bernoulli_(1 - 0.3)
+    out = f(x0, w0)
+    (gw,) = torch.autograd.grad(sum(o.sum() for o in out), w0)
+    assert bool((gw[mk == 0] == 0).all()) and bool((gw[mk == 1] != 0).any())
+
+
+def test_weight_drop_under_torch_compile():
+    torch._dynamo.reset()
+    p = 0.5
+    _, m = _twins("lstm", "cpu" if "cpu" in BACKENDS else "reference", weight_drop=p,
+                  batch_first=True)
+    ref = torch.nn.LSTM(3, 4, batch_first=True, dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    masks = _draw_weight_masks(m, p, 5)
+    with torch.no_grad():
+        ref.weight_hh_l0.mul_(masks["weight_hh_l0"] / (1 - p))
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    with torch._dynamo.config.patch(allow_rnn=True):
+        fn = torch.compile(m, fullgraph=True, backend="aot_eager")
+        torch.manual_seed(5)
+        y, _ = fn(x)
+        y.sum().backward()
+        m.eval()
+        y_eval, _ = fn(x)
+    torch.testing.assert_close(y, ref(x)[0], **T64)
+    assert m.weight_hh_l0.grad is not None and m.weight_hh_l0.grad.abs().sum() > 0
+    with torch.no_grad():
+        ref.weight_hh_l0.copy_(m.weight_hh_l0)
+    torch.testing.assert_close(y_eval, ref(x)[0], **T64)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 2, True, "0.5", None])
+def test_weight_drop_bad_value(bad):
+    with pytest.raises(ValueError, match=r"weight_drop must be a float in \[0, 1\)"):
+        fusedrnn.LSTM(3, 4, weight_drop=bad)
+
+
+def test_keywords_keep_state_dict_and_repr():
+    plain = fusedrnn.GRU(3, 4, num_layers=2)
+    m = fusedrnn.GRU(3, 4, num_layers=2, dropout=0.2, weight_drop=0.25, dropout_mode="locked")
+    assert list(m.state_dict()) == list(plain.state_dict())
+    assert "weight_drop=0.25" in repr(m) and "dropout_mode='locked'" in repr(m)
+    assert "weight_drop" not in repr(plain) and "dropout_mode" not in repr(plain)
+
+
+# -- locked dropout -----------------------------------------------------------------------------
+
+def test_locked_mask_shared_across_steps_not_rows_or_calls():
+    from fusedrnn.nn._regularisers import locked_dropout
+
+    p = 0.5
+    ones = torch.ones(7, 64, 16, dtype=torch.float64)
+    a, b = locked_dropout(ones, p), locked_dropout(ones, p)
+    assert torch.equal(a, a[:1].expand_as(a))  # every step the same mask
+    assert set(a.unique().tolist()) == {0.0, 1 / (1 - p)}
+    rows = a[0]
+    assert len({tuple(r.tolist()) for r in rows}) > 32  # rows (sequences) differ
+    assert not torch.equal(a, b)  # a new mask per call
+
+
+def _hand_locked(ref_layers, x, p, seed, lengths=None):
+    """AWD-LSTM's LockedDropout between single-layer torch.nn modules, drawn in its way."""
+    torch.manual_seed(seed)
+    hs = []
+    for i, layer in enumerate(ref_layers):
+        if lengths is not None:
+            y, h = layer(pack_padded_sequence(x, lengths))
+            y, _ = pad_packed_sequence(y, total_length=x.shape[0])
+        else:
+            y, h = layer(x)
+        hs.append(h)
+        if i < len(ref_layers) - 1:
+            y = y * y.new_empty((1, y.shape[1], y.shape[2])).bernoulli_(1 - p) / (1 - p)
+        x = y
+    return x, hs
+
+
+def _split_layers(m, tcls):
+    """m's layers as single-layer torch.nn modules with m's weights."""
+    dirs = 2 if m.bidirectional else 1
+    out = []
+    for k in range(m.num_layers):
+        inp = m.input_size if k == 0 else m.hidden_size * dirs
+        layer = tcls(inp, m.hidden_size, bidirectional=m.bidirectional, dtype=torch.float64)
+        sd = {n.replace(f"_l{k}", "_l0"): v for n, v in m.state_dict().items() if f"_l{k}" in n}
+        layer.load_state_dict(sd)
+        out.append(layer)
+    return out
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("form", ["tensor", "batch_first", "packed"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_locked_dropout_matches_hand_loop(kind, form, backend):
+    p, seed, T, B = 0.5, 11, 5, 4
+    tcls, fcls = KINDS[kind]
+    torch.manual_seed(0)
+    m = fcls(3, 4, num_layers=3, bidirectional=True, dropout=p, dropout_mode="locked",
+             batch_first=form == "batch_first", dtype=torch.float64, backend=backend)
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 4, 2, 1]) if form == "packed" else None  # sorted: no reordering
+    want, hs = _hand_locked(_split_layers(m, tcls), x, p, seed, lengths)
+    torch.manual_seed(seed)
+    if form == "packed":
+        out, _ = m(pack_padded_sequence(x, lengths))
+        got, _ = pad_packed_sequence(out, total_length=T)
+    elif form == "batch_first":
+        got = m(x.transpose(0, 1))[0].transpose(0, 1)
+    else:
+        got = m(x)[0]
+    torch.testing.assert_close(got, want, **T64)
+    if form == "tensor":  # the final states are each layer's own, before dropout
+        torch.manual_seed(seed)
+        h_n = m(x)[1]
+        for got_h, want_h in zip(h_n if kind == "lstm" else (h_n,),
+                                 hs[-1] if kind == "lstm" else (hs[-1],)):
+            torch.testing.assert_close(got_h[-2:], want_h, **T64)
+    # and the locked mode really differs from torch.nn's per-element dropout
+    if form == "tensor":
+        torch.manual_seed(seed)
+        m.dropout_mode = "standard"
+        assert not torch.allclose(m(x)[0], want)
+
+
+def test_locked_dropout_eval_is_no_dropout():
+    ref, ours = _twins("lstm", num_layers=2, dropout=0.5, dropout_mode="locked")
+    ref.eval(), ours.eval()
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], **T64)
+
+
+@pytest.mark.parametrize("bad", ["Locked", "variational", None, 1])
+def test_dropout_mode_bad_value(bad):
+    with pytest.raises(ValueError, match="dropout_mode must be 'standard'"):
+        fusedrnn.LSTM(3, 4, num_layers=2, dropout=0.3, dropout_mode=bad)
