@@ -7,7 +7,8 @@ with autograd and under ``torch.compile``; when off they add nothing to the call
 
 How the masks are drawn (documented so a test or a user can draw the same ones by hand):
 
-* ``weight_drop = p``: for each layer, direction 0 then 1, just before that layer's recurrence,
+* ``weight_drop = p``: for each layer, direction 0 then 1, just before that layer's recurrence
+  (after the call's zoneout masks, ``zoneout_mask``, when zoneout is on),
   ``mask = torch.empty_like(w_hh).bernoulli_(1 - p)`` on the weight ``weight_hh_l{k}[_reverse]``
   (as read at call time, cast to the dtype the layer computes in), and the backend gets
   ``w_hh * mask / (1 - p)``: a new tensor, so the gradient reaches the raw parameter through the
