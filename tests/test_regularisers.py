@@ -243,3 +243,200 @@ def test_locked_dropout_eval_is_no_dropout():
 def test_dropout_mode_bad_value(bad):
     with pytest.raises(ValueError, match="dropout_mode must be 'standard'"):
         fusedrnn.LSTM(3, 4, num_layers=2, dropout=0.3, dropout_mode=bad)
+
+
+# -- MinGRU / MinLSTM reset -----------------------------------------------------------------------
+
+from fusedrnn import MinGRU, MinLSTM  # noqa: E402
+from fusedrnn.scan import available_scan_backends  # noqa: E402
+
+MIN_CELLS = [MinGRU, MinLSTM]
+SCAN_BACKENDS = [b for b in ("reference", "cpu") if b in available_scan_backends()]
+
+
+def _g(x):
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def _min_loop(m, x, h0, reset, lengths=None):
+    """The paper's equations step by step (f / (f + i) written out for minLSTM), with resets
+    applied as the RNN layers' ``(1 - done) * state`` before each step: forward direction, the
+    state entering step t is zeroed where reset[:, t]; reverse direction, the state passed from
+    t + 1 to t is zeroed where a segment starts at t + 1. x [B, T, I], h0 [L*D, B, H],
+    reset [B, T] bool, lengths [B] | None. Returns y [B, T, D*H], h_n."""
+    B, T, _ = x.shape
+    H, dirs = m.hidden_size, 2 if m.bidirectional else 1
+    live = torch.ones(B, T, dtype=torch.bool) if lengths is None else \
+        torch.arange(T)[None, :] < lengths[:, None]
+    r = reset & live
+    inp, h_n = x, []
+    for layer in range(m.num_layers):
+        outs = []
+        for d in range(dirs):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w, bias = getattr(m, "weight_ih" + sfx), getattr(m, "bias_ih" + sfx)
+            h = h0[layer * dirs + d]
+            out = [None] * T
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                cut = r[:, t] if d == 0 else (r[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=torch.bool))
+                h = h * (~cut).to(h.dtype)[:, None]
+                k = inp[:, t] @ w.T + bias
+                h_tilde = _g(k[:, -H:])
+                if isinstance(m, MinGRU):
+                    z = torch.sigmoid(k[:, :H])
+                    new = (1 - z) * h + z * h_tilde
+                else:
+                    f, i = torch.sigmoid(k[:, :H]), torch.sigmoid(k[:, H:2 * H])
+                    new = f / (f + i) * h + i / (f + i) * h_tilde
+                lv = live[:, t, None]
+                h = torch.where(lv, new, h)
+                out[t] = h * lv
+            outs.append(torch.stack(out, 1))
+            h_n.append(h)
+        inp = torch.cat(outs, -1)
+    return inp, torch.stack(h_n)
+
+
+def _resets(case, B, T, gen):
+    if case == "random":
+        r = torch.rand(B, T, generator=gen) < 0.3
+        r[0, 0] = True
+        return r
+    r = torch.zeros(B, T, dtype=torch.bool)
+    if case == "at0":
+        r[:, 0] = True
+    elif case == "all_rows_same_step":
+        r[:, T // 2] = True
+    return r
+
+
+def _grads(m, x, h0, fn):
+    xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    m.zero_grad()
+    y, h_n = fn(xi, hi)
+    gen = torch.Generator().manual_seed(3)
+    loss = (y * torch.randn(y.shape, dtype=y.dtype, generator=gen)).sum() + \
+        (h_n * torch.randn(h_n.shape, dtype=y.dtype, generator=gen)).sum()
+    loss.backward()
+    return [y, h_n, xi.grad, hi.grad] + [p.grad.clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("layout", ["time_major", "batch_first"])
+@pytest.mark.parametrize("case", ["random", "at0", "all_rows_same_step", "none"])
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
+@pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
+def test_min_reset_matches_loop(cell, backend, case, layout):
+    bf = layout == "batch_first"
+    torch.manual_seed(4)
+    m = cell(3, 5, num_layers=2, bidirectional=True, batch_first=bf, backend=backend).double()
+    B, T = 3, 7
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, 3, dtype=torch.float64, generator=gen)
+    h0 = torch.randn(4, B, 5, dtype=torch.float64, generator=gen)
+    r = _resets(case, B, T, gen)
+    want = _grads(m, x, h0, lambda xi, hi: _min_loop(m, xi, hi, r))
+    if bf:
+        got = _grads(m, x, h0, lambda xi, hi: m(xi, hi, reset=r.float()))  # 0/1 float
+    else:
+        got = _grads(m, x, h0, lambda xi, hi: (lambda y, h: (y.transpose(0, 1), h))(
+            *m(xi.transpose(0, 1), hi, reset=r.t())))
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, **T64, msg=lambda s: f"tensor {i}: {s}")
+    if case == "none":  # no reset is the plain call, bit for bit
+        plain = _grads(m, x, h0, lambda xi, hi: m(xi, hi) if bf else (lambda y, h: (
+            y.transpose(0, 1), h))(*m(xi.transpose(0, 1), hi)))
+        for a, b in zip(got, plain):
+            assert torch.equal(a, b)
+    if case == "at0":  # h0 is ignored, and gets no gradient
+        assert torch.equal(got[3][0::2], torch.zeros_like(got[3][0::2]))
+
+
+@pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
+@pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
+def test_min_reset_with_lengths_and_log_space(cell, log_space):
+    torch.manual_seed(6)
+    m = cell(3, 4, num_layers=2, bidirectional=True, batch_first=True, log_space=log_space).double()
+    B, T = 4, 8
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(B, T, 3, dtype=torch.float64, generator=gen)
+    h0 = torch.randn(4, B, 4, dtype=torch.float64, generator=gen)
+    lengths = torch.tensor([8, 5, 1, 3])
+    r = _resets("random", B, T, gen)
+    r[1, 6] = True  # a reset on padding is ignored
+    want = _grads(m, x, h0, lambda xi, hi: _min_loop(m, xi, hi, r, lengths))
+    got = _grads(m, x, h0, lambda xi, hi: m(xi, hi, lengths=lengths, reset=r))
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, **T64, msg=lambda s: f"tensor {i}: {s}")
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
+def test_min_reset_bidirectional_is_segments_run_alone(cell):
+    """Independent of the loop above: each segment between resets, run as its own sequence (the
+    forward direction from zeros except the first, the reverse from zeros except the last)."""
+    torch.manual_seed(8)
+    m = cell(3, 4, bidirectional=True, batch_first=True).double()
+    T = 9
+    x = torch.randn(1, T, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 1, 4, dtype=torch.float64)
+    r = torch.zeros(1, T, dtype=torch.bool)
+    r[0, [3, 4, 7]] = True
+    y, h_n = m(x, h0, reset=r)
+    bounds = [0, 3, 4, 7, T]
+    for k, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        hs = torch.stack([h0[0] if k == 0 else torch.zeros(1, 4, dtype=torch.float64),
+                          h0[1] if e == T else torch.zeros(1, 4, dtype=torch.float64)])
+        ys, hn_s = m(x[:, s:e], hs)
+        torch.testing.assert_close(y[:, s:e], ys, **T64)
+        if k == len(bounds) - 2:
+            torch.testing.assert_close(h_n[0], hn_s[0], **T64)
+        if k == 0:
+            torch.testing.assert_close(h_n[1], hn_s[1], **T64)
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
+def test_min_step_reset_equals_forward(cell):
+    torch.manual_seed(9)
+    m = cell(3, 4, num_layers=2).double()
+    x, h0 = torch.randn(6, 2, 3, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
+    r = torch.tensor([[1, 0], [0, 0], [0, 1], [1, 1], [0, 0], [0, 1]], dtype=torch.bool)
+    y, h_n = m(x, h0, reset=r)
+    h, ys = h0, []
+    for t in range(6):
+        y_t, h = m.step(x[t], h, reset=r[t].float())
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys), y, **T64)
+    torch.testing.assert_close(h, h_n, **T64)
+
+
+def test_min_reset_triton_scan():
+    tr = pytest.importorskip("fusedrnn.scan.triton")
+    if tr.unavailable() is not None:
+        pytest.skip(f"triton scan: {tr.unavailable()}")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(10)
+    m = MinGRU(3, 4, bidirectional=True, backend="triton").double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64)
+    r = torch.zeros(2, 6, dtype=torch.bool)
+    r[0, 0], r[1, 3], r[0, 4] = True, True, True
+    want = _grads(m, x, h0, lambda xi, hi: _min_loop(m, xi, hi, r))
+    md = m.to(dev)
+    got = _grads(md, x.to(dev), h0.to(dev), lambda xi, hi: (lambda y, h: (y.transpose(0, 1), h))(
+        *md(xi.transpose(0, 1), hi, reset=r.t().to(dev))))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, **T64)
+
+
+def test_min_reset_errors():
+    m = MinGRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=r"reset must have shape \[T, B\] = \(5, 2\)"):
+        m(x, reset=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="reset must be a tensor"):
+        m(x, reset=[[0, 1]])
+    packed = pack_padded_sequence(x, torch.tensor([5, 3]))
+    with pytest.raises(ValueError, match="reset= is not supported with a PackedSequence"):
+        m(packed, reset=torch.zeros(5, 2, dtype=torch.bool))
+    # unbatched: [T]
+    y, _ = m(x[:, 0], reset=torch.tensor([0, 0, 1, 0, 0]))
+    torch.testing.assert_close(y, m(x[:, :1], reset=torch.tensor([[0], [0], [1], [0], [0]]))[0][:, 0])
