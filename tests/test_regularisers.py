@@ -310,6 +310,21 @@ def _resets(case, B, T, gen):
     return r
 
 
+def _min_setup(cell, H, B, T, seed, **kw):
+    """A float64 two-layer bidirectional layer, x [B, T, 3], h0, and a generator for resets."""
+    torch.manual_seed(seed)
+    m = cell(3, H, num_layers=2, bidirectional=True, **kw).double()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(B, T, 3, dtype=torch.float64, generator=gen)
+    return m, x, torch.randn(4, B, H, dtype=torch.float64, generator=gen), gen
+
+
+def _assert_all_close(got, want):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, **T64, msg=lambda s: f"tensor {i}: {s}")
+
+
 def _grads(m, x, h0, fn):
     xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
     m.zero_grad()
@@ -327,12 +342,8 @@ def _grads(m, x, h0, fn):
 @pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
 def test_min_reset_matches_loop(cell, backend, case, layout):
     bf = layout == "batch_first"
-    torch.manual_seed(4)
-    m = cell(3, 5, num_layers=2, bidirectional=True, batch_first=bf, backend=backend).double()
     B, T = 3, 7
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(B, T, 3, dtype=torch.float64, generator=gen)
-    h0 = torch.randn(4, B, 5, dtype=torch.float64, generator=gen)
+    m, x, h0, gen = _min_setup(cell, 5, B, T, 4, batch_first=bf, backend=backend)
     r = _resets(case, B, T, gen)
     want = _grads(m, x, h0, lambda xi, hi: _min_loop(m, xi, hi, r))
     if bf:
@@ -340,8 +351,7 @@ def test_min_reset_matches_loop(cell, backend, case, layout):
     else:
         got = _grads(m, x, h0, lambda xi, hi: (lambda y, h: (y.transpose(0, 1), h))(
             *m(xi.transpose(0, 1), hi, reset=r.t())))
-    for i, (a, b) in enumerate(zip(got, want)):
-        torch.testing.assert_close(a, b, **T64, msg=lambda s: f"tensor {i}: {s}")
+    _assert_all_close(got, want)
     if case == "none":  # no reset is the plain call, bit for bit
         plain = _grads(m, x, h0, lambda xi, hi: m(xi, hi) if bf else (lambda y, h: (
             y.transpose(0, 1), h))(*m(xi.transpose(0, 1), hi)))
@@ -354,19 +364,14 @@ def test_min_reset_matches_loop(cell, backend, case, layout):
 @pytest.mark.parametrize("log_space", [False, True], ids=["linear", "log"])
 @pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)
 def test_min_reset_with_lengths_and_log_space(cell, log_space):
-    torch.manual_seed(6)
-    m = cell(3, 4, num_layers=2, bidirectional=True, batch_first=True, log_space=log_space).double()
     B, T = 4, 8
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(B, T, 3, dtype=torch.float64, generator=gen)
-    h0 = torch.randn(4, B, 4, dtype=torch.float64, generator=gen)
+    m, x, h0, gen = _min_setup(cell, 4, B, T, 6, batch_first=True, log_space=log_space)
     lengths = torch.tensor([8, 5, 1, 3])
     r = _resets("random", B, T, gen)
     r[1, 6] = True  # a reset on padding is ignored
     want = _grads(m, x, h0, lambda xi, hi: _min_loop(m, xi, hi, r, lengths))
     got = _grads(m, x, h0, lambda xi, hi: m(xi, hi, lengths=lengths, reset=r))
-    for i, (a, b) in enumerate(zip(got, want)):
-        torch.testing.assert_close(a, b, **T64, msg=lambda s: f"tensor {i}: {s}")
+    _assert_all_close(got, want)
 
 
 @pytest.mark.parametrize("cell", MIN_CELLS, ids=lambda c: c.__name__)

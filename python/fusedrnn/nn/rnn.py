@@ -443,12 +443,7 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
             of the carried state keeps its previous value with probability p at every step,
             h_t = m * h_{t-1} + (1 - m) * h~_t (the output is the zoned h_t); eval: the
             expectation p * h_{t-1} + (1 - p) * h~_t. Masks: :meth:`zoneout_mask`.
-        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
-            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
-            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
-        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
-            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
-            every step (variational dropout, AWD-LSTM's LockedDropout).
+        weight_drop, dropout_mode: as :class:`RNN` (keyword only).
 
     Inputs: ``input`` [T, B, I] (batch_first, unbatched or PackedSequence as torch.nn) and
     ``(h_0 [L*D, B, H_out], c_0 [L*D, B, H])`` or None.
@@ -485,12 +480,7 @@ class GRU(_FusedRNNMixin, nn.GRU):
             of the carried state keeps its previous value with probability p at every step,
             h_t = m * h_{t-1} + (1 - m) * h~_t (the output is the zoned h_t); eval: the
             expectation p * h_{t-1} + (1 - p) * h~_t. Masks: :meth:`zoneout_mask`.
-        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
-            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
-            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
-        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
-            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
-            every step (variational dropout, AWD-LSTM's LockedDropout).
+        weight_drop, dropout_mode: as :class:`RNN` (keyword only).
 
     Returns: ``output`` [T, B, D*H], ``h_n`` [L*D, B, H].
     ``forward(input, hx=None, *, reset=None)``: per-step state resets, as :class:`RNN`.
