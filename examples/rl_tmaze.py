@@ -108,14 +108,13 @@ def make_agents(args):
 
 def train(agent: Agent, args):
     """PPO as CleanRL's ppo_atari_lstm.py (rollout, GAE, epochs of minibatches over whole envs).
-    Returns the success rate of every iteration, the update phase's seconds, and the agent."""
+    Yields, after every iteration, its success rate and the seconds of its update phase."""
     gen = torch.Generator().manual_seed(args.seed)  # env and action sampling
     env = TMaze(args.envs, tuple(args.corridor), gen)
     opt = torch.optim.Adam(agent.parameters(), lr=args.lr, eps=1e-5)
     H, N, T = args.hidden, args.envs, args.steps
     state = (torch.zeros(1, N, H, dtype=torch.float64), torch.zeros(1, N, H, dtype=torch.float64))
     next_obs, next_done = env.obs(), torch.zeros(N, dtype=torch.float64)
-    curve, update_s = [], 0.0
     for _ in range(args.iters):
         start_state = (state[0].clone(), state[1].clone())
         obs = torch.zeros(T, N, OBS, dtype=torch.float64)
@@ -141,7 +140,6 @@ def train(agent: Agent, args):
                 last = delta + args.gamma * args.lam * nd * last
                 adv[t] = last
             ret = adv + vals
-        curve.append(wins / max(eps, 1))
         t0 = time.perf_counter()
         for _ in range(args.epochs):  # the update phase: what the two agents do differently
             for mb in torch.randperm(N, generator=gen).split(N // args.minibatches):
@@ -158,8 +156,7 @@ def train(agent: Agent, args):
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
                 opt.step()
-        update_s += time.perf_counter() - t0
-    return curve, update_s
+        yield wins / max(eps, 1), time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -169,7 +166,7 @@ def main(argv=None):
     p.add_argument("--corridor", type=int, nargs=2, default=[4, 12],
                    help="min and max corridor length (steps between the cue and the junction)")
     p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--iters", type=int, default=40)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--minibatches", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -186,15 +183,25 @@ def main(argv=None):
     out = C.setup(args)
     print(C.describe(args))
     agents = make_agents(args)
-    res = {}
-    for name, agent in agents.items():
-        curve, secs = train(agent, args)
-        res[name] = {"curve": curve, "update_s": secs}
-        print(f"{name:5s}: success rate first {curve[0]:.3f} last {curve[-1]:.3f}, "
-              f"update phase {secs:.2f} s")
+    res = {name: {"curve": [], "update_s": 0.0} for name in agents}
+    wdiffs = []  # the two agents' largest weight difference after every iteration
+    runs = {name: train(agent, args) for name, agent in agents.items()}
+    for it in range(args.iters):  # in lockstep, so the weights can be compared as they go
+        for name, run in runs.items():
+            success, secs = next(run)
+            res[name]["curve"].append(success)
+            res[name]["update_s"] += secs
+        wdiffs.append(max(float((a - b).abs().max()) for a, b in zip(
+            agents["fused"].state_dict().values(), agents["loop"].state_dict().values())))
+        if (it + 1) % max(1, args.iters // 8) == 0:
+            print(f"  iteration {it + 1}: success rate {res['fused']['curve'][-1]:.3f} (fused) "
+                  f"{res['loop']['curve'][-1]:.3f} (loop), weight difference {wdiffs[-1]:.2g}",
+                  flush=True)
+    for name in agents:
+        print(f"{name:5s}: success rate first {res[name]['curve'][0]:.3f} last "
+              f"{res[name]['curve'][-1]:.3f}, update phase {res[name]['update_s']:.2f} s")
     diff = max(abs(a - b) for a, b in zip(res["fused"]["curve"], res["loop"]["curve"]))
-    wdiff = max(float((a - b).abs().max()) for a, b in
-                zip(agents["fused"].state_dict().values(), agents["loop"].state_dict().values()))
+    wdiff = wdiffs[-1]
     speedup = res["loop"]["update_s"] / res["fused"]["update_s"]
     last = max(1, len(res["fused"]["curve"]) // 10)
     final = sum(res["fused"]["curve"][-last:]) / last
@@ -204,8 +211,8 @@ def main(argv=None):
 
     suffix = "_quick" if args.quick else ""
     plt = C.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=70,
-                                 gridspec_kw={"width_ratios": [3, 1]})
+    fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=70,
+                                     gridspec_kw={"width_ratios": [3, 1.6, 1]})
     it = range(1, args.iters + 1)
     a1.plot(it, res["loop"]["curve"], lw=4, alpha=0.4, color="C0",
             label="torch.nn.LSTM, CleanRL per-step loop")
@@ -217,6 +224,9 @@ def main(argv=None):
     a1.set_title(f"T-maze, corridor {args.corridor[0]}-{args.corridor[1]}: same seeds, float64; "
                  f"largest curve difference {diff:.2g}", fontsize=9)
     a1.legend(fontsize=7)
+    a3.semilogy(it, [max(w, 1e-17) for w in wdiffs], color="k")
+    a3.set_xlabel("PPO iteration")
+    a3.set_title("largest weight difference, fused vs loop", fontsize=9)
     a2.bar([0, 1], [res["loop"]["update_s"], res["fused"]["update_s"]], color=["C0", "C1"])
     a2.set_xticks([0, 1], ["loop", "reset="])
     a2.set_title(f"update phase wall time (s): {speedup:.1f}x", fontsize=9)
@@ -227,6 +237,7 @@ def main(argv=None):
     (out / f"rl_tmaze{suffix}.json").write_text(json.dumps(
         {"args": vars(args), "machine": C.describe(args), "results": res,
          "largest_curve_difference": diff, "largest_weight_difference": wdiff,
+         "weight_difference_per_iteration": wdiffs,
          "update_speedup": speedup}, indent=1))
     print(f"metric: final_success={final:.3f} curve_diff={diff:.3g} weight_diff={wdiff:.3g} "
           f"update_speedup={speedup:.2f}x")
