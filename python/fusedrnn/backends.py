@@ -147,9 +147,9 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
                     RECURRENCE._warned.add((name, which))
                     warnings.warn(f"fusedrnn: backend {which!r} does not fuse {name}=; "
                                   f"falling back to the reference backend", stacklevel=3)
-                return recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                  "reference", recurrent_grad_clip, reset=reset,
-                                  zoneout=zoneout)
+                ref, _ = RECURRENCE.load("reference")
+                return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                      recurrent_grad_clip, reset=reset, zoneout=zoneout)
             raise NotImplementedError(
                 f"backend {which!r} does not implement {name}; use one of the backends that "
                 f"do: {', '.join(repr(b) for b in _fused_by(name))}"
