@@ -379,6 +379,19 @@ def test_triton_layer_reset_matches_cleanrl_loop():
     _close([t.double() for t in got], want, **TOL[torch.float32])
 
 
+@pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
+def test_triton_opcheck_with_reset():
+    ins = {k: None if v is None else v.float() for k, v in _op_inputs("LSTM", 3, 2, 4).items()}
+    reset = _done("random", 3, 2).float()
+    args = ("LSTM", ins["xw"], ins["w_hh"], ins["b_hh"], ins["h0"], ins["c0"], torch.tensor([3, 2]),
+            True, None, True, 0.0, 0, reset)
+    torch.library.opcheck(torch.ops.fusedrnn.triton_recurrence_fwd.default, args)
+    y, h, c, saved = torch.ops.fusedrnn.triton_recurrence_fwd(*args)
+    bwd = ("LSTM", torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), saved,
+           ins["w_hh"], torch.tensor([3, 2]), True, None, torch.float32, 0.0, 0, reset)
+    torch.library.opcheck(torch.ops.fusedrnn.triton_recurrence_bwd.default, bwd)
+
+
 # ---- zoneout against loops of torch.nn cells ----------------------------------------------------
 
 def _cell(cls, layer):

@@ -67,7 +67,7 @@ def _pack(mode: str, saved: dict | None, xw: Tensor, h0: Tensor, save: bool) -> 
 def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
                    c0: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                    w_hr: Optional[Tensor], save: bool, clip: float, tile_units: int,
-                   reset: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """The fused forward of one layer and direction (inputs contiguous, on one device).
 
     Args: the op contract (see ``fusedrnn.ops.reference``); ``save``: keep what backward needs;
@@ -93,7 +93,7 @@ def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
 
 @recurrence_fwd.register_fake
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units,
-              reset=None):
+              reset):
     T, B, H, P = _sizes(mode, xw, h0)
     saved = [xw.new_empty(0, dtype=_F32) if s is None or not save else xw.new_empty(s, dtype=_F32)
              for s in _saved_shapes(mode, T, B, H, P).values()]
@@ -105,7 +105,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, 
 def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
                    saved: list[Tensor], w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,
                    w_hr: Optional[Tensor], dtype: torch.dtype, clip: float, tile_units: int,
-                   reset: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused backward loop of one layer and direction (no weight GEMMs).
 
     Args: ``dy [T, B, P]`` (contiguous), ``dh_T [B, P]``, ``dc_T [B, H]`` (LSTM, else None),
@@ -141,7 +141,7 @@ def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
 
 @recurrence_bwd.register_fake
 def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, clip,
-              tile_units, reset=None):
+              tile_units, reset):
     T, B, P = dy.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -154,8 +154,7 @@ def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, 
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, *rest = inputs
-    reset = rest[0] if rest else None
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, reset = inputs
     saved = output[3]
     ctx.mode, ctx.reverse, ctx.save, ctx.clip, ctx.tile_units = mode, reverse, save, clip, tile_units
     ctx.xw_dtype = xw.dtype
