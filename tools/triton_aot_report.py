@@ -91,11 +91,11 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
             tag = f"P={P}" if proj else ""
             label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}" + (f" B={B}" if B != _BATCH else "")
             t = _PTR[dt]
-            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", y=t,
+            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", reset=_F, y=t,
                             h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F, mbuf=_F,
                             counter="*i32")
             bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
-                            lengths="*i64", dxw=_F, drec=_F, dhtot=_F, r_state=_F,
+                            lengths="*i64", reset=_F, dxw=_F, drec=_F, dhtot=_F, r_state=_F,
                             dc_state=_F, dh0=_F, dc0=_F, counter="*i32", clip="fp32")
             kernels = []
             for phase in launch._phases(k) if pl.path == "per_step" else (0,):

@@ -62,18 +62,43 @@ Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
   return L;
 }
 
-WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj) {
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout) {
   WsLayout l;
   if (!save) return l;
   if (has_cell_state(cell)) {
     l.cs_off = l.width;
     l.width += H;
   }
-  if (saves_activations(cell) && !proj) {
+  if (saves_activations(cell) && !proj && !zoneout) {
     l.act_off = l.width;
     l.width += num_saved(cell) * H;
   }
   return l;
+}
+
+CarryArgs carry_args(Cell cell, const OptTensor& reset, const OptTensor& zoneout, int64_t T,
+                     int64_t B, int64_t H, int64_t Ho, at::ScalarType acc) {
+  CarryArgs c;
+  if (reset.has_value() && reset->defined()) {
+    TORCH_CHECK(reset->dim() == 2 && reset->size(0) == T && reset->size(1) == B,
+                "fusedrnn: reset must have shape [", T, ", ", B, "], got ", reset->sizes());
+    TORCH_CHECK(reset->is_floating_point() && reset->device().is_cpu(),
+                "fusedrnn: reset must be a floating CPU tensor, got ", reset->scalar_type(),
+                " on ", reset->device());
+    c.reset = reset->to(acc).contiguous();
+  }
+  if (zoneout.has_value() && zoneout->defined()) {
+    const int64_t Z = Ho + (has_cell_state(cell) ? H : 0);
+    TORCH_CHECK(zoneout->dim() == 3 && zoneout->size(0) == T && zoneout->size(1) == B &&
+                    zoneout->size(2) == Z,
+                "fusedrnn: zoneout must have shape [", T, ", ", B, ", ", Z, "], got ",
+                zoneout->sizes());
+    TORCH_CHECK(zoneout->is_floating_point() && zoneout->device().is_cpu(),
+                "fusedrnn: zoneout must be a floating CPU tensor, got ",
+                zoneout->scalar_type(), " on ", zoneout->device());
+    c.zoneout = zoneout->to(acc).contiguous();
+  }
+  return c;
 }
 
 RowPartition partition_rows(const Lengths& L, int64_t macs_per_row_step) {

@@ -50,6 +50,12 @@ struct FwdLoop {
   T* cs;                // [H] the cell state (cell-state cells; zero past the length)
   T* act;               // [S*H] the cell's saved activations (cells that save them), S blocks
   int64_t ws_stride;
+  // Per-step state carry (python/fusedrnn/ops/reference.py): reset [T, B] (nonzero: the state
+  // carried across the segment boundary at step t restarts from zeros; see carry_reset) and the
+  // zoneout keep-old mask zo [T, B, zw] (h part [Ho], then c part [H] for cell-state cells).
+  const T* reset = nullptr;
+  const T* zo = nullptr;
+  int64_t zw = 0;
 };
 
 template <typename T>
@@ -76,6 +82,9 @@ struct BwdLoop {
   T* dhp;               // [T, B, P] out (projection): dL/dh of every step; else null
   T* r;                 // [T, B, H] out (projection): o * tanh(c) of every step; else null
   T clip;               // recurrent_grad_clip, 0 = off
+  const T* reset = nullptr;  // as FwdLoop::reset / zo / zw
+  const T* zo = nullptr;
+  int64_t zw = 0;
 };
 
 template <typename T>

@@ -130,6 +130,16 @@ inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
   return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
 }
 
+// Whether row b's state carried into step t (tp: the step processed before it, -1 = h0/c0)
+// restarts from zeros: a segment starts at t (forward) or at tp (reverse: the state passes from
+// tp = t + 1 down to t; a reversed sequence's first step starts from h0, never reset).
+template <typename T>
+inline bool carry_reset(const T* reset, int64_t B, int64_t b, int64_t t, int64_t tp,
+                        bool reverse) {
+  const int64_t at = reverse ? tp : t;
+  return reset != nullptr && at >= 0 && reset[at * B + b] != T(0);
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
 template <Cell C, typename T>
@@ -172,6 +182,10 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       prefetch<true>(a.y + row * Ho, Ho);
       if (a.cs) prefetch<true>(a.cs + row * a.ws_stride, H);
       if (a.act) prefetch<true>(a.act + row * a.ws_stride, S * H);
+      if (carry_reset(a.reset, B, b, t, tp, a.reverse)) {  // a new segment: zero state
+        hprev[i] = zeros.data();
+        if constexpr (Ops::kHasC) std::fill_n(a.c + b * H, H, T(0));
+      }
     }
     // 1. pre = h_prev W_hh^T: each panel (all gates of UW units) over every live row, so the
     //    panel stays in L1 while the rows stream past it
@@ -196,23 +210,40 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * a.ws_stride : nullptr;
       T* actb = a.act ? a.act + (t * B + b) * a.ws_stride : nullptr;
       T* dst = proj ? rbuf.data() + i * H : a.y + (t * B + b) * Ho;
-      FUSEDRNN_SIMD
-      for (int64_t j = 0; j < H; ++j) {
-        T xg[G], hg[G], saved[S];
-        for (int g = 0; g < G; ++g) {
-          xg[g] = x[g * H + j];
-          hg[g] = hh[g * Hp + j] + biasv[g * H + j];
+      // zoneout's keep-old mask of the row: h part (mixed here unless the projection comes
+      // after the cell), c part
+      const T* zrow = a.zo ? a.zo + (t * B + b) * a.zw : nullptr;
+      const T* zh = proj ? zeros.data() : zrow;
+      const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
+      // compiled with and without zoneout, so that the plain loop stays as it was
+      auto units = [&](auto zoned) {
+        FUSEDRNN_SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          T xg[G], hg[G], saved[S];
+          for (int g = 0; g < G; ++g) {
+            xg[g] = x[g * H + j];
+            hg[g] = hh[g * Hp + j] + biasv[g * H + j];
+          }
+          const T c_old = Ops::kHasC ? cb[j] : T(0);
+          T c_new = c_old, h_new;
+          Ops::fwd(xg, hg, hp[j], c_old, &h_new, &c_new, saved);
+          if constexpr (decltype(zoned)::value) {  // the state-carry rule, any cell
+            h_new = zh[j] * hp[j] + (T(1) - zh[j]) * h_new;
+            c_new = zc[j] * c_old + (T(1) - zc[j]) * c_new;
+          }
+          if constexpr (Ops::kHasC) {
+            cb[j] = c_new;
+            if (csb) csb[j] = c_new;
+          }
+          if (Ops::S > 0 && actb)
+            for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
+          dst[j] = h_new;
         }
-        T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
-        Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
-        if constexpr (Ops::kHasC) {
-          cb[j] = c_new;
-          if (csb) csb[j] = c_new;
-        }
-        if (actb)
-          for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
-        dst[j] = h_new;
-      }
+      };
+      if (zrow)
+        units(std::true_type{});
+      else
+        units(std::false_type{});
     }
     if (proj) {  // y[t] = r W_hr^T over the live rows
       constexpr int MRp = BkP::MR, NBp = BkP::NB, UWp = BkP::UW;
@@ -229,6 +260,11 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           for (int r = 0; r < m; ++r) {
             T* yb = a.y + (t * B + rs.rows[i0 + r]) * Ho + q0;
             std::memcpy(yb, ptile + r * NBp * W, sizeof(T) * nq);
+            if (a.zo) {  // zoneout mixes the projected h with the carried one
+              const T* zh = a.zo + (t * B + rs.rows[i0 + r]) * a.zw + q0;
+              const T* hp = hprev[i0 + r] + q0;
+              for (int q = 0; q < nq; ++q) yb[q] = zh[q] * hp[q] + (T(1) - zh[q]) * yb[q];
+            }
           }
         }
       }
@@ -269,6 +305,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   alignas(64) T htile[MRH * NBH * W];
   const T* arow[MB];
   const T* hprev[MB];
+  bool cut[MB];  // the row's carried state was reset at this step: no gradient goes further
 
   // out[r] (+)= in[r] @ packed (1 block of Nu units, K) for m <= MB rows, tiles of MRH rows
   auto rows_times = [&](int m, const T* const* in, int64_t K, const T* packed, int64_t Nu,
@@ -320,10 +357,12 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
       for (int r = 0; r < m; ++r) {
         const int64_t b = rs.rows[i0 + r];
         const int64_t tp = prev_step(t, a.len[b], a.reverse);
-        hprev[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+        cut[r] = carry_reset(a.reset, B, b, t, tp, a.reverse);
+        hprev[r] = cut[r] ? zeros.data() : tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
       }
-      // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did
-      if (kRecompute && !a.act) {
+      // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did (with
+      //    zoneout every cell recomputes: y holds the mixed h, not the cell's output)
+      if ((kRecompute || a.zo) && !a.act) {
         T* orow[MB];
         for (int64_t p = 0; p < np; ++p) {
           const T* panel = a.w_pack + p * Ho * NB * W;
@@ -342,10 +381,20 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
           T* dhp = a.dhp + row * Ho;
           T* dhb = a.dh + b * Ho;
           const T* dyb = a.dy ? a.dy + row * Ho : zeros.data();
-          FUSEDRNN_SIMD
-          for (int64_t k = 0; k < Ho; ++k) {
-            dhp[k] = dhb[k] + dyb[k];
-            dhb[k] = T(0);
+          if (a.zo) {  // zoneout: the kept part goes straight to h_prev
+            const T* zh = a.zo + row * a.zw;
+            FUSEDRNN_SIMD
+            for (int64_t k = 0; k < Ho; ++k) {
+              const T d = dhb[k] + dyb[k];
+              dhp[k] = (T(1) - zh[k]) * d;
+              dhb[k] = zh[k] * d;
+            }
+          } else {
+            FUSEDRNN_SIMD
+            for (int64_t k = 0; k < Ho; ++k) {
+              dhp[k] = dhb[k] + dyb[k];
+              dhb[k] = T(0);
+            }
           }
           arow[r] = dhp;
           drow[r] = drb.data() + r * H;
@@ -359,7 +408,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* xb = a.xw + row * GH;
         const T* pb = pre.data() + r * GHp;
         const T* c_prev = zeros.data();
-        if (Ops::kHasC && (tp >= 0 || a.c0))
+        if (Ops::kHasC && !cut[r] && (tp >= 0 || a.c0))
           c_prev = tp >= 0 ? a.cs + (tp * B + b) * a.ws_stride : a.c0 + b * H;
         const T* c_now = Ops::kHasC ? a.cs + row * a.ws_stride : zeros.data();
         const T* actb = a.act ? a.act + row * a.ws_stride : nullptr;
@@ -376,9 +425,14 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* h_src = proj ? zeros.data() : a.y + row * Ho;
         const T* hp_src = proj ? zeros.data() : hprev[r];
         T* out_dst = proj ? a.r + row * H : dhb;
-        // the unit loop, compiled once reading the forward's saved activations and once
-        // recomputing them, so that neither carries a branch (it would not vectorise)
-        auto units = [&](auto from_saved) {
+        // zoneout: the mask's kept share of dL/dh (dL/dc) goes to h_prev (c_prev) directly,
+        // the rest into the cell (with a projection the h part was split in 2.)
+        const T* zrow = a.zo ? a.zo + row * a.zw : nullptr;
+        const T* zh = proj || !zrow ? zeros.data() : zrow;
+        const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
+        // the unit loop, compiled reading the forward's saved activations, recomputing them,
+        // and with zoneout, so that none carries a branch (it would not vectorise)
+        auto units = [&](auto from_saved, auto recompute, auto zoned) {
           FUSEDRNN_SIMD
           for (int64_t j = 0; j < H; ++j) {
             T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
@@ -387,7 +441,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             if constexpr (decltype(from_saved)::value) {
               for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
               c = c_now[j];
-            } else if constexpr (kRecompute) {
+            } else if constexpr (decltype(recompute)::value) {
               T x[G], g[G];
               for (int k = 0; k < G; ++k) {
                 x[k] = xb[k * H + j];
@@ -395,9 +449,19 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
               }
               Ops::fwd(x, g, hp, cp, &h, &c, saved);
             }
-            const T dc_in = Ops::kHasC ? dcb[j] : T(0);
-            Ops::bwd(dh_a[j] + dh_b[j], dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct,
-                     &dc_prev);
+            T dh_in = dh_a[j] + dh_b[j], dc_in = Ops::kHasC ? dcb[j] : T(0);
+            T dh_keep = T(0), dc_keep = T(0);
+            if constexpr (decltype(zoned)::value) {
+              dh_keep = zh[j] * dh_in;
+              dh_in = (T(1) - zh[j]) * dh_in;
+              dc_keep = zc[j] * dc_in;
+              dc_in = (T(1) - zc[j]) * dc_in;
+            }
+            Ops::bwd(dh_in, dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct, &dc_prev);
+            if constexpr (decltype(zoned)::value) {
+              dh_direct += dh_keep;
+              dc_prev += dc_keep;
+            }
             for (int k = 0; k < G; ++k) {
               dxb[k * H + j] = dx[k];
               dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
@@ -407,10 +471,14 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             out_dst[j] = proj ? h : dh_direct;
           }
         };
-        if (actb)
-          units(std::true_type{});
+        using Yes = std::true_type;
+        using No = std::false_type;
+        if (zrow)  // the forward saved no activations (ws_layout)
+          units(No{}, Yes{}, Yes{});
+        else if (actb)
+          units(Yes{}, No{}, No{});
         else
-          units(std::false_type{});
+          units(No{}, std::bool_constant<kRecompute>{}, No{});
         arow[r] = dgb;
       }
       // 4. dh_prev += dg_rec W_hh, on the rows while their gate gradients are in L1
@@ -426,6 +494,11 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             for (int64_t k = 0; k < H; ++k)
               a.dc[b * H + k] = std::min(hi, std::max(lo, a.dc[b * H + k]));
         }
+      }
+      for (int r = 0; r < m; ++r) {  // reset: the state came from zeros, nothing flows back
+        if (!cut[r]) continue;
+        std::fill_n(dhrow[r], Ho, T(0));
+        if constexpr (Ops::kHasC) std::fill_n(a.dc + rs.rows[i0 + r] * H, H, T(0));
       }
     }
   }

@@ -33,22 +33,32 @@ using OptTensor = std::optional<Tensor>;
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save);
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& ws, double clip);
+    const Tensor& y, const Tensor& ws, double clip, const OptTensor& reset,
+    const OptTensor& zoneout);
 
 // The forward's workspace ws [T, B, width] for backward, per row and step: the cell state (cells
 // that have one) at cs_off, then the activations at act_off (cells that save them, without a
 // projection). Offsets are -1 where absent; width 0 (ws = [0]) when nothing is saved (save=false:
-// inference, or a cell with neither).
+// inference, or a cell with neither). With zoneout no activations are saved (the cell state
+// saved is the mixed one; backward recomputes the cell's own outputs).
 struct WsLayout {
   int64_t cs_off = -1, act_off = -1, width = 0;
 };
-WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj);
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout = false);
+
+// reset [T, B] and zoneout [T, B, Z] (Z = H_out, + H for cell-state cells) of the op, checked,
+// as contiguous `acc` tensors (undefined when absent).
+struct CarryArgs {
+  Tensor reset, zoneout;
+};
+CarryArgs carry_args(Cell cell, const OptTensor& reset, const OptTensor& zoneout, int64_t T,
+                     int64_t B, int64_t H, int64_t Ho, at::ScalarType acc);
 
 // One step of a cell with its input projection, for the streaming nn cells:
 //   x [B, I], w_ih [G*H, I], b_ih [G*H]?, w_hh [G*H, H], b_hh [G*H]?, h [B, H], c [B, H]?

@@ -16,7 +16,7 @@ struct FwdOut {
 template <typename T>
 void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& w_hh,
              const Tensor& b_hh, const Tensor& h0, const Tensor& w_hr, const Lengths& L,
-             bool reverse, FwdOut& o) {
+             bool reverse, const CarryArgs& carry, FwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = xw.size(0), B = xw.size(1), GH = xw.size(2), H = GH / G,
                 Ho = h0.size(1);
@@ -36,6 +36,11 @@ void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& 
                has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
                o.wl.cs_off >= 0 ? o.ws.data_ptr<T>() + o.wl.cs_off : nullptr,
                o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width};
+  if (carry.reset.defined()) a.reset = carry.reset.data_ptr<T>();
+  if (carry.zoneout.defined()) {
+    a.zo = carry.zoneout.data_ptr<T>();
+    a.zw = carry.zoneout.size(2);
+  }
   const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
     const int64_t o0 = part.offsets[g];
@@ -55,7 +60,7 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save) {
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
@@ -103,6 +108,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const Tensor xw_c = prep(xw), w_c = prep(w_hh), b_c = has_b ? prep(*b_hh) : Tensor(),
                h0_c = prep(h0), wr_c = proj ? prep(*w_hr) : Tensor();
   const Lengths L = make_lengths(lengths, T, B);
+  const CarryArgs carry = carry_args(cell, reset, zoneout, T, B, H, Ho, acc);
 
   const auto opts = xw_c.options();
   FwdOut o;
@@ -111,13 +117,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const bool has_c = has_cell_state(cell);
   o.c = has_c ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
               : at::empty({0}, opts);
-  o.wl = ws_layout(cell, H, save, proj);
+  o.wl = ws_layout(cell, H, save, proj, carry.zoneout.defined());
   o.ws = o.wl.width > 0 ? alloc({T, B, o.wl.width}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
-    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
+    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, o);
   else
-    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
+    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, o);
 
   if (dt == at::kBFloat16)
     return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.ws};

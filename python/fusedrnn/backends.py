@@ -109,13 +109,50 @@ available_backends = RECURRENCE.available
 resolve = RECURRENCE.resolve
 
 
+def _accepts(mod: ModuleType, name: str) -> bool:
+    return name in inspect.signature(mod.recurrence).parameters
+
+
+def _fused_by(name: str) -> list[str]:
+    """The backends whose ``recurrence`` takes the keyword ``name`` (loaded or not)."""
+    out = []
+    for b in RECURRENCE.modules:
+        mod, _ = RECURRENCE.load(b)
+        if mod is not None and _accepts(mod, name):
+            out.append(b)
+    return out
+
+
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               backend: str = "auto", recurrent_grad_clip: float | None = None):
+               backend: str = "auto", recurrent_grad_clip: float | None = None, *,
+               reset=None, zoneout=None):
     """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend.
 
     ``recurrent_grad_clip`` clamps the gradient carried back through the recurrence at every
     step (see ``recurrence_ref``); None (the default) leaves every backend's results untouched.
+    ``reset`` [T, B] and ``zoneout`` [T, B, Z] (see the reference's module doc): a backend that
+    does not fuse one raises NotImplementedError naming the ones that do; with backend="auto"
+    the call falls back to the reference backend with a one-time warning instead.
     """
     mod = resolve(backend, xw.device)
-    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                          recurrent_grad_clip=recurrent_grad_clip)
+    kw = {}
+    for name, val in (("recurrent_grad_clip", recurrent_grad_clip), ("reset", reset),
+                      ("zoneout", zoneout)):
+        if val is None:
+            continue
+        if not _accepts(mod, name):
+            which = mod.__name__.rsplit(".", 1)[-1]
+            if backend == "auto" and name != "recurrent_grad_clip":
+                if (name, which) not in RECURRENCE._warned:
+                    RECURRENCE._warned.add((name, which))
+                    warnings.warn(f"fusedrnn: backend {which!r} does not fuse {name}=; "
+                                  f"falling back to the reference backend", stacklevel=3)
+                ref, _ = RECURRENCE.load("reference")
+                return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                      recurrent_grad_clip, reset=reset, zoneout=zoneout)
+            raise NotImplementedError(
+                f"backend {which!r} does not implement {name}; use one of the backends that "
+                f"do: {', '.join(repr(b) for b in _fused_by(name))}"
+            )
+        kw[name] = val
+    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)

@@ -17,7 +17,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _ext
 from .cells import CELL_STATE, GATES
-from .reference import check_clip, check_contract, compute_dtype, recurrence_ref
+from .reference import (check_clip, check_contract, check_reset_zoneout, compute_dtype,
+                        recurrence_ref)
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -32,11 +33,13 @@ def supports(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, reset=None,
+              zoneout=None):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
-    ws_units = _ext._C._ws_units(mode, save, w_hr is not None)  # csrc/cpu/common.cpp ws_layout
+    # csrc/cpu/common.cpp ws_layout
+    ws_units = _ext._C._ws_units(mode, save, w_hr is not None, zoneout is not None)
     acc = compute_dtype(xw.dtype)
     return (
         xw.new_empty(T, B, H_out),
@@ -47,7 +50,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, ws,
-              clip=0.0):
+              clip=0.0, reset=None, zoneout=None):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -63,12 +66,14 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *_ = inputs
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *rest = inputs
+    rest = list(rest) + [True, None, None][len(rest):]  # save, reset, zoneout (defaults)
+    reset, zoneout = rest[1], rest[2]
     y, _, _, ws = output
     ctx.mode, ctx.reverse = mode, reverse
     # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
-    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout)
     ctx.mark_non_differentiable(ws)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
@@ -78,10 +83,11 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
     """First-order gradients as a differentiable graph (create_graph=True): the reference loop
     differentiated by autograd, so that double backward (gradgradcheck, gradient penalties) is
     exact. The fused kernels serve the ordinary first-order backward."""
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _ = ctx.saved_tensors
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, reset, zoneout = ctx.saved_tensors
     ins = (xw, w_hh, b_hh, h0, c0, w_hr)
     with torch.enable_grad():
-        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5])
+        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5], reset=reset,
+                              zoneout=zoneout)
     pairs = [(o, g) for o, g in zip(outs, (dy, dh_T, dc_T)) if o is not None and g is not None]
     wanted = [t for t in ins if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(
@@ -95,10 +101,10 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
     """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr), None where the
     input was None."""
     mode = ctx.mode
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws = ctx.saved_tensors
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
         mode, dy, dh_T, dc_T if CELL_STATE[mode] else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, ws, clip,
+        ctx.reverse, w_hr, y, ws, clip, reset, zoneout,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
             dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None)
@@ -106,8 +112,9 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
 
 def _workspace_missing(ctx) -> bool:
     """The forward ran with save=False (direct op call) though backward needs its workspace."""
-    w_hr, ws = ctx.saved_tensors[6], ctx.saved_tensors[8]
-    return ws.numel() == 0 and _ext._C._ws_units(ctx.mode, True, w_hr is not None) > 0
+    w_hr, ws, zoneout = ctx.saved_tensors[6], ctx.saved_tensors[8], ctx.saved_tensors[10]
+    units = _ext._C._ws_units(ctx.mode, True, w_hr is not None, zoneout is not None)
+    return ws.numel() == 0 and units > 0
 
 
 def _backward(ctx, dy, dh_T, dc_T, _dws):
@@ -117,7 +124,7 @@ def _backward(ctx, dy, dh_T, dc_T, _dws):
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
     else:
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T)
-    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
+    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None
 
 
 class _ClippedRecurrence(torch.autograd.Function):
@@ -126,12 +133,13 @@ class _ClippedRecurrence(torch.autograd.Function):
     plain autograd.Function (torch.compile graph-breaks here; first-order gradients only)."""
 
     @staticmethod
-    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
+    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, reset,
+                zoneout):
         y, h_T, c_T, ws = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr
+            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, reset, zoneout
         )
         ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
-        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout)
         ctx.set_materialize_grads(False)
         return y, h_T, c_T
 
@@ -139,7 +147,7 @@ class _ClippedRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T, ctx.clip)
-        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None
 
 
 def _linear_fake(a, w, b):
@@ -192,7 +200,7 @@ def _check(mode, tensors) -> None:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None):
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
@@ -208,6 +216,8 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hr: [P, H] or None, LSTM projection.
         recurrent_grad_clip: None or > 0; clamps the gradient each live step sends back to
             its input state (see ``recurrence_ref``).
+        reset: [T, B] (xw's dtype, 1 = a segment starts) or None; zoneout: [T, B, Z] keep-old
+            mask or None (see ``fusedrnn.ops.reference``). Both fused into the loops.
 
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
@@ -224,15 +234,18 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
                   ("lengths", lengths), ("w_hr", w_hr)))
     check_clip(recurrent_grad_clip)
+    check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
+    _check(mode, (("reset", reset), ("zoneout", zoneout)))
     if recurrent_grad_clip is not None:
         y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
-                                               bool(reverse), w_hr, float(recurrent_grad_clip))
+                                               bool(reverse), w_hr, float(recurrent_grad_clip),
+                                               reset, zoneout)
     else:
         # inference keeps nothing for backward (no cell states, no activations)
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr))
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, reset, zoneout
         )
     return y, h_T, (c_T if CELL_STATE[mode] else None)
 
