@@ -16,7 +16,9 @@ part it wants is missing it falls back to the reference with a one-time warning.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import warnings
 from types import ModuleType
 
@@ -109,8 +111,14 @@ available_backends = RECURRENCE.available
 resolve = RECURRENCE.resolve
 
 
+@functools.lru_cache(maxsize=None)
+def _takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
 def _accepts(mod: ModuleType, name: str) -> bool:
-    return name in inspect.signature(mod.recurrence).parameters
+    """Whether the backend's ``recurrence`` takes the keyword ``name`` (read once per backend)."""
+    return _takes(mod.recurrence, name)
 
 
 def _fused_by(name: str) -> list[str]:
