@@ -40,24 +40,32 @@ void matmul_rows_t(const IsaKernels<T>& K, const Tensor& a_in, const Tensor& w_i
   if (M == 0 || N == 0) return;
   const int64_t uw = int64_t(K.pack_size(1, 1, 1));  // units per panel
   const int64_t panels = (N + uw - 1) / uw;
-  Tensor packed = at::empty({int64_t(K.pack_size(1, N, Kd))}, out.options());
+  // B is packed one chunk of kKc rows at a time (gemm_impl.h reduces in the same chunks, so the
+  // results are those of one call over all of K): a weight gradient's B is a whole [T*B, I]
+  // activation, which packed at once would add its size to the training memory
+  constexpr int64_t kKc = 256;
+  Tensor packed = at::empty({int64_t(K.pack_size(1, N, std::min(Kd, kKc)))}, out.options());
   T* pk = packed.data_ptr<T>();
   const T* wp = w.data_ptr<T>();
-  // B(k, n) = w[n, k]: pack_t's `trans` is the opposite of how w is stored; panel by panel
-  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * uw, nu = std::min(uw, N - n0);
-      const T* src = wo.trans ? wp + n0 : wp + n0 * wo.ld;
-      K.pack(1, src, wo.ld, !wo.trans, nu, Kd, pk + p * Kd * uw);
-    }
-  });
   const T* ap = a.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t ldo = out.stride(0);
   const int64_t grain = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(1, N * Kd));
-  at::parallel_for(0, M, grain, [&](int64_t i0, int64_t i1) {
-    K.rows_mm(ao.trans, ap, ao.ld, i0, i1, Kd, pk, N, bias, accumulate, op, ldo);
-  });
+  for (int64_t k0 = 0; k0 < std::max<int64_t>(Kd, 1); k0 += kKc) {
+    const int64_t kc = std::min(kKc, Kd - k0);
+    // B(k, n) = w[n, k]: pack_t's `trans` is the opposite of how w is stored; panel by panel
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * uw, nu = std::min(uw, N - n0);
+        const T* src = wo.trans ? wp + k0 * wo.ld + n0 : wp + n0 * wo.ld + k0;
+        K.pack(1, src, wo.ld, !wo.trans, nu, kc, pk + p * kc * uw);
+      }
+    });
+    const T* ak = ao.trans ? ap + k0 * ao.ld : ap + k0;
+    at::parallel_for(0, M, grain, [&](int64_t i0, int64_t i1) {
+      K.rows_mm(ao.trans, ak, ao.ld, i0, i1, kc, pk, N, bias, accumulate || k0 > 0, op, ldo);
+    });
+  }
 }
 
 }  // namespace
