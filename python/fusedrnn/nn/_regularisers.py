@@ -58,3 +58,16 @@ def locked_dropout(y: Tensor, p: float) -> Tensor:
     if p == 1:
         return y * 0
     return y * y.new_empty((1, y.shape[1], y.shape[2])).bernoulli_(1 - p).div_(1 - p)
+
+
+def check_reset(reset, want: tuple, form: str, device) -> Tensor:
+    """A ``reset`` argument (RNN/LSTM/GRU and MinGRU/MinLSTM ``forward(..., reset=)``) as a
+    bool tensor of shape ``want`` (described by ``form`` in the error) on ``device``."""
+    if not isinstance(reset, Tensor):
+        raise TypeError(f"reset must be a tensor (bool or 0/1 float), got {type(reset).__name__}")
+    if reset.is_complex():
+        raise ValueError(f"reset must be a bool, integer or floating 0/1 tensor, got {reset.dtype}")
+    if tuple(reset.shape) != want:
+        raise ValueError(f"reset must have shape {form} = {want} to match the input, got "
+                         f"{tuple(reset.shape)}")
+    return reset.to(device) != 0

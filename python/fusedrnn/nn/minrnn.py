@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..scan import check_scan_backend, linear_scan, log_linear_scan
 from ..scan import resolve as resolve_scan
+from ._regularisers import check_reset as _check_reset
 
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g"]
 
@@ -393,18 +394,6 @@ class _MinRNNBase(nn.Module):
                 inp = F.dropout(inp, self.dropout, training=True)
         h = torch.stack(new, 0)
         return (new[-1].squeeze(0), h.squeeze(1)) if unbatched else (new[-1], h)
-
-
-def _check_reset(reset, want: tuple, form: str, device) -> Tensor:
-    """A ``reset`` argument as a bool tensor of shape ``want`` on ``device``."""
-    if not isinstance(reset, Tensor):
-        raise TypeError(f"reset must be a tensor (bool or 0/1 float), got {type(reset).__name__}")
-    if reset.is_complex():
-        raise ValueError(f"reset must be a bool, integer or floating 0/1 tensor, got {reset.dtype}")
-    if tuple(reset.shape) != want:
-        raise ValueError(f"reset must have shape {form} = {want} to match the input, got "
-                         f"{tuple(reset.shape)}")
-    return reset.to(device) != 0
 
 
 def _reset_flags(reset, B: int, T: int, batch_first: bool, unbatched: bool,

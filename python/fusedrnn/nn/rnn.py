@@ -291,17 +291,10 @@ def _check_zoneout(zoneout, mode: str):
 def _check_reset(reset, x: Tensor, is_batched: bool, batch_first: bool) -> Tensor:
     """``forward``'s ``reset`` as a bool [T, B] on x's device (x is [T, B, I])."""
     T, B = x.shape[0], x.shape[1]
-    if not isinstance(reset, Tensor):
-        raise TypeError(f"reset must be a tensor (bool or 0/1 float), got {type(reset).__name__}")
-    if reset.is_complex():
-        raise ValueError(f"reset must be a bool, integer or floating 0/1 tensor, got {reset.dtype}")
     want = ((B, T) if batch_first else (T, B)) if is_batched else (T,)
-    if tuple(reset.shape) != want:
-        form = ("[B, T] (batch_first)" if batch_first else "[T, B]") if is_batched else \
-            "[T] (unbatched input)"
-        raise ValueError(f"reset must have shape {form} = {want} to match the input, got "
-                         f"{tuple(reset.shape)}")
-    reset = reset.to(x.device) != 0
+    form = ("[B, T] (batch_first)" if batch_first else "[T, B]") if is_batched else \
+        "[T] (unbatched input)"
+    reset = _regularisers.check_reset(reset, want, form, x.device)
     if not is_batched:
         return reset.unsqueeze(1)
     return reset.t() if batch_first else reset
