@@ -331,6 +331,57 @@ def test_bitwise_across_thread_counts(monkeypatch, isa, mode, proj):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lengths_kind,reverse", [("none", False), ("short", True)])
+def test_unit_split_bitwise(monkeypatch, isa, mode, lengths_kind, reverse):
+    """B = 1 with 2 threads: the threads split the units of the one row (meeting at a barrier
+    after every step) instead of idling; outputs and every gradient are bitwise those of one
+    thread. H = 96 makes each step big enough for the split (recurrence_fwd.cpp
+    unit_split_threads) and gives the threads unequal panel counts for some cells."""
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    T, B, H = 11, 1, 96
+    inp = make_inputs(mode, T, B, H, seed=7)
+    lengths = None if lengths_kind == "none" else torch.tensor([T - 4])
+    up = _upstream(T, B, H, H)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _grads_f32(mode, inp, lengths, reverse, up)
+        torch.set_num_threads(2)
+        two = _grads_f32(mode, inp, lengths, reverse, up)
+    finally:
+        torch.set_num_threads(prev)
+    _assert_bitwise(one[0], two[0], "outputs")
+    _assert_bitwise(one[1], two[1], "gradients")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_unit_split_reset_zoneout_saved(mode, dtype):
+    """The split forward with a per-step reset and a zoneout mask, saving the workspace: every
+    result of the op (y, h_T, c_T, ws) is bitwise the one-thread result."""
+    T, B, H = 9, 1, 96
+    G = GATES[mode]
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype) * 0.5  # noqa: E731
+    zw = 2 * H if mode == "LSTM" else H
+    args = (mode, r(T, B, G * H), r(G * H, H), r(G * H), r(B, H), r(B, H) if mode == "LSTM"
+            else None, None, False, None, True,
+            (torch.arange(T) % 4 == 2).to(dtype)[:, None].contiguous(),
+            (torch.rand(T, B, zw, generator=g) < 0.3).to(dtype))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fusedrnn.recurrence_fwd(*args)
+        torch.set_num_threads(2)
+        two = torch.ops.fusedrnn.recurrence_fwd(*args)
+    finally:
+        torch.set_num_threads(prev)
+    for name, a, b in zip(("y", "h_T", "c_T", "ws"), one, two):
+        assert torch.equal(a, b), f"{name} differs"
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("mode,proj", [(m, 0) for m in MODES] + [("LSTM", 7)])
 def test_batch_invariance(monkeypatch, isa, mode, proj):
     """A row's outputs and its input gradients (d_xw, dh0, dc0) are bitwise the same whether it

@@ -13,19 +13,56 @@
 // the batch composition (for one instruction set).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <thread>
 
 #include "fusedrnn/cells.h"
 
 namespace fusedrnn {
 namespace cpu {
 
+// The threads that share one row set by splitting its units (batch smaller than the thread count,
+// B = 1 streaming) meet here after every step of the forward: a counting barrier that spins, then
+// yields, so that an oversubscribed machine does not burn a time slice waiting.
+struct StepBarrier {
+  std::atomic<int> arrived{0}, generation{0};
+  int n = 1;
+  void wait() {
+    const int gen = generation.load(std::memory_order_acquire);
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      generation.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; generation.load(std::memory_order_acquire) == gen; ++spin) {
+      if (spin < 4096) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+};
+
+// Which units of its rows a thread runs: all of them (parts = 1), or slice `part` of `parts`
+// equal slices of the weight panels, the threads meeting at `bar` after every step (forward
+// only, no projection). Every unit's arithmetic is the same either way: the results are bitwise
+// those of one thread.
+struct UnitSlice {
+  int part = 0, parts = 1;
+  StepBarrier* bar = nullptr;
+};
+
 // The rows one thread owns, sorted by length, longest first: the live rows of any step are then a
 // prefix of the list, whatever order the lengths come in.
 struct RowSet {
   const int64_t* rows;
   int64_t n;
+  UnitSlice units = {};
 };
 
 // Packed operand layout ("panels"): a product out[n] = sum_k a[k] * B(k, n) over N = G * Nu

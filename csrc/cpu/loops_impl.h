@@ -155,6 +155,12 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   // the gate pre-activations W_hh h_prev of the thread's rows at one step, gate blocks Hp apart
   // (H rounded up to whole panels, so a panel's padding lanes never overwrite the next gate)
   const int64_t Hp = np * UW, GHp = G * Hp;
+  // this thread's panels and units (all of them unless the units are split, see UnitSlice; the
+  // split runs without a projection, so Ho = H there)
+  const UnitSlice us = rs.units;
+  const int64_t p0 = np * us.part / us.parts, p1 = np * (us.part + 1) / us.parts;
+  const int64_t j0 = std::min(p0 * UW, H), j1 = std::min(p1 * UW, H);
+  const int64_t y0 = us.parts > 1 ? j0 : 0, y1 = us.parts > 1 ? j1 : Ho;
   std::vector<T> pre(rs.n * GHp);
   std::vector<T> rbuf(proj ? rs.n * H : 0);      // unprojected h (o * tanh c) of every row
   std::vector<T> zeros(std::max(H, Ho), T(0));
@@ -169,9 +175,16 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
     const int64_t nl = live_prefix(a.len, rs, t);
     for (int64_t i = nl; i < rs.n; ++i) {  // past the end: zero output and saved state
       const int64_t b = rs.rows[i];
-      std::fill(a.y + (t * B + b) * Ho, a.y + (t * B + b + 1) * Ho, T(0));
-      if (a.cs) std::fill_n(a.cs + (t * B + b) * a.ws_stride, H, T(0));
-      if (a.act) std::fill_n(a.act + (t * B + b) * a.ws_stride, S * H, T(0));
+      std::fill(a.y + (t * B + b) * Ho + y0, a.y + (t * B + b) * Ho + y1, T(0));
+      if (a.cs) {
+        T* cb = a.cs + (t * B + b) * a.ws_stride;
+        std::fill(cb + j0, cb + j1, T(0));
+      }
+      if (a.act)
+        for (int k = 0; k < S; ++k) {
+          T* ak = a.act + (t * B + b) * a.ws_stride + k * H;
+          std::fill(ak + j0, ak + j1, T(0));
+        }
     }
     for (int64_t i = 0; i < nl; ++i) {
       const int64_t b = rs.rows[i];
@@ -184,12 +197,12 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       if (a.act) prefetch<true>(a.act + row * a.ws_stride, S * H);
       if (carry_reset(a.reset, B, b, t, tp, a.reverse)) {  // a new segment: zero state
         hprev[i] = zeros.data();
-        if constexpr (Ops::kHasC) std::fill_n(a.c + b * H, H, T(0));
+        if constexpr (Ops::kHasC) std::fill(a.c + b * H + j0, a.c + b * H + j1, T(0));
       }
     }
     // 1. pre = h_prev W_hh^T: each panel (all gates of UW units) over every live row, so the
     //    panel stays in L1 while the rows stream past it
-    for (int64_t p = 0; p < np; ++p) {
+    for (int64_t p = p0; p < p1; ++p) {
       const T* panel = a.w_pack + p * Ho * NB * W;
       for (int64_t i0 = 0; i0 < nl; i0 += MR) {
         const int m = int(std::min<int64_t>(MR, nl - i0));
@@ -218,7 +231,7 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       // compiled with and without zoneout, so that the plain loop stays as it was
       auto units = [&](auto zoned) {
         FUSEDRNN_SIMD
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = j0; j < j1; ++j) {
           T xg[G], hg[G], saved[S];
           for (int g = 0; g < G; ++g) {
             xg[g] = x[g * H + j];
@@ -269,12 +282,13 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         }
       }
     }
+    if (us.bar) us.bar->wait();  // this step's h of every unit, before the next step reads it
   }
   for (int64_t i = 0; i < rs.n; ++i) {  // h_T: the state after a row's last processed step
     const int64_t b = rs.rows[i], len = a.len[b];
     const int64_t last = len == 0 ? -1 : (a.reverse ? 0 : len - 1);
     const T* src = last >= 0 ? a.y + (last * B + b) * Ho : a.h0 + b * Ho;
-    std::memcpy(a.h_T + b * Ho, src, sizeof(T) * Ho);
+    std::copy(src + y0, src + y1, a.h_T + b * Ho + y0);
   }
 }
 
