@@ -162,6 +162,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   const int64_t j0 = std::min(p0 * UW, H), j1 = std::min(p1 * UW, H);
   const int64_t y0 = us.parts > 1 ? j0 : 0, y1 = us.parts > 1 ? j1 : Ho;
   std::vector<T> pre(rs.n * GHp);
+  const bool saving = a.cs != nullptr || a.act != nullptr;
+  std::vector<T> sink(saving ? (S + 1) * H : 0);  // see the unit loop
   std::vector<T> rbuf(proj ? rs.n * H : 0);      // unprojected h (o * tanh c) of every row
   std::vector<T> zeros(std::max(H, Ho), T(0));
   std::vector<T> no_bias(a.bias ? 0 : GH, T(0));
@@ -220,16 +222,20 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       const T* hh = pre.data() + i * GHp;
       const T* hp = proj ? zeros.data() : hprev[i];  // only GRU reads h_prev
       T* cb = Ops::kHasC ? a.c + b * H : nullptr;
-      T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * a.ws_stride : nullptr;
-      T* actb = a.act ? a.act + (t * B + b) * a.ws_stride : nullptr;
+      // what backward reads (training); a part not saved goes to `sink`, so that the unit loop
+      // stores unconditionally: a store under a run-time condition became a masked store
+      // (vmaskmovps), microcoded on AMD Zen 3
+      T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * a.ws_stride : sink.data();
+      T* actb = a.act ? a.act + (t * B + b) * a.ws_stride : sink.data() + H;
       T* dst = proj ? rbuf.data() + i * H : a.y + (t * B + b) * Ho;
       // zoneout's keep-old mask of the row: h part (mixed here unless the projection comes
       // after the cell), c part
       const T* zrow = a.zo ? a.zo + (t * B + b) * a.zw : nullptr;
       const T* zh = proj ? zeros.data() : zrow;
       const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
-      // compiled with and without zoneout, so that the plain loop stays as it was
-      auto units = [&](auto zoned) {
+      // compiled with and without zoneout, so that the plain loop stays as it was, and with and
+      // without saving (inference stores only the state)
+      auto units = [&](auto zoned, auto saving) {
         FUSEDRNN_SIMD
         for (int64_t j = j0; j < j1; ++j) {
           T xg[G], hg[G], saved[S];
@@ -246,17 +252,19 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           }
           if constexpr (Ops::kHasC) {
             cb[j] = c_new;
-            if (csb) csb[j] = c_new;
+            if constexpr (decltype(saving)::value) csb[j] = c_new;
           }
-          if (Ops::S > 0 && actb)
+          if constexpr (Ops::S > 0 && decltype(saving)::value)
             for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
           dst[j] = h_new;
         }
       };
+      using Yes = std::true_type;
+      using No = std::false_type;
       if (zrow)
-        units(std::true_type{});
+        saving ? units(Yes{}, Yes{}) : units(Yes{}, No{});
       else
-        units(std::false_type{});
+        saving ? units(No{}, Yes{}) : units(No{}, No{});
     }
     if (proj) {  // y[t] = r W_hr^T over the live rows
       constexpr int MRp = BkP::MR, NBp = BkP::NB, UWp = BkP::UW;
