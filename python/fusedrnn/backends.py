@@ -8,6 +8,8 @@ A backend is a module under ``fusedrnn.ops`` that provides
         whether it runs on tensors of that device.
     recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr) -> (y, h_T, c_T)
         the op contract of ``fusedrnn.ops.reference`` with autograd.
+    MODES (optional): the cell modes it runs; without it, the four torch.nn cells. A mode with
+        ``cell_params`` (the LayerNorm cells) is passed them as the keyword ``cell_params``.
 
 "auto" picks cpu for CPU tensors and the fastest GPU backend for CUDA tensors; when the compiled
 part it wants is missing it falls back to the reference with a one-time warning.
@@ -109,14 +111,55 @@ available_backends = RECURRENCE.available
 resolve = RECURRENCE.resolve
 
 
+_TORCH_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+_CELL_NAMES = {"LN_LSTM": "LayerNormLSTM", "LN_GRU": "LayerNormGRU"}
+
+
+def modes(mod: ModuleType) -> tuple[str, ...]:
+    """The cell modes a backend module runs."""
+    return getattr(mod, "MODES", _TORCH_MODES)
+
+
+def _for_mode(mod: ModuleType, backend: str, mode: str, device: torch.device) -> ModuleType:
+    """``mod`` when it runs ``mode``; else, for "auto", the reference (with a one-time warning),
+    and for a named backend a clear error naming the cell and the backends that run it."""
+    if mode in modes(mod) or not isinstance(mode, str):
+        return mod
+    name = mod.__name__.rsplit(".", 1)[-1]
+    cell = _CELL_NAMES.get(mode, mode)
+    if backend == "auto":
+        key = (f"mode:{mode}", device.type)
+        if key not in RECURRENCE._warned:
+            RECURRENCE._warned.add(key)
+            warnings.warn(f"fusedrnn: backend {name!r} does not implement {cell} (mode {mode!r}); "
+                          f"falling back to the reference backend on {device.type}",
+                          stacklevel=4)
+        return resolve("reference", device)
+    able = [n for n in RECURRENCE.modules if RECURRENCE.load(n)[0] is not None
+            and mode in modes(RECURRENCE.load(n)[0])]
+    raise NotImplementedError(
+        f"backend {backend!r} does not implement {cell} (mode {mode!r}); backends that do: "
+        f"{', '.join(able)} (or backend='auto')"
+    )
+
+
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               backend: str = "auto", recurrent_grad_clip: float | None = None):
+               backend: str = "auto", recurrent_grad_clip: float | None = None,
+               cell_params=None):
     """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend.
 
     ``recurrent_grad_clip`` clamps the gradient carried back through the recurrence at every
     step (see ``recurrence_ref``); None (the default) leaves every backend's results untouched.
+    ``cell_params``: the extra per-layer parameters of cells that have them
+    (``ops.cells.CELL_PARAMS``, the LayerNorm cells); None for the others.
     """
-    mod = resolve(backend, xw.device)
+    mod = _for_mode(resolve(backend, xw.device), backend, mode, xw.device)
+    if cell_params is not None:
+        if recurrent_grad_clip is None:
+            return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                  cell_params=cell_params)
+        return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                              recurrent_grad_clip=recurrent_grad_clip, cell_params=cell_params)
     if recurrent_grad_clip is None:
         return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
     if "recurrent_grad_clip" not in inspect.signature(mod.recurrence).parameters:

@@ -25,10 +25,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cells import GATES, STEPS
+from .cells import CELL_PARAMS, CELL_STATE, GATES, STEPS
 
 
-def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
+def check_cell_params(mode, H, cell_params, dtype) -> None:
+    """``cell_params``: the per-layer parameters ``CELL_PARAMS[mode]`` describes, in order."""
+    want = CELL_PARAMS[mode]
+    if not want:
+        if cell_params:
+            raise ValueError(f"cell_params must be None or empty for {mode}, got "
+                             f"{len(cell_params)} tensors")
+        return
+    names = ", ".join(n for n, _ in want)
+    if cell_params is None or len(cell_params) != len(want):
+        got = None if cell_params is None else f"{len(cell_params)} tensors"
+        raise ValueError(f"{mode} needs cell_params = [{names}], got {got}")
+    for (name, k), t in zip(want, cell_params):
+        if tuple(t.shape) != (k * H,):
+            raise ValueError(f"cell_params {name} must have shape ({k * H},), got "
+                             f"{tuple(t.shape)}")
+        if t.dtype != dtype:
+            raise ValueError(f"cell_params {name} must have dtype {dtype} like xw, got {t.dtype}")
+
+
+def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params=None) -> None:
     """Validate the arguments of the op contract; every backend calls this first."""
     if mode not in GATES:
         raise ValueError(f"mode must be one of {tuple(GATES)}, got {mode!r}")
@@ -53,7 +73,7 @@ def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
     if tuple(h0.shape) != (B, H_out):
         raise ValueError(f"h0 must have shape {(B, H_out)}, got {tuple(h0.shape)}")
     if c0 is not None:
-        if mode != "LSTM":
+        if not CELL_STATE[mode]:
             raise ValueError(f"c0 is only used by LSTM, got mode {mode}")
         if tuple(c0.shape) != (B, H):
             raise ValueError(f"c0 must have shape {(B, H)}, got {tuple(c0.shape)}")
@@ -65,6 +85,7 @@ def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
     for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr)):
         if t is not None and t.dtype != xw.dtype:
             raise ValueError(f"{name} must have dtype {xw.dtype} like xw, got {t.dtype}")
+    check_cell_params(mode, H, cell_params, xw.dtype)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -95,26 +116,32 @@ def check_clip(recurrent_grad_clip) -> None:
 
 
 def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-                   recurrent_grad_clip=None):
+                   recurrent_grad_clip=None, cell_params=None):
     """The op contract for any ``mode`` in ``RNN_TANH, RNN_RELU, LSTM, GRU`` (see module doc).
 
     ``recurrent_grad_clip`` (None or > 0): in backward, the gradient a (live) step sends back to
     its input state h_{t-1} (and c_{t-1}) is clamped elementwise to [-clip, clip] before it is
     added to the gradient arriving from y_{t-1} (FlashRNN's ``gradient_recurrent_clipval``).
     None leaves autograd untouched.
+
+    ``cell_params``: the extra per-layer parameters of the cells that have some (the LayerNorm
+    cells: ``ops.cells.CELL_PARAMS``), passed to each step; None for the others.
     """
-    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params)
     check_clip(recurrent_grad_clip)
     out_dtype = xw.dtype
     acc = compute_dtype(out_dtype)
     step = STEPS[mode]
+    if cell_params:
+        params = tuple(p.to(acc) for p in cell_params)
+        step = lambda *a, _s=step: _s(*a, cell_params=params)  # noqa: E731
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     xw, w_hh, h = xw.to(acc), w_hh.to(acc), h0.to(acc)
     b_hh = None if b_hh is None else b_hh.to(acc)
     w_hr = None if w_hr is None else w_hr.to(acc)
     c = None
-    if mode == "LSTM":
+    if CELL_STATE[mode]:
         c = xw.new_zeros(B, H) if c0 is None else c0.to(acc)
     if lengths is not None:
         lengths = lengths.to(xw.device)

@@ -1,0 +1,329 @@
+"""LayerNormLSTM / LayerNormGRU (layers and cells) against their plain PyTorch equations.
+
+The equations are written here, independently of the package (Ba et al. 2016 as Haste implements
+them, issue #14): a per-step float64 loop with F.layer_norm, per layer and direction, masking
+packed sequences by their lengths. Every backend that implements the cells is compared on
+outputs, final states and every gradient by name; the others must refuse clearly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn import backends
+
+from conftest import TOL
+
+LN_BACKENDS = [b for b in ("reference", "cpu") if b in fusedrnn.available_backends()]
+F64 = TOL[torch.float64]
+
+
+def ln(v, w, b=None):
+    return F.layer_norm(v, v.shape[-1:], w, b, eps=1e-5)
+
+
+def lstm_step(p, x, h, c):
+    gates = (ln(x @ p["weight_ih"].T, p["ln_ih_weight"]) + ln(h @ p["weight_hh"].T,
+             p["ln_hh_weight"]) + p["bias_ih"] + p["bias_hh"])
+    i, f, g, o = gates.chunk(4, 1)
+    c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h2 = torch.sigmoid(o) * torch.tanh(ln(c2, p["ln_c_weight"], p["ln_c_bias"]))
+    return h2, c2
+
+
+def gru_step(p, x, h, c):
+    gx = ln(x @ p["weight_ih"].T, p["ln_ih_weight"]) + p["bias_ih"]
+    gh = ln(h @ p["weight_hh"].T, p["ln_hh_weight"]) + p["bias_hh"]
+    xr, xz, xn = gx.chunk(3, 1)
+    hr, hz, hn = gh.chunk(3, 1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h, None
+
+
+def plain_layers(params, lstm, x, lengths, h0, c0, num_layers, dirs):
+    """x [T, B, I] padded, lengths [B] (any order); h0/c0 [L*D, B, H]. Returns (y, h_n, c_n)
+    with zeros past each length, as torch.nn's packed LSTM/GRU."""
+    T, B = x.shape[:2]
+    step = lstm_step if lstm else gru_step
+    hn, cn = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            p = {k[: -len(sfx)]: v for k, v in params.items() if k.endswith(sfx)}
+            h, c = h0[layer * dirs + d], (c0[layer * dirs + d] if lstm else None)
+            ys = [None] * T
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                h2, c2 = step(p, x[t], h, c)
+                live = (t < lengths).unsqueeze(1)
+                h = torch.where(live, h2, h)
+                c = torch.where(live, c2, c) if lstm else None
+                ys[t] = torch.where(live, h2, torch.zeros_like(h2))
+            outs.append(torch.stack(ys))
+            hn.append(h)
+            cn.append(c)
+        x = torch.cat(outs, 2)
+    return x, torch.stack(hn), (torch.stack(cn) if lstm else None)
+
+
+def _randomise(m, seed=0):
+    """LN gains/biases away from 1/0 so that their gradients and effects are tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.copy_((0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype)) if "weight" in name
+                        else 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def _grads(outs, wts, leaves):
+    loss = sum((o * w).sum() for o, w in zip(outs, wts) if o is not None)
+    return torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_matches_plain_equations(backend, cls):
+    """2 layers, bidirectional, packed unsorted lengths, hx given; float64."""
+    torch.manual_seed(0)
+    lstm = cls == "LayerNormLSTM"
+    I, H, L, T = 5, 7, 2, 6
+    lengths = torch.tensor([4, 6, 1, 5])
+    B = len(lengths)
+    m = getattr(fusedrnn, cls)(I, H, num_layers=L, bidirectional=True, backend=backend,
+                               dtype=torch.float64)
+    _randomise(m)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2 * L, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2 * L, B, H, dtype=torch.float64, requires_grad=True)
+    hx = (h0, c0) if lstm else h0
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, hid = m(packed, hx)
+    y, _ = pad_packed_sequence(out, total_length=T)
+    h_n, c_n = hid if lstm else (hid, None)
+
+    params = dict(m.named_parameters())
+    ry, rh, rc = plain_layers(params, lstm, x, lengths, h0, c0, L, 2)
+    torch.testing.assert_close(y, ry, **F64)
+    torch.testing.assert_close(h_n, rh, **F64)
+    if lstm:
+        torch.testing.assert_close(c_n, rc, **F64)
+
+    wts = [torch.randn_like(t) for t in (ry, rh, rc) if t is not None]
+    names = list(params)
+    leaves = [x, h0, *([c0] if lstm else []), *params.values()]
+    got = _grads([y, h_n, c_n], wts, leaves)
+    want = _grads([ry, rh, rc], wts, leaves)
+    labels = ["x", "h0", *(["c0"] if lstm else []), *names]
+    assert len(got) == len(labels)
+    for name, a, b in zip(labels, got, want):
+        torch.testing.assert_close(a, b, **F64, msg=lambda s, n=name: f"grad {n}: {s}")
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_batch_first_unbatched_no_bias(backend, cls):
+    torch.manual_seed(1)
+    lstm = cls == "LayerNormLSTM"
+    m = getattr(fusedrnn, cls)(3, 4, bias=False, batch_first=True, backend=backend,
+                               dtype=torch.float64)
+    _randomise(m, 1)
+    params = dict(m.named_parameters())
+    zeros = torch.zeros(16 if lstm else 12, dtype=torch.float64)
+    ref_params = {**params, "bias_ih_l0": zeros, "bias_hh_l0": zeros}
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    y, hid = m(x)
+    z = torch.zeros(1, 2, 4, dtype=torch.float64)
+    ry, rh, _ = plain_layers(ref_params, lstm, x.transpose(0, 1), torch.tensor([5, 5]), z, z,
+                             1, 1)
+    torch.testing.assert_close(y, ry.transpose(0, 1), **F64)
+    yu, hu = m(x[0])  # unbatched [T, I]
+    torch.testing.assert_close(yu, ry[:, 0], **F64)
+    torch.testing.assert_close(hu[0] if lstm else hu, rh[:, 0], **F64)
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_cell_equals_layer_at_one_step(backend, kind):
+    torch.manual_seed(2)
+    lstm = kind == "LSTM"
+    cell = getattr(fusedrnn, f"LayerNorm{kind}Cell")(3, 5, backend=backend, dtype=torch.float64)
+    layer = getattr(fusedrnn, f"LayerNorm{kind}")(3, 5, backend=backend, dtype=torch.float64)
+    _randomise(cell, 3)
+    assert {n + "_l0" for n, _ in cell.named_parameters()} == set(layer.state_dict())
+    layer.load_state_dict({n + "_l0": p for n, p in cell.state_dict().items()})
+    x = torch.randn(4, 3, dtype=torch.float64)
+    h = torch.randn(4, 5, dtype=torch.float64)
+    c = torch.randn(4, 5, dtype=torch.float64)
+    if lstm:
+        hc, cc = cell(x, (h, c))
+        _, (hl, cl) = layer(x[None], (h[None], c[None]))
+        torch.testing.assert_close(cc, cl[0], **F64)
+        # against the equations too, and unbatched / hx=None
+        rh, rc = lstm_step(dict(cell.named_parameters()), x, h, c)
+        torch.testing.assert_close(hc, rh, **F64)
+        hu, cu = cell(x[0])
+        ru = lstm_step(dict(cell.named_parameters()), x[:1], torch.zeros(1, 5,
+                       dtype=torch.float64), torch.zeros(1, 5, dtype=torch.float64))
+        torch.testing.assert_close(hu, ru[0][0], **F64)
+        torch.testing.assert_close(cu, ru[1][0], **F64)
+    else:
+        hc = cell(x, h)
+        _, hl = layer(x[None], h[None])
+        torch.testing.assert_close(hc, gru_step(dict(cell.named_parameters()), x, h, None)[0],
+                                   **F64)
+        assert cell(x[0]).shape == (5,)
+    torch.testing.assert_close(hc, hl[0], **F64)
+
+
+def test_state_dict_names_and_init():
+    m = fusedrnn.LayerNormLSTM(3, 4, num_layers=2, bidirectional=True)
+    names = list(m.state_dict())
+    for k in range(2):
+        for sfx in ("", "_reverse"):
+            for n, shape in (("weight_ih", (16, 3 if k == 0 else 8)), ("weight_hh", (16, 4)),
+                             ("bias_ih", (16,)), ("bias_hh", (16,)), ("ln_ih_weight", (16,)),
+                             ("ln_hh_weight", (16,)), ("ln_c_weight", (4,)),
+                             ("ln_c_bias", (4,))):
+                assert m.state_dict()[f"{n}_l{k}{sfx}"].shape == shape
+    assert len(names) == 32
+    assert names[:8] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                         "ln_ih_weight_l0", "ln_hh_weight_l0", "ln_c_weight_l0", "ln_c_bias_l0"]
+    assert torch.equal(m.ln_c_bias_l1_reverse, torch.zeros(4))
+    assert torch.equal(m.ln_hh_weight_l1, torch.ones(16))
+    bound = 4 ** -0.5
+    assert m.weight_hh_l0.abs().max() <= bound and m.weight_hh_l0.std() > 0.1
+    g = fusedrnn.LayerNormGRU(3, 4)
+    assert set(g.state_dict()) == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                                   "ln_ih_weight_l0", "ln_hh_weight_l0"}
+    assert g.ln_ih_weight_l0.shape == (12,)
+    c = fusedrnn.LayerNormLSTMCell(3, 4)
+    assert list(c.state_dict()) == ["weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                    "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias"]
+    assert list(fusedrnn.LayerNormGRUCell(3, 4).state_dict())[-2:] == ["ln_ih_weight",
+                                                                       "ln_hh_weight"]
+    c.ln_c_bias.data.fill_(3.0)
+    c.reset_parameters()
+    assert torch.equal(c.ln_c_bias, torch.zeros(4)) and torch.equal(c.ln_c_weight, torch.ones(4))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="proj_size"):
+        fusedrnn.LayerNormLSTM(3, 4, proj_size=2)
+    m = fusedrnn.LayerNormLSTM(3, 4)
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D, got 4D instead"):
+        m(torch.randn(1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+        m(torch.randn(2, 2, 5))
+    with pytest.raises(RuntimeError, match="Expected hidden\\[0\\] size"):
+        m(torch.randn(2, 2, 3), (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)))
+    g = fusedrnn.LayerNormGRUCell(3, 4)
+    with pytest.raises(RuntimeError, match="input has inconsistent input_size"):
+        g(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="cell_params"):
+        backends.recurrence("LN_GRU", torch.randn(2, 1, 12), torch.randn(12, 4), None,
+                            torch.zeros(1, 4), backend="reference")
+    with pytest.raises(ValueError, match="ln_c_weight must have shape \\(4,\\)"):
+        backends.recurrence("LN_LSTM", torch.randn(2, 1, 16), torch.randn(16, 4), None,
+                            torch.zeros(1, 4), backend="reference",
+                            cell_params=[torch.ones(16), torch.ones(5), torch.zeros(4)])
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_backends_without_ln_refuse(backend):
+    mod, why = backends.RECURRENCE.load(backend)
+    if mod is None:
+        pytest.skip(why)
+    supported = [b for b in ("reference", "cpu") if b in fusedrnn.available_backends()]
+    with pytest.raises(NotImplementedError, match=rf"backend '{backend}' does not implement "
+                       rf"LayerNormGRU.*backends that do: {', '.join(supported)}"):
+        backends._for_mode(mod, backend, "LN_GRU", torch.device("cpu"))
+
+
+def test_auto_picks_a_backend_that_runs_the_cell():
+    mod = backends._for_mode(backends.resolve("auto", torch.device("cpu")), "auto", "LN_LSTM",
+                             torch.device("cpu"))
+    assert "LN_LSTM" in backends.modes(mod)
+    if "cpu" in fusedrnn.available_backends():
+        assert mod.__name__ == "fusedrnn.ops.cpu"
+
+
+def _op_args(mode, T=3, B=2, H=3, lengths=None, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = 4 if mode == "LN_LSTM" else 3
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    cp = [(1 + 0.3 * torch.randn(G * H, generator=g, dtype=dtype)).requires_grad_()]
+    if mode == "LN_LSTM":
+        cp += [(1 + 0.3 * torch.randn(H, generator=g, dtype=dtype)).requires_grad_(), r(H)]
+    return (r(T, B, G * H), r(G * H, H), r(G * H), r(B, H),
+            r(B, H) if mode == "LN_LSTM" else None, cp)
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_gradcheck_op(backend, mode):
+    xw, w_hh, b_hh, h0, c0, cp = _op_args(mode, T=3, B=2, H=2)
+    lengths, reverse = torch.tensor([2, 3]), mode == "LN_GRU"
+
+    def f(xw, w_hh, b_hh, h0, c0, *cp):
+        y, h, c = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse,
+                                      backend=backend, cell_params=list(cp))
+        return (y, h) if c is None else (y, h, c)
+
+    inputs = [t for t in (xw, w_hh, b_hh, h0, c0) if t is not None]
+    if c0 is None:
+        assert torch.autograd.gradcheck(lambda xw, w, b, h, *cp: f(xw, w, b, h, None, *cp),
+                                        (*inputs, *cp), fast_mode=True)
+    else:
+        assert torch.autograd.gradcheck(f, (*inputs, *cp), fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_op_cpu_matches_reference_edges(mode):
+    """The fused loop at sizes off the register blocks, sorted/unsorted lengths, no bias."""
+    if "cpu" not in fusedrnn.available_backends():
+        pytest.skip("cpu backend not built")
+    for H, B, lengths in ((1, 1, None), (17, 9, [5, 0, 3, 7, 7, 1, 2, 6, 4]), (33, 13, None)):
+        xw, w_hh, b_hh, h0, c0, cp = _op_args(mode, T=7, B=B, H=H, seed=H)
+        ln_t = None if lengths is None else torch.tensor(lengths)
+        for bias in (b_hh, None):
+            outs = [backends.recurrence(mode, xw, w_hh, bias, h0, c0, ln_t, rev, backend=be,
+                                        cell_params=cp)
+                    for be in ("cpu", "reference") for rev in (False, True)]
+            for a, b in zip(outs[:2], outs[2:]):
+                for u, v in zip(a, b):
+                    if u is not None:
+                        torch.testing.assert_close(u, v, **F64)
+            leaves = [t for t in (xw, w_hh, bias, h0, c0, *cp) if t is not None]
+            wts = [torch.randn_like(t) for t in outs[0] if t is not None]
+            for k in (0, 1):
+                got = _grads(outs[k], wts, leaves)
+                want = _grads(outs[k + 2], wts, leaves)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, **F64)
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_float32_cpu_vs_float64_reference(cls):
+    if "cpu" not in fusedrnn.available_backends():
+        pytest.skip("cpu backend not built")
+    torch.manual_seed(4)
+    m32 = getattr(fusedrnn, cls)(8, 16, num_layers=2, backend="cpu")
+    _randomise(m32, 4)
+    m64 = getattr(fusedrnn, cls)(8, 16, num_layers=2, backend="reference",
+                                 dtype=torch.float64)
+    m64.load_state_dict({k: v.double() for k, v in m32.state_dict().items()})
+    x = torch.randn(12, 5, 8)
+    y32, _ = m32(x)
+    y64, _ = m64(x.double())
+    torch.testing.assert_close(y32.double(), y64, **TOL[torch.float32])
+    y32.sum().backward()
+    y64.sum().backward()
+    for (n, a), b in zip(m32.named_parameters(), m64.parameters()):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4,
+                                   msg=lambda s, n=n: f"grad {n}: {s}")
