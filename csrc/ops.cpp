@@ -13,13 +13,15 @@ TORCH_LIBRARY(fusedrnn, m) {
   // see csrc/cpu/recurrence.h for shapes; `ws` is what backward needs from the forward
   m.def(
       "recurrence_fwd(str mode, Tensor xw, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, bool reverse, Tensor? w_hr, bool save=True) "
+      "Tensor? lengths, bool reverse, Tensor? w_hr, bool save=True, "
+      "Tensor[]? cell_params=None) "
       "-> (Tensor y, Tensor h_T, Tensor c_T, Tensor ws)");
   m.def(
       "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor xw, Tensor w_hh, "
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
-      "Tensor y, Tensor ws, float clip=0.0) "
-      "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr)");
+      "Tensor y, Tensor ws, float clip=0.0, Tensor[]? cell_params=None) "
+      "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr, "
+      "Tensor[] d_cell_params)");
   m.def(
       "cell_step(str mode, Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
       "Tensor h, Tensor? c) -> (Tensor h_new, Tensor c_new)");

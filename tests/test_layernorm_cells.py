@@ -22,6 +22,17 @@ LN_BACKENDS = [b for b in ("reference", "cpu") if b in fusedrnn.available_backen
 F64 = TOL[torch.float64]
 
 
+@pytest.fixture(autouse=True)
+def poison():
+    """Buffers the C++ ops allocate start as NaN: an element the loops forget to write fails."""
+    if "cpu" not in LN_BACKENDS:
+        yield
+        return
+    fusedrnn._ext._C._set_debug_poison(True)
+    yield
+    fusedrnn._ext._C._set_debug_poison(False)
+
+
 def ln(v, w, b=None):
     return F.layer_norm(v, v.shape[-1:], w, b, eps=1e-5)
 
@@ -327,3 +338,34 @@ def test_float32_cpu_vs_float64_reference(cls):
     for (n, a), b in zip(m32.named_parameters(), m64.parameters()):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4,
                                    msg=lambda s, n=n: f"grad {n}: {s}")
+
+
+def test_from_haste_layer_norm_lstm():
+    """Haste's documented layout (frameworks/pytorch/layer_norm_lstm.py and its CUDA kernels):
+    x @ kernel [I, 4H], h @ recurrent_kernel [H, 4H], one bias, gates (i, g, f, o), gamma [2, 4H]
+    for the two products' LNs, gamma_h / beta_h for LN(c); h = o * tanh(LN(c))."""
+    from fusedrnn.nn.layernorm import from_haste_layer_norm_lstm
+
+    torch.manual_seed(5)
+    I, H, T, B = 3, 4, 5, 2
+    d = torch.float64
+    sd = {"kernel": torch.randn(I, 4 * H, dtype=d), "recurrent_kernel": torch.randn(H, 4 * H, dtype=d),
+          "bias": torch.randn(4 * H, dtype=d), "gamma": 0.5 + torch.rand(2, 4 * H, dtype=d),
+          "gamma_h": 0.5 + torch.rand(H, dtype=d), "beta_h": torch.randn(H, dtype=d)}
+    x = torch.randn(T, B, I, dtype=d)
+    h = torch.zeros(B, H, dtype=d)
+    c = torch.zeros(B, H, dtype=d)
+    ys = []
+    for t in range(T):  # Haste's equations, in its layout and gate order
+        v = (ln(x[t] @ sd["kernel"], sd["gamma"][0]) + ln(h @ sd["recurrent_kernel"], sd["gamma"][1])
+             + sd["bias"])
+        i, g, f, o = v.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(ln(c, sd["gamma_h"], sd["beta_h"]))
+        ys.append(h)
+    for backend in LN_BACKENDS:
+        m = fusedrnn.LayerNormLSTM(I, H, backend=backend, dtype=d)
+        m.load_state_dict(from_haste_layer_norm_lstm(sd))
+        y, (hn, cn) = m(x)
+        torch.testing.assert_close(y, torch.stack(ys), **F64)
+        torch.testing.assert_close(cn[0], c, **F64)

@@ -22,7 +22,10 @@ Cell parse_mode(c10::string_view mode) {
   if (mode == "RNN_RELU") return Cell::RNN_RELU;
   if (mode == "LSTM") return Cell::LSTM;
   if (mode == "GRU") return Cell::GRU;
-  TORCH_CHECK(false, "fusedrnn: mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, got '",
+  if (mode == "LN_LSTM") return Cell::LN_LSTM;
+  if (mode == "LN_GRU") return Cell::LN_GRU;
+  TORCH_CHECK(false, "fusedrnn: mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, LN_LSTM, "
+              "LN_GRU, got '",
               std::string(mode), "'");
 }
 
@@ -61,6 +64,27 @@ Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
     // lengths beyond T mean "live at every step", below 0 "never live", as in the reference
     L.len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
   return L;
+}
+
+std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& xw,
+                                   int64_t H, at::ScalarType acc) {
+  const int want = num_cell_params(cell);
+  const int64_t n = cell_params.has_value() ? int64_t(cell_params->size()) : 0;
+  TORCH_CHECK(n == want, "fusedrnn: mode ", mode_name(cell), " takes ", want,
+              " cell_params, got ", n);
+  std::vector<Tensor> out;
+  for (int64_t k = 0; k < n; ++k) {
+    const Tensor& t = (*cell_params)[k];
+    const int64_t size = cell_param_units(cell, int(k)) * H;
+    TORCH_CHECK(t.scalar_type() == xw.scalar_type(), "fusedrnn: cell_params[", k,
+                "] must have dtype ", xw.scalar_type(), " like xw, got ", t.scalar_type());
+    TORCH_CHECK(t.device().is_cpu(), "fusedrnn: the cpu backend needs CPU tensors, got "
+                "cell_params[", k, "] on ", t.device());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == size, "fusedrnn: cell_params[", k,
+                "] must have shape (", size, ",), got ", t.sizes());
+    out.push_back(t.to(acc).contiguous());
+  }
+  return out;
 }
 
 WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj) {

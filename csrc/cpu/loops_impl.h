@@ -119,6 +119,81 @@ inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
   return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
 }
 
+// ---- row-wise normalisation (cells.h norm_recurrent / norm_state) -------------------------------
+// A thread owns whole rows, so a row's reductions are local. Sums run in a fixed order (8 partial
+// sums by position, then added in turn, block after block): they vectorise and give the same
+// result on every thread count and batch composition.
+
+template <typename T>
+inline T sum8(const T* p, int64_t n) {
+  constexpr int K = 8;
+  T s[K] = {};
+  int64_t j = 0;
+  for (; j + K <= n; j += K)
+    for (int k = 0; k < K; ++k) s[k] += p[j + k];
+  for (int k = 0; j < n; ++j, ++k) s[k] += p[j];
+  T t = s[0];
+  for (int k = 1; k < K; ++k) t += s[k];
+  return t;
+}
+
+template <typename T>
+inline T dot8(const T* p, const T* q, int64_t n) {
+  constexpr int K = 8;
+  T s[K] = {};
+  int64_t j = 0;
+  for (; j + K <= n; j += K)
+    for (int k = 0; k < K; ++k) s[k] += p[j + k] * q[j + k];
+  for (int k = 0; j < n; ++j, ++k) s[k] += p[j] * q[j];
+  T t = s[0];
+  for (int k = 1; k < K; ++k) t += s[k];
+  return t;
+}
+
+// Mean and 1 / sqrt(var + eps) (biased variance, two passes) of a row of `blocks` blocks of `len`
+// values, `stride` apart.
+template <typename T>
+inline void row_moments(const T* v, int blocks, int64_t len, int64_t stride, T& mean, T& rstd) {
+  const T n = T(blocks * len);
+  T s = T(0);
+  for (int g = 0; g < blocks; ++g) s += sum8(v + g * stride, len);
+  mean = s / n;
+  constexpr int K = 8;
+  T q = T(0);
+  for (int g = 0; g < blocks; ++g) {
+    const T* p = v + g * stride;
+    T acc[K] = {};
+    int64_t j = 0;
+    for (; j + K <= len; j += K)
+      for (int k = 0; k < K; ++k) acc[k] += (p[j + k] - mean) * (p[j + k] - mean);
+    for (int k = 0; j < len; ++j, ++k) acc[k] += (p[j] - mean) * (p[j] - mean);
+    for (int k = 0; k < K; ++k) q += acc[k];
+  }
+  rstd = T(1) / std::sqrt(q / n + T(kLnEps));
+}
+
+// The row normalised in place: v = (v - mean) * rstd; returns rstd.
+template <typename T>
+inline T row_normalise(T* v, int blocks, int64_t len, int64_t stride) {
+  T mean, rstd;
+  row_moments(v, blocks, len, stride, mean, rstd);
+  for (int g = 0; g < blocks; ++g) {
+    T* p = v + g * stride;
+    FUSEDRNN_SIMD
+    for (int64_t j = 0; j < len; ++j) p[j] = (p[j] - mean) * rstd;
+  }
+  return rstd;
+}
+
+// A gate's recurrent pre-activation from the product p (row-normalised for norm_recurrent cells).
+template <class Ops, typename T>
+inline T rec_pre(T p, const T* gain, const T* bias, int64_t k) {
+  if constexpr (Ops::kNormRec)
+    return p * gain[k] + bias[k];
+  else
+    return p + bias[k];
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
 template <Cell C, typename T>
@@ -142,6 +217,9 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   const T* arow[MR];
   T* orow[MR];
   std::vector<const T*> hprev(rs.n);
+  // row-normalised cells (cells.h): their parameters, and a row's activations until out()
+  const T *ln_rec = a.cell_params[0], *ln_sw = a.cell_params[1], *ln_sb = a.cell_params[2];
+  std::vector<T> srow(Ops::kNormState ? S * H : 0);
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -170,6 +248,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         mk_rows<T, NB, Bk::U, MR>(m, arow, Ho, panel, orow, Hp);
       }
     }
+    if constexpr (Ops::kNormRec)  // LN over each row's G*H products
+      for (int64_t i = 0; i < nl; ++i) row_normalise(pre.data() + i * GHp, G, H, Hp);
     // 2. the cell on every unit of every live row, while pre is in L1
     for (int64_t i = 0; i < nl; ++i) {
       const int64_t b = rs.rows[i];
@@ -185,7 +265,7 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         T xg[G], hg[G], saved[S];
         for (int g = 0; g < G; ++g) {
           xg[g] = x[g * H + j];
-          hg[g] = hh[g * Hp + j] + biasv[g * H + j];
+          hg[g] = rec_pre<Ops>(hh[g * Hp + j], ln_rec, biasv, g * H + j);
         }
         T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
         Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
@@ -195,7 +275,20 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         }
         if (actb)
           for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
-        dst[j] = h_new;
+        if constexpr (Ops::kNormState)
+          for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+        else
+          dst[j] = h_new;
+      }
+      if constexpr (Ops::kNormState) {  // h = out(saved, LN(c) * w + b) over the row's new c
+        T mean, rstd;
+        row_moments(cb, 1, H, H, mean, rstd);
+        FUSEDRNN_SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          T saved[S];
+          for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+          dst[j] = Ops::out(saved, (cb[j] - mean) * rstd * ln_sw[j] + ln_sb[j]);
+        }
       }
     }
     if (proj) {  // y[t] = r W_hr^T over the live rows
@@ -250,6 +343,12 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   std::vector<T> pre(MB * GHp);  // W_hh h_prev of the block's rows
   std::vector<T> dgr(MB * GH);   // recurrent-side gate gradients of the block's rows
   std::vector<T> drb(proj ? MB * H : 0);  // dL/d(o * tanh c) of the block's rows
+  // row-normalised cells (cells.h): parameters, each block row's 1/std of W_hh h_prev, and per
+  // row: activations and c, LN(c), dL/dLN(c)
+  const T *ln_rec = a.cell_params[0], *ln_sw = a.cell_params[1], *ln_sb = a.cell_params[2];
+  T rstd_rec[MB];
+  constexpr bool kNS = Ops::kNormState;
+  std::vector<T> srow(kNS ? S * H : 0), crow(kNS ? H : 0), nhat(kNS ? H : 0), dnh(kNS ? H : 0);
   alignas(64) T htile[MRH * NBH * W];
   const T* arow[MB];
   const T* hprev[MB];
@@ -285,6 +384,14 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
       const int64_t row = t * B + rs.rows[i];
       std::fill(a.dxw + row * GH, a.dxw + (row + 1) * GH, T(0));
       if (a.dhn) std::fill(a.dhn + row * H, a.dhn + (row + 1) * H, T(0));
+      if constexpr (Ops::kNormRec) {
+        std::fill(a.drec + row * GH, a.drec + (row + 1) * GH, T(0));
+        std::fill(a.drec_gain + row * GH, a.drec_gain + (row + 1) * GH, T(0));
+      }
+      if constexpr (kNS) {
+        std::fill(a.dstate_gain + row * H, a.dstate_gain + (row + 1) * H, T(0));
+        std::fill(a.dstate_bias + row * H, a.dstate_bias + (row + 1) * H, T(0));
+      }
       if (proj) {
         std::fill(a.r + row * H, a.r + (row + 1) * H, T(0));
         std::fill(a.dhp + row * Ho, a.dhp + (row + 1) * Ho, T(0));
@@ -308,6 +415,8 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             mk_rows<T, NB, Bk::U, Bk::MR>(mm, hprev + r0, Ho, panel, orow, Hp);
           }
         }
+        if constexpr (Ops::kNormRec)  // the forward's LN, bitwise
+          for (int r = 0; r < m; ++r) rstd_rec[r] = row_normalise(pre.data() + r * GHp, G, H, Hp);
       }
       // 2. projection: dL/dh of the step (carried + from y) through W_hr; the carry restarts
       if (proj) {
@@ -353,40 +462,109 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         T* out_dst = proj ? a.r + row * H : dhb;
         // the unit loop, compiled once reading the forward's saved activations and once
         // recomputing them, so that neither carries a branch (it would not vectorise)
+        // the forward's activations of unit j (saved or recomputed), h and c as it had them
+        auto load = [&](auto from_saved, int64_t j, T* saved, T& h, T& c) {
+          if constexpr (decltype(from_saved)::value) {
+            for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
+            c = c_now[j];
+          } else if constexpr (kRecompute) {
+            T x[G], g[G];
+            for (int k = 0; k < G; ++k) {
+              x[k] = xb[k * H + j];
+              g[k] = rec_pre<Ops>(pb[k * Hp + j], ln_rec, biasv, k * H + j);
+            }
+            Ops::fwd(x, g, hp_src[j], c_prev[j], &h, &c, saved);
+          }
+        };
+        // the cell's backward of unit j and its writes
+        auto finish = [&](int64_t j, T dh, T dc_in, const T* saved, T h, T c) {
+          T dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+          Ops::bwd(dh, dc_in, saved, h, hp_src[j], c_prev[j], c, dx, &dhh_last, &dh_direct,
+                   &dc_prev);
+          for (int k = 0; k < G; ++k) {
+            dxb[k * H + j] = dx[k];
+            dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
+          }
+          if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
+          if constexpr (Ops::kHasC) dcb[j] = dc_prev;
+          out_dst[j] = proj ? h : dh_direct;
+        };
         auto units = [&](auto from_saved) {
           FUSEDRNN_SIMD
           for (int64_t j = 0; j < H; ++j) {
-            T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-            const T hp = hp_src[j], cp = c_prev[j];
-            T h = h_src[j], c = cp;
-            if constexpr (decltype(from_saved)::value) {
-              for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
-              c = c_now[j];
-            } else if constexpr (kRecompute) {
-              T x[G], g[G];
-              for (int k = 0; k < G; ++k) {
-                x[k] = xb[k * H + j];
-                g[k] = pb[k * Hp + j] + biasv[k * H + j];
-              }
-              Ops::fwd(x, g, hp, cp, &h, &c, saved);
-            }
-            const T dc_in = Ops::kHasC ? dcb[j] : T(0);
-            Ops::bwd(dh_a[j] + dh_b[j], dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct,
-                     &dc_prev);
-            for (int k = 0; k < G; ++k) {
-              dxb[k * H + j] = dx[k];
-              dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
-            }
-            if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
-            if constexpr (Ops::kHasC) dcb[j] = dc_prev;
-            out_dst[j] = proj ? h : dh_direct;
+            T saved[S];
+            T h = h_src[j], c = c_prev[j];
+            load(from_saved, j, saved, h, c);
+            finish(j, dh_a[j] + dh_b[j], Ops::kHasC ? dcb[j] : T(0), saved, h, c);
           }
         };
-        if (actb)
+        if constexpr (kNS) {
+          // norm_state: the row's c first (its LN needs all of it), then dL/dn = out_bwd and
+          // the LN's backward into dc, then the cell's backward
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S];
+            T h = T(0), c = c_prev[j];
+            load(std::false_type{}, j, saved, h, c);
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            crow[j] = c;
+          }
+          T mean, rstd;
+          row_moments(crow.data(), 1, H, H, mean, rstd);
+          T* dsg = a.dstate_gain + row * H;
+          T* dsb = a.dstate_bias + row * H;
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S];
+            for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+            const T nh = (crow[j] - mean) * rstd;
+            Ops::out(saved, nh * ln_sw[j] + ln_sb[j]);
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            const T dn = Ops::out_bwd(dh_a[j] + dh_b[j], saved);
+            dsb[j] = dn;
+            dsg[j] = dn * nh;
+            dnh[j] = dn * ln_sw[j];
+            nhat[j] = nh;
+          }
+          const T m1 = sum8(dnh.data(), H) / T(H), m2 = dot8(dnh.data(), nhat.data(), H) / T(H);
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S];
+            for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+            const T dc_n = rstd * (dnh[j] - m1 - nhat[j] * m2);
+            finish(j, dh_a[j] + dh_b[j], dcb[j] + dc_n, saved, T(0), crow[j]);
+          }
+        } else if (actb) {
           units(std::true_type{});
-        else
+        } else {
           units(std::false_type{});
+        }
         arow[r] = dgb;
+        if constexpr (Ops::kNormRec) {
+          // dL/dhh (dgb) -> dL/d(W_hh h_prev) through the row's LN: what dh_prev and dW_hh need
+          T* dr = a.drec + row * GH;
+          T* dgn = a.drec_gain + row * GH;
+          T s1 = T(0), s2 = T(0);
+          for (int g = 0; g < G; ++g) {
+            const T* ph = pb + g * Hp;  // LN(W_hh h_prev) of gate g
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j) {
+              const T d = dgb[g * H + j];
+              dgn[g * H + j] = d * ph[j];
+              dr[g * H + j] = d * ln_rec[g * H + j];
+            }
+            s1 += sum8(dr + g * H, H);
+            s2 += dot8(dr + g * H, ph, H);
+          }
+          const T m1 = s1 / T(GH), m2 = s2 / T(GH), rs = rstd_rec[r];
+          for (int g = 0; g < G; ++g) {
+            const T* ph = pb + g * Hp;
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j)
+              dr[g * H + j] = rs * (dr[g * H + j] - m1 - ph[j] * m2);
+          }
+          arow[r] = dr;
+        }
       }
       // 4. dh_prev += dg_rec W_hh, on the rows while their gate gradients are in L1
       T* dhrow[MB];

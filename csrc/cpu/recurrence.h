@@ -29,17 +29,20 @@ namespace cpu {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+using OptTensorList = std::optional<at::TensorList>;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save);
+    const OptTensor& w_hr, bool save, const OptTensorList& cell_params);
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
+// cell_params: the extra per-layer parameters of the row-normalised cells (cells.h), in order;
+// backward returns their gradients last (an empty list for the other cells).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& ws, double clip);
+    const Tensor& y, const Tensor& ws, double clip, const OptTensorList& cell_params);
 
 // The forward's workspace ws [T, B, width] for backward, per row and step: the cell state (cells
 // that have one) at cs_off, then the activations at act_off (cells that save them, without a
@@ -60,6 +63,22 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
 // ---- shared helpers (common.cpp) ----------------------------------------------------------------
 
 Cell parse_mode(c10::string_view mode);
+inline const char* mode_name(Cell cell) {
+#define FUSEDRNN_NAME_CASE(CELL) \
+  case Cell::CELL:               \
+    return #CELL;
+  switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_NAME_CASE) }
+#undef FUSEDRNN_NAME_CASE
+  return "?";
+}
+
+// The op's cell_params of a cell (cells.h norm_recurrent / norm_state): how many, and the size
+// of each in units of H.
+inline int num_cell_params(Cell c) { return (norm_recurrent(c) ? 1 : 0) + (norm_state(c) ? 2 : 0); }
+inline int64_t cell_param_units(Cell c, int k) { return k == 0 ? num_gates(c) : 1; }
+// cell_params checked against the cell (count, shapes, dtype of xw, CPU) and prepared in `acc`.
+std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& xw,
+                                   int64_t H, at::ScalarType acc);
 
 // Test hook: when on, every buffer and output the CPU ops allocate starts as NaN, so an element
 // the loops forget to write shows up in the results.

@@ -16,7 +16,7 @@ struct FwdOut {
 template <typename T>
 void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& w_hh,
              const Tensor& b_hh, const Tensor& h0, const Tensor& w_hr, const Lengths& L,
-             bool reverse, FwdOut& o) {
+             bool reverse, const std::vector<Tensor>& cp, FwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = xw.size(0), B = xw.size(1), GH = xw.size(2), H = GH / G,
                 Ho = h0.size(1);
@@ -35,7 +35,9 @@ void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& 
                proj ? wrp.data_ptr<T>() : nullptr, o.y.data_ptr<T>(), o.h.data_ptr<T>(),
                has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
                o.wl.cs_off >= 0 ? o.ws.data_ptr<T>() + o.wl.cs_off : nullptr,
-               o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width};
+               o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width,
+               {nullptr, nullptr, nullptr}};
+  for (size_t k = 0; k < cp.size(); ++k) a.cell_params[k] = cp[k].data_ptr<T>();
   const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
     const int64_t o0 = part.offsets[g];
@@ -55,7 +57,7 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save) {
+    const OptTensor& w_hr, bool save, const OptTensorList& cell_params) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
@@ -103,6 +105,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const Tensor xw_c = prep(xw), w_c = prep(w_hh), b_c = has_b ? prep(*b_hh) : Tensor(),
                h0_c = prep(h0), wr_c = proj ? prep(*w_hr) : Tensor();
   const Lengths L = make_lengths(lengths, T, B);
+  const std::vector<Tensor> cp = cell_params_of(cell, cell_params, xw, H, acc);
 
   const auto opts = xw_c.options();
   FwdOut o;
@@ -115,9 +118,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   o.ws = o.wl.width > 0 ? alloc({T, B, o.wl.width}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
-    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
+    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, cp, o);
   else
-    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, o);
+    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, cp, o);
 
   if (dt == at::kBFloat16)
     return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.ws};

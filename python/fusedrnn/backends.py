@@ -111,13 +111,14 @@ available_backends = RECURRENCE.available
 resolve = RECURRENCE.resolve
 
 
-_TORCH_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _CELL_NAMES = {"LN_LSTM": "LayerNormLSTM", "LN_GRU": "LayerNormGRU"}
 
 
 def modes(mod: ModuleType) -> tuple[str, ...]:
     """The cell modes a backend module runs."""
-    return getattr(mod, "MODES", _TORCH_MODES)
+    from .ops.cells import TORCH_MODES
+
+    return getattr(mod, "MODES", TORCH_MODES)
 
 
 def _for_mode(mod: ModuleType, backend: str, mode: str, device: torch.device) -> ModuleType:

@@ -224,3 +224,42 @@ class LayerNormGRUCell(_LayerNormCellMixin, GRUCell):
 
     _MODE = "LN_GRU"
     _OP_MODE = "LN_GRU"
+
+
+# Haste's gate order is (i, g, f, o); torch.nn's is (i, f, g, o): block k of ours is block
+# _HASTE_GATES[k] of Haste's.
+_HASTE_GATES = (0, 2, 1, 3)
+
+
+def from_haste_layer_norm_lstm(state_dict: dict) -> dict:
+    """A ``haste_pytorch.LayerNormLSTM`` state_dict as a 1-layer :class:`LayerNormLSTM`'s.
+
+    Haste keeps ``kernel`` [I, 4H] and ``recurrent_kernel`` [H, 4H] (x @ kernel, gates
+    (i, g, f, o)), one ``bias`` [4H], ``gamma`` [2, 4H] (the LN gains of x @ kernel and
+    h @ recurrent_kernel) and ``gamma_h``, ``beta_h`` [H] (the cell state's LN). The gates are
+    reordered to torch.nn's (i, f, g, o) with the gains that go with them (the LN over the whole
+    4H row does not depend on the order); Haste's single bias becomes ``bias_ih_l0`` and
+    ``bias_hh_l0`` is zero. Haste's zoneout and recurrent dropout have no counterpart here.
+
+    Example::
+
+        >>> lstm = fusedrnn.LayerNormLSTM(I, H)
+        >>> lstm.load_state_dict(from_haste_layer_norm_lstm(haste_lstm.state_dict()))
+    """
+    H = state_dict["recurrent_kernel"].shape[0]
+
+    def order(t):  # [..., 4H] in Haste's gate order -> torch.nn's, along the last dim
+        return torch.cat([t[..., k * H:(k + 1) * H] for k in _HASTE_GATES], -1)
+
+    bias = order(state_dict["bias"])
+    gamma = state_dict["gamma"]
+    return {
+        "weight_ih_l0": order(state_dict["kernel"]).t().contiguous(),
+        "weight_hh_l0": order(state_dict["recurrent_kernel"]).t().contiguous(),
+        "bias_ih_l0": bias,
+        "bias_hh_l0": torch.zeros_like(bias),
+        "ln_ih_weight_l0": order(gamma[0]),
+        "ln_hh_weight_l0": order(gamma[1]),
+        "ln_c_weight_l0": state_dict["gamma_h"].clone(),
+        "ln_c_bias_l0": state_dict["beta_h"].clone(),
+    }

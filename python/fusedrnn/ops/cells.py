@@ -27,6 +27,8 @@ from torch import Tensor
 #: number of gate blocks per cell type, G in the op contract
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "LN_LSTM": 4, "LN_GRU": 3}
 MODES = tuple(GATES)
+#: torch.nn's cells: the modes every backend runs (the LayerNorm cells need ``cell_params``)
+TORCH_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 #: whether the cell carries a cell state c besides h
 CELL_STATE = {"RNN_TANH": False, "RNN_RELU": False, "LSTM": True, "GRU": False,
               "LN_LSTM": True, "LN_GRU": False}

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _ext
-from .cells import GATES
+from .cells import CELL_STATE, GATES, MODES  # noqa: F401  (MODES: every cell runs here)
 from .reference import check_clip, check_contract, recurrence_ref
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -35,7 +35,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, cell_params=None):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
@@ -44,13 +44,13 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True):
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
-        xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0),
+        xw.new_empty(B, H) if CELL_STATE[mode] else xw.new_empty(0),
         xw.new_empty(T, B, ws_units * H, dtype=acc) if ws_units else xw.new_empty(0, dtype=acc),
     )
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, ws,
-              clip=0.0):
+              clip=0.0, cell_params=None):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -62,16 +62,18 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
         e(B, H_out),
         e(B, H) if c0 is not None else e(0),
         e(w_hr.shape) if w_hr is not None else e(0),
+        [e(p.shape) for p in cell_params or ()],
     )
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *_ = inputs
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *rest = inputs
+    cell_params = rest[1] if len(rest) > 1 and rest[1] is not None else []
     y, _, _, ws = output
-    ctx.mode, ctx.reverse = mode, reverse
+    ctx.mode, ctx.reverse, ctx.n_cell_params = mode, reverse, len(cell_params)
     # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
-    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cell_params)
     ctx.mark_non_differentiable(ws)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
@@ -81,10 +83,11 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
     """First-order gradients as a differentiable graph (create_graph=True): the reference loop
     differentiated by autograd, so that double backward (gradgradcheck, gradient penalties) is
     exact. The fused kernels serve the ordinary first-order backward."""
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _ = ctx.saved_tensors
-    ins = (xw, w_hh, b_hh, h0, c0, w_hr)
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, *cp = ctx.saved_tensors
+    ins = (xw, w_hh, b_hh, h0, c0, w_hr, *cp)
     with torch.enable_grad():
-        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5])
+        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5],
+                              cell_params=list(cp) if cp else None)
     pairs = [(o, g) for o, g in zip(outs, (dy, dh_T, dc_T)) if o is not None and g is not None]
     wanted = [t for t in ins if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(
@@ -95,16 +98,16 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
 
 
 def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
-    """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr), None where the
-    input was None."""
+    """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr, *cell_params), None
+    where the input was None."""
     mode = ctx.mode
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws = ctx.saved_tensors
-    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
-        mode, dy, dh_T, dc_T if mode == "LSTM" else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, ws, clip,
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cp = ctx.saved_tensors
+    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, d_cp = torch.ops.fusedrnn.recurrence_bwd(
+        mode, dy, dh_T, dc_T if CELL_STATE[mode] else None, xw, w_hh, b_hh, h0, c0, lengths,
+        ctx.reverse, w_hr, y, ws, clip, cp or None,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
-            dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None)
+            dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None, *d_cp)
 
 
 def _workspace_missing(ctx) -> bool:
@@ -117,10 +120,12 @@ def _backward(ctx, dy, dh_T, dc_T, _dws):
     # create_graph (double backward), or a forward that kept nothing: the differentiable
     # reference recomputes everything
     if torch.is_grad_enabled() or _workspace_missing(ctx):
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _double_backward_grads(ctx, dy, dh_T,
+                                                                                 dc_T)
     else:
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T)
-    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T)
+    return (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None,
+            d_cp if ctx.n_cell_params else None)
 
 
 class _ClippedRecurrence(torch.autograd.Function):
@@ -129,24 +134,25 @@ class _ClippedRecurrence(torch.autograd.Function):
     plain autograd.Function (torch.compile graph-breaks here; first-order gradients only)."""
 
     @staticmethod
-    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
+    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, *cp):
         y, h_T, c_T, ws = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr
+            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, list(cp) or None
         )
         ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
-        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws)
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cp)
         ctx.set_materialize_grads(False)
         return y, h_T, c_T
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T, ctx.clip)
-        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T,
+                                                                      ctx.clip)
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, *d_cp
 
 
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
-    return h.new_empty(h.shape), h.new_empty(h.shape) if mode == "LSTM" else h.new_empty(0)
+    return h.new_empty(h.shape), h.new_empty(h.shape) if CELL_STATE[mode] else h.new_empty(0)
 
 
 if _ext.extension_error() is None:
@@ -171,7 +177,7 @@ def _check(mode, tensors) -> None:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None):
+               recurrent_grad_clip=None, cell_params=None):
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
@@ -187,6 +193,8 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hr: [P, H] or None, LSTM projection.
         recurrent_grad_clip: None or > 0; clamps the gradient each live step sends back to
             its input state (see ``recurrence_ref``).
+        cell_params: the LayerNorm cells' extra parameters (``ops.cells.CELL_PARAMS``), else
+            None; differentiable.
 
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
@@ -199,21 +207,24 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """
     if unavailable() is not None:
         raise RuntimeError(f"backend 'cpu' is not available: {unavailable()}")
-    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params)
+    cp = list(cell_params) if cell_params else []
     _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
-                  ("lengths", lengths), ("w_hr", w_hr)))
+                  ("lengths", lengths), ("w_hr", w_hr),
+                  *((f"cell_params[{k}]", p) for k, p in enumerate(cp))))
     check_clip(recurrent_grad_clip)
     if recurrent_grad_clip is not None:
         y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
-                                               bool(reverse), w_hr, float(recurrent_grad_clip))
+                                               bool(reverse), w_hr, float(recurrent_grad_clip),
+                                               *cp)
     else:
         # inference keeps nothing for backward (no cell states, no activations)
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr))
+            t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr, *cp))
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, cp or None
         )
-    return y, h_T, (c_T if mode == "LSTM" else None)
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
