@@ -369,3 +369,76 @@ def test_from_haste_layer_norm_lstm():
         y, (hn, cn) = m(x)
         torch.testing.assert_close(y, torch.stack(ys), **F64)
         torch.testing.assert_close(cn[0], c, **F64)
+
+
+ISAS = fusedrnn._ext._C._cpu_isas() if "cpu" in LN_BACKENDS else []
+
+
+def _op_run(backend, mode, args, lengths, reverse, dtype, seed=1):
+    """Outputs and every input gradient of one op call in ``dtype`` (loss on y, h_T, c_T)."""
+    xw, w_hh, b_hh, h0, c0, cp = (None if a is None else
+                                  ([p.detach().to(dtype).requires_grad_() for p in a]
+                                   if isinstance(a, list) else a.detach().to(dtype).requires_grad_())
+                                  for a in args)
+    outs = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, backend=backend,
+                               cell_params=cp)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
+               for o in outs if o is not None)
+    leaves = [t for t in (xw, w_hh, b_hh, h0, c0, *cp) if t is not None]
+    return [o for o in outs if o is not None], list(torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_isa_paths_float32(monkeypatch, isa, mode):
+    """Every instruction set the CPU has, sizes on and off the register-block edges."""
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    for B, H, lens in ((1, 1, None), (3, 17, [5, 2, 4]), (13, 16, None), (7, 33, [1, 5, 0, 5, 3, 2, 4])):
+        args = _op_args(mode, T=5, B=B, H=H, seed=B + H)
+        lengths = None if lens is None else torch.tensor(lens)
+        got = _op_run("cpu", mode, args, lengths, B % 2 == 1, torch.float32)
+        want = _op_run("reference", mode, args, lengths, B % 2 == 1, torch.float64)
+        for a, b in zip(got[0] + got[1], want[0] + want[1]):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_bitwise_across_threads_and_batch(monkeypatch, isa, mode):
+    """The row reductions are per row in a fixed order: 1 and 2 threads agree bitwise (outputs
+    and every gradient), and a row alone gives bitwise its outputs in the batch."""
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    T, B, H = 10, 40, 40
+    args = _op_args(mode, T=T, B=B, H=H, seed=3)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(0))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _op_run("cpu", mode, args, lengths, True, torch.float32)
+        torch.set_num_threads(2)
+        two = _op_run("cpu", mode, args, lengths, True, torch.float32)
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(one[0] + one[1], two[0] + two[1]):
+        assert torch.equal(a, b)
+    xw, w_hh, b_hh, h0, c0, cp = args
+    row = [xw[:, 5:6], w_hh, b_hh, h0[5:6], None if c0 is None else c0[5:6], cp]
+    alone = _op_run("cpu", mode, row, lengths[5:6], True, torch.float32)
+    assert torch.equal(alone[0][0], two[0][0][:, 5:6])
+
+
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_opcheck(mode):
+    if "cpu" not in LN_BACKENDS:
+        pytest.skip("cpu backend not built")
+    xw, w_hh, b_hh, h0, c0, cp = _op_args(mode, T=4, B=3, H=5)
+    lengths = torch.tensor([4, 1, 3])
+    fwd = (mode, xw, w_hh, b_hh, h0, c0, lengths, True, None, True, cp)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd)
+    d = [t.detach() if isinstance(t, torch.Tensor) else t for t in fwd]
+    d[-1] = [p.detach() for p in cp]
+    y, h, c, ws = torch.ops.fusedrnn.recurrence_fwd(*d)
+    bwd = (mode, torch.randn_like(y), torch.randn_like(h),
+           torch.randn_like(c) if mode == "LN_LSTM" else None, *d[1:9], y, ws, 0.0, d[-1])
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd)

@@ -68,9 +68,14 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
 
 def _setup_context(ctx, inputs, output):
     mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *rest = inputs
+    save = rest[0] if rest else True
     cell_params = rest[1] if len(rest) > 1 and rest[1] is not None else []
     y, _, _, ws = output
-    ctx.mode, ctx.reverse, ctx.n_cell_params = mode, reverse, len(cell_params)
+    # one gradient per argument the dispatcher passed: it drops trailing arguments equal to
+    # their defaults (save=True, cell_params=None), and with a Tensor[] in the schema the
+    # count is checked
+    ctx.n_inputs = 9 + (bool(cell_params) or save is not True) + bool(cell_params)
+    ctx.mode, ctx.reverse = mode, reverse
     # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
     ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cell_params)
@@ -124,8 +129,8 @@ def _backward(ctx, dy, dh_T, dc_T, _dws):
                                                                                  dc_T)
     else:
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T)
-    return (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None,
-            d_cp if ctx.n_cell_params else None)
+    grads = (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, d_cp or None)
+    return grads[: ctx.n_inputs]
 
 
 class _ClippedRecurrence(torch.autograd.Function):
