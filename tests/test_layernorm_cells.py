@@ -442,3 +442,19 @@ def test_opcheck(mode):
     bwd = (mode, torch.randn_like(y), torch.randn_like(h),
            torch.randn_like(c) if mode == "LN_LSTM" else None, *d[1:9], y, ws, 0.0, d[-1])
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd)
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_recurrent_grad_clip_cpu_matches_reference(cls):
+    if "cpu" not in LN_BACKENDS:
+        pytest.skip("cpu backend not built")
+    torch.manual_seed(6)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    ms = [getattr(fusedrnn, cls)(4, 5, num_layers=2, backend=b, recurrent_grad_clip=0.05,
+                                 dtype=torch.float64) for b in ("cpu", "reference")]
+    _randomise(ms[1], 6)
+    ms[0].load_state_dict(ms[1].state_dict())
+    for m in ms:
+        m(x)[0].pow(2).sum().backward()
+    for (n, a), b in zip(ms[0].named_parameters(), ms[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **F64, msg=lambda s, n=n: f"grad {n}: {s}")
