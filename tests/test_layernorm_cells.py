@@ -458,3 +458,12 @@ def test_recurrent_grad_clip_cpu_matches_reference(cls):
         m(x)[0].pow(2).sum().backward()
     for (n, a), b in zip(ms[0].named_parameters(), ms[1].parameters()):
         torch.testing.assert_close(a.grad, b.grad, **F64, msg=lambda s, n=n: f"grad {n}: {s}")
+
+
+def test_cell_step_op_refuses_ln_cells():
+    """The streaming single-step op has no row normalisation: it must refuse, not run an LSTM."""
+    if "cpu" not in LN_BACKENDS:
+        pytest.skip("cpu backend not built")
+    x, w, h = torch.randn(1, 3), torch.randn(16, 3), torch.zeros(1, 4)
+    with pytest.raises(RuntimeError, match="cell_step does not implement mode LN_LSTM"):
+        torch.ops.fusedrnn.cell_step("LN_LSTM", x, w, None, torch.randn(16, 4), None, h, h)
