@@ -9,7 +9,7 @@ set high-water mark (``/proc/self/clear_refs``), runs the timed repeats, and rep
 the resident set at the reset: the memory the run itself touched (saved activations, outputs,
 gradients, workspaces), without what imports or the warm-up left behind. The parity
 of the cpu backend with torch.nn (float64) is checked first at T=2000; nothing is timed when it
-fails (CONVENTIONS.md rule 7). Prints a markdown table naming the machine and writes
+fails (docs/architecture.md, convention 7). Prints a markdown table naming the machine and writes
 bench_long.json, bench_long.md and bench_long.png to --out. Not a test: nothing here asserts a
 time.
 """

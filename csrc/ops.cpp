@@ -10,18 +10,22 @@
 #include "cpu/recurrence.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
-  // see csrc/cpu/recurrence.h for shapes; `ws` is what backward needs from the forward
+  // see csrc/cpu/recurrence.h for shapes; `ws` is what backward needs from the forward;
+  // reset [T, B] and zoneout [T, B, Z]: python/fusedrnn/ops/reference.py
   m.def(
       "recurrence_fwd(str mode, Tensor xw, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, bool reverse, Tensor? w_hr, bool save=True, "
-      "Tensor[]? cell_params=None) "
+      "Tensor? lengths, bool reverse, Tensor? w_hr, bool save=True, Tensor? reset=None, "
+      "Tensor? zoneout=None, Tensor[]? cell_params=None) "
       "-> (Tensor y, Tensor h_T, Tensor c_T, Tensor ws)");
   m.def(
       "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor xw, Tensor w_hh, "
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
-      "Tensor y, Tensor ws, float clip=0.0, Tensor[]? cell_params=None) "
+      "Tensor y, Tensor ws, float clip=0.0, Tensor? reset=None, Tensor? zoneout=None, "
+      "Tensor[]? cell_params=None) "
       "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr, "
       "Tensor[] d_cell_params)");
+  // a [M, K] @ w [N, K]^T + b, each row reduced in a fixed order (csrc/cpu/linear.cpp)
+  m.def("rows_linear(Tensor a, Tensor w, Tensor? b) -> Tensor");
   m.def(
       "cell_step(str mode, Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
       "Tensor h, Tensor? c) -> (Tensor h_new, Tensor c_new)");
@@ -31,6 +35,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("recurrence_fwd", &fusedrnn::cpu::recurrence_fwd);
   m.impl("recurrence_bwd", &fusedrnn::cpu::recurrence_bwd);
   m.impl("cell_step", &fusedrnn::cpu::cell_step);
+  m.impl("rows_linear", &fusedrnn::cpu::rows_linear);
 }
 
 namespace fusedrnn::cpu {
@@ -72,14 +77,15 @@ PyObject* cpu_isa(PyObject*, PyObject*) {
 }
 
 // ws_layout's width in units of H, for the fake kernels (python/fusedrnn/ops/cpu.py): one
-// statement of what the forward saves. Args: (mode: str, save: bool, proj: bool).
+// statement of what the forward saves. Args: (mode: str, save: bool, proj: bool[, zoneout]).
 PyObject* ws_units(PyObject*, PyObject* args) {
   const char* mode = nullptr;
-  int save = 0, proj = 0;
-  if (!PyArg_ParseTuple(args, "spp", &mode, &save, &proj)) return nullptr;
+  int save = 0, proj = 0, zoneout = 0;
+  if (!PyArg_ParseTuple(args, "spp|p", &mode, &save, &proj, &zoneout)) return nullptr;
   try {
     const auto cell = fusedrnn::cpu::parse_mode(mode);
-    return PyLong_FromLongLong(fusedrnn::cpu::ws_layout(cell, 1, save != 0, proj != 0).width);
+    const auto wl = fusedrnn::cpu::ws_layout(cell, 1, save != 0, proj != 0, zoneout != 0);
+    return PyLong_FromLongLong(wl.width);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return nullptr;
@@ -91,7 +97,7 @@ PyMethodDef kMethods[] = {
      "Fill every buffer the CPU ops allocate with NaN (tests only)."},
     {"_debug_poison", get_debug_poison, METH_NOARGS, "Whether the NaN-poison hook is on."},
     {"_ws_units", ws_units, METH_VARARGS,
-     "Width of the CPU forward's workspace in units of H: (mode, save, proj) -> int."},
+     "Width of the CPU forward's workspace in units of H: (mode, save, proj[, zoneout]) -> int."},
     {"_cpu_isas", cpu_isas, METH_NOARGS,
      "The instruction sets the CPU loops can use here, best first."},
     {"_cpu_isa", cpu_isa, METH_NOARGS,

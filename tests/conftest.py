@@ -30,7 +30,7 @@ try:
 except ImportError:  # hypothesis is a test extra; the property files importorskip it
     pass
 
-#: tolerances per dtype, relative to a float64 reference (CONVENTIONS.md rule 5)
+#: tolerances per dtype, relative to a float64 reference (docs/architecture.md, convention 5)
 TOL = {
     torch.float64: dict(rtol=1e-9, atol=1e-11),
     torch.float32: dict(rtol=1e-5, atol=1e-5),

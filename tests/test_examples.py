@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ EXAMPLES = {
     "char_lm": "char_lm_quick.png",
     "timeseries": "timeseries_quick.png",
     "seq2seq_dates": "seq2seq_dates_quick.png",
+    "rl_tmaze": "rl_tmaze_quick.png",
 }
 
 
@@ -41,6 +43,10 @@ def test_example_quick_mode(name, tmp_path):
     png = tmp_path / EXAMPLES[name]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / EXAMPLES[name].replace(".png", ".json")).stat().st_size > 0
+    if name == "rl_tmaze":  # the fused reset= agent and CleanRL's loop agent trained alike
+        res = json.loads((tmp_path / "rl_tmaze_quick.json").read_text())
+        assert res["largest_curve_difference"] == 0
+        assert res["largest_weight_difference"] < 1e-9
 
 
 def test_timeseries_without_statsmodels_says_how_to_install(tmp_path):

@@ -56,9 +56,13 @@ def gru_step(p, x, h, c):
     return (1 - z) * n + z * h, None
 
 
-def plain_layers(params, lstm, x, lengths, h0, c0, num_layers, dirs):
+def plain_layers(params, lstm, x, lengths, h0, c0, num_layers, dirs, reset=None, zoneout=None):
     """x [T, B, I] padded, lengths [B] (any order); h0/c0 [L*D, B, H]. Returns (y, h_n, c_n)
-    with zeros past each length, as torch.nn's packed LSTM/GRU."""
+    with zeros past each length, as torch.nn's packed LSTM/GRU.
+
+    reset [T, B] (1 = a segment starts at t): the state carried into step t (forward), or from
+    step t into t - 1 (reverse), is zeroed, within each sequence. zoneout [L*D, T, B, Z]: the
+    keep-old mask, h_t = m h_{t-1} + (1 - m) h~_t (Z = H, or 2H for the LSTM: h part, c part)."""
     T, B = x.shape[:2]
     step = lstm_step if lstm else gru_step
     hn, cn = [], []
@@ -68,9 +72,20 @@ def plain_layers(params, lstm, x, lengths, h0, c0, num_layers, dirs):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             p = {k[: -len(sfx)]: v for k, v in params.items() if k.endswith(sfx)}
             h, c = h0[layer * dirs + d], (c0[layer * dirs + d] if lstm else None)
+            H = h.shape[1]
             ys = [None] * T
             for t in (range(T - 1, -1, -1) if d else range(T)):
+                src = t + 1 if d else t  # the step whose reset cuts the state entering t
+                if reset is not None and src < T:
+                    keep = 1 - (reset[src] * (src < lengths)).unsqueeze(1)
+                    h = h * keep
+                    c = c * keep if lstm else None
                 h2, c2 = step(p, x[t], h, c)
+                if zoneout is not None:
+                    m = zoneout[layer * dirs + d, t]
+                    h2 = m[:, :H] * h + (1 - m[:, :H]) * h2
+                    if lstm:
+                        c2 = m[:, H:] * c + (1 - m[:, H:]) * c2
                 live = (t < lengths).unsqueeze(1)
                 h = torch.where(live, h2, h)
                 c = torch.where(live, c2, c) if lstm else None
@@ -134,6 +149,52 @@ def test_layer_matches_plain_equations(backend, cls):
     assert len(got) == len(labels)
     for name, a, b in zip(labels, got, want):
         torch.testing.assert_close(a, b, **F64, msg=lambda s, n=name: f"grad {n}: {s}")
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+@pytest.mark.parametrize("carry", ["reset", "zoneout", "reset+zoneout"])
+def test_layer_reset_zoneout_match_plain_equations(backend, cls, carry):
+    """reset= (per-step state resets) and zoneout on the LN layers: 2 layers, bidirectional, hx
+    given, float64; outputs, final states and every gradient by name against the plain loop
+    that zeroes the carried state where reset = 1 and mixes in the kept state by the mask."""
+    torch.manual_seed(7)
+    lstm = cls == "LayerNormLSTM"
+    I, H, L, T, B = 4, 6, 2, 7, 3
+    zo = "zoneout" in carry
+    m = getattr(fusedrnn, cls)(I, H, num_layers=L, bidirectional=True, backend=backend,
+                               dtype=torch.float64, zoneout=(0.3, 0.2) if lstm and zo else
+                               (0.3 if zo else 0.0))
+    _randomise(m, 7)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2 * L, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2 * L, B, H, dtype=torch.float64, requires_grad=True)
+    hx = (h0, c0) if lstm else h0
+    reset = None
+    if "reset" in carry:
+        reset = torch.zeros(T, B, dtype=torch.bool)
+        reset[0, 0] = reset[2, 0] = reset[3, 1] = reset[T - 1, 2] = reset[1, 2] = True
+    torch.manual_seed(8)
+    mask = m.zoneout_mask(T, B) if zo else None  # the draw the forward makes under this seed
+    torch.manual_seed(8)
+    out, hid = m(x, hx, reset=reset)
+    h_n, c_n = hid if lstm else (hid, None)
+    params = dict(m.named_parameters())
+    ry, rh, rc = plain_layers(params, lstm, x, torch.full((B,), T), h0, c0, L, 2,
+                              None if reset is None else reset.double(), mask)
+    torch.testing.assert_close(out, ry, **F64)
+    torch.testing.assert_close(h_n, rh, **F64)
+    if lstm:
+        torch.testing.assert_close(c_n, rc, **F64)
+    wts = [torch.randn_like(t) for t in (ry, rh, rc) if t is not None]
+    leaves = [x, h0, *([c0] if lstm else []), *params.values()]
+    got = _grads([out, h_n, c_n], wts, leaves)
+    want = _grads([ry, rh, rc], wts, leaves)
+    labels = ["x", "h0", *(["c0"] if lstm else []), *params]
+    for name, a, b in zip(labels, got, want):
+        torch.testing.assert_close(a, b, **F64, msg=lambda s, n=name: f"grad {n}: {s}")
+    if reset is not None:  # and the resets change the result (the test can fail)
+        assert not torch.allclose(m(x, hx)[0], out)
 
 
 @pytest.mark.parametrize("backend", LN_BACKENDS)
@@ -245,23 +306,67 @@ def test_errors():
                             cell_params=[torch.ones(16), torch.ones(5), torch.zeros(4)])
 
 
+def test_backends_without_ln_refuse_or_fall_back(monkeypatch):
+    """A backend whose op does not take ``cell_params`` (triton, cuda): chosen by name, a
+    NotImplementedError naming the cell and the backends that run it; with "auto", the
+    reference's numbers and a warning naming the cell. It is never called with an LN mode."""
+    import types
+
+    from fusedrnn.ops.reference import recurrence_ref
+
+    def plain_op(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, recurrent_grad_clip=None,
+                 *, reset=None, zoneout=None):
+        raise AssertionError(f"a backend without cell_params ran {mode}")
+
+    plain = types.SimpleNamespace(__name__="fusedrnn.ops.plain", recurrence=plain_op)
+    monkeypatch.setattr(backends, "resolve", lambda name, device: plain)
+    monkeypatch.setattr(backends.RECURRENCE, "_warned", set())
+    for mode, cls in (("LN_GRU", "LayerNormGRU"), ("LN_LSTM", "LayerNormLSTM")):
+        xw, w_hh, b_hh, h0, c0, cp = _op_args(mode)
+        args = (mode, xw, w_hh, b_hh, h0, c0)
+        with pytest.raises(NotImplementedError, match=rf"backend 'plain' does not implement "
+                           rf"{cls} \({mode}\); .*backends that do: 'reference'"):
+            backends.recurrence(*args, backend="triton", cell_params=cp)
+        with pytest.warns(UserWarning, match=rf"'plain' does not implement {cls} \({mode}\); "
+                          "falling back to the reference"):
+            got = backends.recurrence(*args, backend="auto", cell_params=cp)
+        for a, b in zip(got, recurrence_ref(*args, cell_params=cp)):
+            if b is not None:
+                torch.testing.assert_close(a, b, **F64)
+
+
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_backends_without_ln_refuse(backend):
+def test_gpu_backends_refuse_ln(backend):
+    """The real GPU backends (where this machine has them), through the layers too."""
     mod, why = backends.RECURRENCE.load(backend)
-    if mod is None:
-        pytest.skip(why)
-    supported = [b for b in ("reference", "cpu") if b in fusedrnn.available_backends()]
+    if mod is None or not torch.cuda.is_available():
+        pytest.skip(why or "no CUDA device")
+    dev = torch.device("cuda")
+    xw, w_hh, b_hh, h0, c0, cp = (None if a is None else
+                                  [p.detach().to(dev) for p in a] if isinstance(a, list)
+                                  else a.detach().to(dev) for a in _op_args("LN_LSTM"))
     with pytest.raises(NotImplementedError, match=rf"backend '{backend}' does not implement "
-                       rf"LayerNormGRU.*backends that do: {', '.join(supported)}"):
-        backends._for_mode(mod, backend, "LN_GRU", torch.device("cpu"))
+                       r"LayerNormLSTM \(LN_LSTM\)"):
+        backends.recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0, backend=backend, cell_params=cp)
+    m = fusedrnn.LayerNormGRU(3, 4, backend=backend, device=dev)
+    with pytest.raises(NotImplementedError, match=rf"'{backend}' does not implement LayerNormGRU"):
+        m(torch.randn(2, 1, 3, device=dev))
+    with pytest.raises(ValueError, match="LN_GRU needs cell_params"):  # the op alone, no params
+        mod.recurrence("LN_GRU", torch.randn(2, 1, 12, device=dev), torch.randn(12, 4, device=dev),
+                       None, torch.zeros(1, 4, device=dev))
 
 
-def test_auto_picks_a_backend_that_runs_the_cell():
-    mod = backends._for_mode(backends.resolve("auto", torch.device("cpu")), "auto", "LN_LSTM",
-                             torch.device("cpu"))
-    assert "LN_LSTM" in backends.modes(mod)
-    if "cpu" in fusedrnn.available_backends():
-        assert mod.__name__ == "fusedrnn.ops.cpu"
+def test_auto_runs_the_cells_on_cpu_without_fallback():
+    import warnings
+
+    xw, w_hh, b_hh, h0, c0, cp = _op_args("LN_LSTM")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0, backend="auto", cell_params=cp)
+    want = "fusedrnn.ops.cpu" if "cpu" in fusedrnn.available_backends() else \
+        "fusedrnn.ops.reference_backend"
+    assert backends.resolve("auto", torch.device("cpu")).__name__ == want
+    assert backends._accepts(backends.resolve("auto", torch.device("cpu")), "cell_params")
 
 
 def _op_args(mode, T=3, B=2, H=3, lengths=None, dtype=torch.float64, seed=0):
@@ -295,16 +400,26 @@ def test_gradcheck_op(backend, mode):
 
 
 @pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
-def test_op_cpu_matches_reference_edges(mode):
-    """The fused loop at sizes off the register blocks, sorted/unsorted lengths, no bias."""
+@pytest.mark.parametrize("carry", ["none", "reset", "zoneout", "reset+zoneout"])
+def test_op_cpu_matches_reference_edges(mode, carry):
+    """The fused loop at sizes off the register blocks, sorted/unsorted lengths, no bias, with
+    and without reset / zoneout."""
     if "cpu" not in fusedrnn.available_backends():
         pytest.skip("cpu backend not built")
+    g = torch.Generator().manual_seed(11)
     for H, B, lengths in ((1, 1, None), (17, 9, [5, 0, 3, 7, 7, 1, 2, 6, 4]), (33, 13, None)):
         xw, w_hh, b_hh, h0, c0, cp = _op_args(mode, T=7, B=B, H=H, seed=H)
         ln_t = None if lengths is None else torch.tensor(lengths)
+        kw = {}
+        if "reset" in carry:
+            kw["reset"] = torch.bernoulli(torch.full((7, B), 0.3, dtype=xw.dtype), generator=g)
+        if "zoneout" in carry:
+            Z = 2 * H if mode == "LN_LSTM" else H
+            kw["zoneout"] = torch.bernoulli(torch.full((7, B, Z), 0.4, dtype=xw.dtype),
+                                            generator=g)
         for bias in (b_hh, None):
             outs = [backends.recurrence(mode, xw, w_hh, bias, h0, c0, ln_t, rev, backend=be,
-                                        cell_params=cp)
+                                        cell_params=cp, **kw)
                     for be in ("cpu", "reference") for rev in (False, True)]
             for a, b in zip(outs[:2], outs[2:]):
                 for u, v in zip(a, b):
@@ -434,14 +549,19 @@ def test_opcheck(mode):
         pytest.skip("cpu backend not built")
     xw, w_hh, b_hh, h0, c0, cp = _op_args(mode, T=4, B=3, H=5)
     lengths = torch.tensor([4, 1, 3])
-    fwd = (mode, xw, w_hh, b_hh, h0, c0, lengths, True, None, True, cp)
-    torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd)
-    d = [t.detach() if isinstance(t, torch.Tensor) else t for t in fwd]
-    d[-1] = [p.detach() for p in cp]
-    y, h, c, ws = torch.ops.fusedrnn.recurrence_fwd(*d)
-    bwd = (mode, torch.randn_like(y), torch.randn_like(h),
-           torch.randn_like(c) if mode == "LN_LSTM" else None, *d[1:9], y, ws, 0.0, d[-1])
-    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd)
+    reset = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=xw.dtype)
+    zo = torch.bernoulli(torch.full((4, 3, 5 * (2 if mode == "LN_LSTM" else 1)), 0.3,
+                                    dtype=xw.dtype))
+    for carry in ((None, None), (reset, None), (reset, zo)):
+        fwd = (mode, xw, w_hh, b_hh, h0, c0, lengths, True, None, True, *carry, cp)
+        torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd)
+        d = [t.detach() if isinstance(t, torch.Tensor) else t for t in fwd]
+        d[-1] = [p.detach() for p in cp]
+        y, h, c, ws = torch.ops.fusedrnn.recurrence_fwd(*d)
+        bwd = (mode, torch.randn_like(y), torch.randn_like(h),
+               torch.randn_like(c) if mode == "LN_LSTM" else None, *d[1:9], y, ws, 0.0, *carry,
+               d[-1])
+        torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd)
 
 
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])

@@ -88,7 +88,7 @@ def _check_low_precision(fn, c, inputs, lengths):
     dtype, and TOL[bfloat16] against float64 is exceeded by the reference itself run in
     bfloat16 (gradients with cancellation). So, element by element, the error against the
     float64 reference may be TOL's plus twice the bfloat16 reference's own error there
-    (flash-attention's criterion, CONVENTIONS.md, with TOL as its floor)."""
+    (flash-attention's criterion, docs/architecture.md convention 5, with TOL as its floor)."""
     mode, rev, clip = c["mode"], c["reverse"], c["clip"]
 
     def ref(*a):

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
 from fusedrnn import backends  # noqa: E402
-from fusedrnn.ops.cells import GATES  # noqa: E402
+from fusedrnn.ops.cells import CELLS, GATES  # noqa: E402
 from fusedrnn.ops.reference import recurrence_ref  # noqa: E402
 
 BF, F32 = torch.bfloat16, torch.float32
@@ -51,7 +51,7 @@ def _inputs(mode, H, P, B, T, dtype, seed=0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     ins = [r(T, B, G * H), r(G * H, Ho, scale=Ho ** -0.5), r(G * H, scale=0.3), r(B, Ho),
-           r(B, H) if mode == "LSTM" else None]
+           r(B, H) if CELLS[mode].has_cell_state else None]
     w_hr = r(Ho, H, scale=H ** -0.5) if P else None
     lengths = torch.tensor([T - (i % T) for i in range(B)], dtype=torch.int64)
     return ins, w_hr, lengths

@@ -32,7 +32,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia import compiler as nv_compiler  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fusedrnn.ops.cells import GATES  # noqa: E402
+from fusedrnn.ops.cells import CELLS, GATES, MODES  # noqa: E402
 from fusedrnn.ops.triton import launch  # noqa: E402
 from fusedrnn.ops.triton.kernels import rnn_bwd_kernel, rnn_fwd_kernel  # noqa: E402
 
@@ -41,7 +41,6 @@ ARCHS = (80, 90)
 SMEM_LIMIT = {80: 166912, 90: 232448}
 HIDDEN = (32, 64, 128, 256)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 _BATCH = 16
 #: SMs of an H100 SXM, for the path choice (the persistent split needs grid <= SMs)
@@ -84,7 +83,7 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
         todo += [("LSTM", 768, "bf16", _BATCH), ("LSTM", 768, "bf16", 256)]
     for mode, H, dname, B in todo:
         dt = DTYPES[dname]
-        projs = (False, True) if mode == "LSTM" else (False,)
+        projs = (False, True) if CELLS[mode].projection else (False,)
         for proj in projs:
             P = H // 2 if proj else H
             pl = launch.plan(mode, H, P, B, dt, proj, N_SM)
@@ -92,11 +91,11 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
             tag = f"P={P}" if proj else ""
             label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}" + (f" B={B}" if B != _BATCH else "")
             t = _PTR[dt]
-            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", y=t,
+            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", reset=_F, y=t,
                             h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F, mbuf=_F,
                             counter="*i32")
             bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
-                            lengths="*i64", dxw=_F, drec=_F, dhtot=_F, r_state=_F,
+                            lengths="*i64", reset=_F, dxw=_F, drec=_F, dhtot=_F, r_state=_F,
                             dc_state=_F, dh0=_F, dc0=_F, counter="*i32", clip="fp32")
             kernels = []
             for phase in launch._phases(k) if pl.path == "per_step" else (0,):
@@ -104,9 +103,10 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
                 kernels += [(f"fwd{suffix}", rnn_fwd_kernel, fwd_ptrs,
                              dict(k, HAS_BIAS=True, SAVE=True, PHASE=phase)),
                             (f"bwd{suffix}", rnn_bwd_kernel, bwd_ptrs,
-                             dict(k, CLIP=False, PHASE=phase))]
+                             dict(k, CLIP=False, PHASE=phase, **launch.bwd_traits(mode)))]
             if H == 64 and not proj:  # the recurrent_grad_clip variant, once per cell and dtype
-                kernels.append(("bwd+clip", rnn_bwd_kernel, bwd_ptrs, dict(k, CLIP=True)))
+                kernels.append(("bwd+clip", rnn_bwd_kernel, bwd_ptrs,
+                                dict(k, CLIP=True, **launch.bwd_traits(mode))))
             for name, kern, ptrs, cs in kernels:
                 used = {n: v for n, v in cs.items() if n in kern.arg_names}
                 refused = tuple(a for a in ARCHS if not _fits(mode, H, P, B, dt, proj, a))
@@ -152,8 +152,7 @@ def compile_one(kern, sig, consts, arch, num_warps, num_stages=launch.NUM_STAGES
     """Compile for one arch and measure it; raises when Triton or ptxas fails."""
     src = ASTSource(fn=kern, signature=sig, constexprs=consts)
     ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": num_warps, "num_stages": num_stages,
-                                 **launch._regs()})
+                        options={"num_warps": num_warps, "num_stages": num_stages})
     if ck.metadata.shared > SMEM_LIMIT[arch]:
         raise RuntimeError(f"shared memory {ck.metadata.shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
     regs, st, ld = _ptxas(ck.asm["ptx"], arch)

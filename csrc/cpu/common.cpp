@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "fusedrnn/cell_dispatch.h"
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -18,15 +19,10 @@ std::atomic<bool> g_poison{false};
 }
 
 Cell parse_mode(c10::string_view mode) {
-  if (mode == "RNN_TANH") return Cell::RNN_TANH;
-  if (mode == "RNN_RELU") return Cell::RNN_RELU;
-  if (mode == "LSTM") return Cell::LSTM;
-  if (mode == "GRU") return Cell::GRU;
-  if (mode == "LN_LSTM") return Cell::LN_LSTM;
-  if (mode == "LN_GRU") return Cell::LN_GRU;
-  TORCH_CHECK(false, "fusedrnn: mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, LN_LSTM, "
-              "LN_GRU, got '",
-              std::string(mode), "'");
+  Cell cell;
+  TORCH_CHECK(cell_from_name(mode.data(), mode.size(), &cell), "fusedrnn: mode must be one of ",
+              cell_name_list(), ", got '", std::string(mode), "'");
+  return cell;
 }
 
 void set_debug_poison(bool on) { g_poison.store(on); }
@@ -70,7 +66,7 @@ std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, 
                                    int64_t H, at::ScalarType acc) {
   const int want = num_cell_params(cell);
   const int64_t n = cell_params.has_value() ? int64_t(cell_params->size()) : 0;
-  TORCH_CHECK(n == want, "fusedrnn: mode ", mode_name(cell), " takes ", want,
+  TORCH_CHECK(n == want, "fusedrnn: mode ", kCellNames[int(cell)], " takes ", want,
               " cell_params, got ", n);
   std::vector<Tensor> out;
   for (int64_t k = 0; k < n; ++k) {
@@ -87,18 +83,43 @@ std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, 
   return out;
 }
 
-WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj) {
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout) {
   WsLayout l;
   if (!save) return l;
   if (has_cell_state(cell)) {
     l.cs_off = l.width;
     l.width += H;
   }
-  if (saves_activations(cell) && !proj) {
+  if (saves_activations(cell) && !proj && !zoneout) {
     l.act_off = l.width;
     l.width += num_saved(cell) * H;
   }
   return l;
+}
+
+CarryArgs carry_args(Cell cell, const OptTensor& reset, const OptTensor& zoneout, int64_t T,
+                     int64_t B, int64_t H, int64_t Ho, at::ScalarType acc) {
+  CarryArgs c;
+  if (reset.has_value() && reset->defined()) {
+    TORCH_CHECK(reset->dim() == 2 && reset->size(0) == T && reset->size(1) == B,
+                "fusedrnn: reset must have shape [", T, ", ", B, "], got ", reset->sizes());
+    TORCH_CHECK(reset->is_floating_point() && reset->device().is_cpu(),
+                "fusedrnn: reset must be a floating CPU tensor, got ", reset->scalar_type(),
+                " on ", reset->device());
+    c.reset = reset->to(acc).contiguous();
+  }
+  if (zoneout.has_value() && zoneout->defined()) {
+    const int64_t Z = Ho + (has_cell_state(cell) ? H : 0);
+    TORCH_CHECK(zoneout->dim() == 3 && zoneout->size(0) == T && zoneout->size(1) == B &&
+                    zoneout->size(2) == Z,
+                "fusedrnn: zoneout must have shape [", T, ", ", B, ", ", Z, "], got ",
+                zoneout->sizes());
+    TORCH_CHECK(zoneout->is_floating_point() && zoneout->device().is_cpu(),
+                "fusedrnn: zoneout must be a floating CPU tensor, got ",
+                zoneout->scalar_type(), " on ", zoneout->device());
+    c.zoneout = zoneout->to(acc).contiguous();
+  }
+  return c;
 }
 
 RowPartition partition_rows(const Lengths& L, int64_t macs_per_row_step) {

@@ -51,7 +51,13 @@ struct FwdLoop {
   T* act;               // [S*H] the cell's saved activations (cells that save them), S blocks
   int64_t ws_stride;
   // the op's cell_params (cells.h norm_recurrent / norm_state say which), null past their number
-  const T* cell_params[3];
+  const T* cell_params[3] = {};
+  // Per-step state carry (python/fusedrnn/ops/reference.py): reset [T, B] (nonzero: the state
+  // carried across the segment boundary at step t restarts from zeros; see carry_reset) and the
+  // zoneout keep-old mask zo [T, B, zw] (h part [Ho], then c part [H] for cell-state cells).
+  const T* reset = nullptr;
+  const T* zo = nullptr;
+  int64_t zw = 0;
 };
 
 template <typename T>
@@ -78,13 +84,16 @@ struct BwdLoop {
   T* dhp;               // [T, B, P] out (projection): dL/dh of every step; else null
   T* r;                 // [T, B, H] out (projection): o * tanh(c) of every step; else null
   T clip;               // recurrent_grad_clip, 0 = off
-  const T* cell_params[3];  // as FwdLoop
+  const T* cell_params[3] = {};  // as FwdLoop
   // row-normalised cells (cells.h), per step and row, zero past the length; else null:
-  T* drec;              // [T, B, G*H] out (norm_recurrent): dL/d(W_hh h_prev), for dW_hh
-  T* drec_gain;         // [T, B, G*H] out (norm_recurrent): dL/dhh * LN(W_hh h_prev), summed:
-                        //   d cell_params[0]
-  T* dstate_gain;       // [T, B, H] out (norm_state): dL/dn * LN(c), summed: d cell_params[1]
-  T* dstate_bias;       // [T, B, H] out (norm_state): dL/dn, summed: d cell_params[2]
+  T* drec = nullptr;         // [T, B, G*H] out (norm_recurrent): dL/d(W_hh h_prev), for dW_hh
+  T* drec_gain = nullptr;    // [T, B, G*H] out (norm_recurrent): dL/dhh * LN(W_hh h_prev),
+                             //   summed: d cell_params[0]
+  T* dstate_gain = nullptr;  // [T, B, H] out (norm_state): dL/dn * LN(c), summed: d cell_params[1]
+  T* dstate_bias = nullptr;  // [T, B, H] out (norm_state): dL/dn, summed: d cell_params[2]
+  const T* reset = nullptr;  // as FwdLoop::reset / zo / zw
+  const T* zo = nullptr;
+  int64_t zw = 0;
 };
 
 template <typename T>
@@ -95,6 +104,10 @@ struct IsaKernels {
   void (*pack)(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, T* dst);
   void (*fwd)(Cell cell, const FwdLoop<T>& a, RowSet rows);
   void (*bwd)(Cell cell, const BwdLoop<T>& a, RowSet rows);
+  // out[i] = A_i @ B (+ bias | += out) for rows [i0, i1): gemm_impl.h rows_mm_t
+  void (*rows_mm)(bool a_trans, const T* a, int64_t lda, int64_t i0, int64_t i1, int64_t K,
+                  const T* packed, int64_t N, const T* bias, bool accumulate, T* out,
+                  int64_t ldo);
 };
 
 // The kernel set for float32, from the CPU and FUSEDRNN_CPU_ISA (auto | avx512 | avx2 | base; read

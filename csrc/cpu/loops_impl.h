@@ -114,6 +114,17 @@ inline int64_t live_prefix(const int64_t* len, RowSet rs, int64_t t) {
   return lo;
 }
 
+// Software prefetch of n elements from p into L2 (read or, with kWrite, for a store). A step's
+// live rows are not contiguous in memory when lengths come in any order (rows b = 0, 2, 4, ...):
+// the hardware prefetchers lose the stream at every row, and each row's first lines missed to
+// L3 or DRAM. Issued for all live rows before the step's products, they arrive while it runs
+// (an unsorted packed batch, 16 of 32 rows live: from the full batch's time to its share).
+template <bool kWrite = false, typename T>
+inline void prefetch(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o, kWrite, 2);
+}
+
 // The step a row processed before t, or -1 when its state came from h0/c0 (t is its first step).
 inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
   return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
@@ -194,6 +205,16 @@ inline T rec_pre(T p, const T* gain, const T* bias, int64_t k) {
     return p + bias[k];
 }
 
+// Whether row b's state carried into step t (tp: the step processed before it, -1 = h0/c0)
+// restarts from zeros: a segment starts at t (forward) or at tp (reverse: the state passes from
+// tp = t + 1 down to t; a reversed sequence's first step starts from h0, never reset).
+template <typename T>
+inline bool carry_reset(const T* reset, int64_t B, int64_t b, int64_t t, int64_t tp,
+                        bool reverse) {
+  const int64_t at = reverse ? tp : t;
+  return reset != nullptr && at >= 0 && reset[at * B + b] != T(0);
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
 template <Cell C, typename T>
@@ -219,7 +240,7 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   std::vector<const T*> hprev(rs.n);
   // row-normalised cells (cells.h): their parameters, and a row's activations until out()
   const T *ln_rec = a.cell_params[0], *ln_sw = a.cell_params[1], *ln_sb = a.cell_params[2];
-  std::vector<T> srow(Ops::kNormState ? S * H : 0);
+  std::vector<T> srow(Ops::kNormState ? S * H : 0), crow(Ops::kNormState ? H : 0);
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -234,6 +255,15 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       const int64_t b = rs.rows[i];
       const int64_t tp = prev_step(t, a.len[b], a.reverse);
       hprev[i] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+      const int64_t row = t * B + b;
+      prefetch(a.xw + row * GH, GH);
+      prefetch<true>(a.y + row * Ho, Ho);
+      if (a.cs) prefetch<true>(a.cs + row * a.ws_stride, H);
+      if (a.act) prefetch<true>(a.act + row * a.ws_stride, S * H);
+      if (carry_reset(a.reset, B, b, t, tp, a.reverse)) {  // a new segment: zero state
+        hprev[i] = zeros.data();
+        if constexpr (Ops::kHasC) std::fill_n(a.c + b * H, H, T(0));
+      }
     }
     // 1. pre = h_prev W_hh^T: each panel (all gates of UW units) over every live row, so the
     //    panel stays in L1 while the rows stream past it
@@ -260,34 +290,53 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
       T* csb = Ops::kHasC && a.cs ? a.cs + (t * B + b) * a.ws_stride : nullptr;
       T* actb = a.act ? a.act + (t * B + b) * a.ws_stride : nullptr;
       T* dst = proj ? rbuf.data() + i * H : a.y + (t * B + b) * Ho;
-      FUSEDRNN_SIMD
-      for (int64_t j = 0; j < H; ++j) {
-        T xg[G], hg[G], saved[S];
-        for (int g = 0; g < G; ++g) {
-          xg[g] = x[g * H + j];
-          hg[g] = rec_pre<Ops>(hh[g * Hp + j], ln_rec, biasv, g * H + j);
+      // zoneout's keep-old mask of the row: h part (mixed here unless the projection comes
+      // after the cell), c part
+      const T* zrow = a.zo ? a.zo + (t * B + b) * a.zw : nullptr;
+      const T* zh = proj ? zeros.data() : zrow;
+      const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
+      // compiled with and without zoneout, so that the plain loop stays as it was
+      auto units = [&](auto zoned) {
+        FUSEDRNN_SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          T xg[G], hg[G], saved[S];
+          for (int g = 0; g < G; ++g) {
+            xg[g] = x[g * H + j];
+            hg[g] = rec_pre<Ops>(hh[g * Hp + j], ln_rec, biasv, g * H + j);
+          }
+          const T c_old = Ops::kHasC ? cb[j] : T(0);
+          T c_new = c_old, h_new;
+          Ops::fwd(xg, hg, hp[j], c_old, &h_new, &c_new, saved);
+          if constexpr (Ops::kNormState) {  // h needs the row's LN of the cell's own c: below
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            crow[j] = c_new;
+          }
+          if constexpr (decltype(zoned)::value) {  // the state-carry rule, any cell
+            h_new = zh[j] * hp[j] + (T(1) - zh[j]) * h_new;
+            c_new = zc[j] * c_old + (T(1) - zc[j]) * c_new;
+          }
+          if constexpr (Ops::kHasC) {
+            cb[j] = c_new;
+            if (csb) csb[j] = c_new;
+          }
+          if (Ops::S > 0 && actb)
+            for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
+          if constexpr (!Ops::kNormState) dst[j] = h_new;
         }
-        T c_new = Ops::kHasC ? cb[j] : T(0), h_new;
-        Ops::fwd(xg, hg, hp[j], c_new, &h_new, &c_new, saved);
-        if constexpr (Ops::kHasC) {
-          cb[j] = c_new;
-          if (csb) csb[j] = c_new;
-        }
-        if (actb)
-          for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
-        if constexpr (Ops::kNormState)
-          for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
-        else
-          dst[j] = h_new;
-      }
+      };
+      if (zrow)
+        units(std::true_type{});
+      else
+        units(std::false_type{});
       if constexpr (Ops::kNormState) {  // h = out(saved, LN(c) * w + b) over the row's new c
         T mean, rstd;
-        row_moments(cb, 1, H, H, mean, rstd);
+        row_moments(crow.data(), 1, H, H, mean, rstd);
         FUSEDRNN_SIMD
         for (int64_t j = 0; j < H; ++j) {
           T saved[S];
           for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
-          dst[j] = Ops::out(saved, (cb[j] - mean) * rstd * ln_sw[j] + ln_sb[j]);
+          const T h_new = Ops::out(saved, (crow[j] - mean) * rstd * ln_sw[j] + ln_sb[j]);
+          dst[j] = zrow ? zh[j] * hp[j] + (T(1) - zh[j]) * h_new : h_new;  // zoneout as above
         }
       }
     }
@@ -306,6 +355,11 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           for (int r = 0; r < m; ++r) {
             T* yb = a.y + (t * B + rs.rows[i0 + r]) * Ho + q0;
             std::memcpy(yb, ptile + r * NBp * W, sizeof(T) * nq);
+            if (a.zo) {  // zoneout mixes the projected h with the carried one
+              const T* zh = a.zo + (t * B + rs.rows[i0 + r]) * a.zw + q0;
+              const T* hp = hprev[i0 + r] + q0;
+              for (int q = 0; q < nq; ++q) yb[q] = zh[q] * hp[q] + (T(1) - zh[q]) * yb[q];
+            }
           }
         }
       }
@@ -352,6 +406,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   alignas(64) T htile[MRH * NBH * W];
   const T* arow[MB];
   const T* hprev[MB];
+  bool cut[MB];  // the row's carried state was reset at this step: no gradient goes further
 
   // out[r] (+)= in[r] @ packed (1 block of Nu units, K) for m <= MB rows, tiles of MRH rows
   auto rows_times = [&](int m, const T* const* in, int64_t K, const T* packed, int64_t Nu,
@@ -397,15 +452,26 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         std::fill(a.dhp + row * Ho, a.dhp + (row + 1) * Ho, T(0));
       }
     }
+    for (int64_t i = 0; i < nl; ++i) {  // what the step reads and writes (see prefetch)
+      const int64_t row = t * B + rs.rows[i];
+      if (!a.act) prefetch(a.xw + row * GH, GH);
+      if (a.act) prefetch(a.act + row * a.ws_stride, S * H);
+      if (a.cs) prefetch(a.cs + row * a.ws_stride, H);
+      if (a.dy) prefetch(a.dy + row * Ho, Ho);
+      prefetch(a.y + row * Ho, Ho);
+      prefetch<true>(a.dxw + row * GH, GH);
+    }
     for (int64_t i0 = 0; i0 < nl; i0 += MB) {
       const int m = int(std::min<int64_t>(MB, nl - i0));
       for (int r = 0; r < m; ++r) {
         const int64_t b = rs.rows[i0 + r];
         const int64_t tp = prev_step(t, a.len[b], a.reverse);
-        hprev[r] = tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
+        cut[r] = carry_reset(a.reset, B, b, t, tp, a.reverse);
+        hprev[r] = cut[r] ? zeros.data() : tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
       }
-      // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did
-      if (kRecompute && !a.act) {
+      // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did (with
+      //    zoneout every cell recomputes: y holds the mixed h, not the cell's output)
+      if ((kRecompute || a.zo) && !a.act) {
         T* orow[MB];
         for (int64_t p = 0; p < np; ++p) {
           const T* panel = a.w_pack + p * Ho * NB * W;
@@ -426,10 +492,20 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
           T* dhp = a.dhp + row * Ho;
           T* dhb = a.dh + b * Ho;
           const T* dyb = a.dy ? a.dy + row * Ho : zeros.data();
-          FUSEDRNN_SIMD
-          for (int64_t k = 0; k < Ho; ++k) {
-            dhp[k] = dhb[k] + dyb[k];
-            dhb[k] = T(0);
+          if (a.zo) {  // zoneout: the kept part goes straight to h_prev
+            const T* zh = a.zo + row * a.zw;
+            FUSEDRNN_SIMD
+            for (int64_t k = 0; k < Ho; ++k) {
+              const T d = dhb[k] + dyb[k];
+              dhp[k] = (T(1) - zh[k]) * d;
+              dhb[k] = zh[k] * d;
+            }
+          } else {
+            FUSEDRNN_SIMD
+            for (int64_t k = 0; k < Ho; ++k) {
+              dhp[k] = dhb[k] + dyb[k];
+              dhb[k] = T(0);
+            }
           }
           arow[r] = dhp;
           drow[r] = drb.data() + r * H;
@@ -443,7 +519,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* xb = a.xw + row * GH;
         const T* pb = pre.data() + r * GHp;
         const T* c_prev = zeros.data();
-        if (Ops::kHasC && (tp >= 0 || a.c0))
+        if (Ops::kHasC && !cut[r] && (tp >= 0 || a.c0))
           c_prev = tp >= 0 ? a.cs + (tp * B + b) * a.ws_stride : a.c0 + b * H;
         const T* c_now = Ops::kHasC ? a.cs + row * a.ws_stride : zeros.data();
         const T* actb = a.act ? a.act + row * a.ws_stride : nullptr;
@@ -460,27 +536,40 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* h_src = proj ? zeros.data() : a.y + row * Ho;
         const T* hp_src = proj ? zeros.data() : hprev[r];
         T* out_dst = proj ? a.r + row * H : dhb;
-        // the unit loop, compiled once reading the forward's saved activations and once
-        // recomputing them, so that neither carries a branch (it would not vectorise)
-        // the forward's activations of unit j (saved or recomputed), h and c as it had them
-        auto load = [&](auto from_saved, int64_t j, T* saved, T& h, T& c) {
-          if constexpr (decltype(from_saved)::value) {
-            for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
-            c = c_now[j];
-          } else if constexpr (kRecompute) {
-            T x[G], g[G];
-            for (int k = 0; k < G; ++k) {
-              x[k] = xb[k * H + j];
-              g[k] = rec_pre<Ops>(pb[k * Hp + j], ln_rec, biasv, k * H + j);
-            }
-            Ops::fwd(x, g, hp_src[j], c_prev[j], &h, &c, saved);
+        // zoneout: the mask's kept share of dL/dh (dL/dc) goes to h_prev (c_prev) directly,
+        // the rest into the cell (with a projection the h part was split in 2.)
+        const T* zrow = a.zo ? a.zo + row * a.zw : nullptr;
+        const T* zh = proj || !zrow ? zeros.data() : zrow;
+        const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
+        // the forward's activations of unit j recomputed, h and c as the cell made them
+        auto refwd = [&](int64_t j, T* saved, T& h, T& c) {
+          T x[G], g[G];
+          for (int k = 0; k < G; ++k) {
+            x[k] = xb[k * H + j];
+            g[k] = rec_pre<Ops>(pb[k * Hp + j], ln_rec, biasv, k * H + j);
           }
+          Ops::fwd(x, g, hp_src[j], c_prev[j], &h, &c, saved);
         };
-        // the cell's backward of unit j and its writes
-        auto finish = [&](int64_t j, T dh, T dc_in, const T* saved, T h, T c) {
+        // the cell's backward of unit j from dL/dh and dL/dc of the carried state, and its
+        // writes (zoned: the mask's kept share bypasses the cell); dc_own: norm_state's dL/dc
+        // through n, all of it the cell's own c's
+        auto cell_bwd = [&](auto zoned, int64_t j, T dh_in, T dc_in, T dc_own, const T* saved,
+                            T h, T c) {
           T dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-          Ops::bwd(dh, dc_in, saved, h, hp_src[j], c_prev[j], c, dx, &dhh_last, &dh_direct,
+          T dh_keep = T(0), dc_keep = T(0);
+          if constexpr (decltype(zoned)::value) {
+            dh_keep = zh[j] * dh_in;
+            dh_in = (T(1) - zh[j]) * dh_in;
+            dc_keep = zc[j] * dc_in;
+            dc_in = (T(1) - zc[j]) * dc_in;
+          }
+          if constexpr (kNS) dc_in += dc_own;
+          Ops::bwd(dh_in, dc_in, saved, h, hp_src[j], c_prev[j], c, dx, &dhh_last, &dh_direct,
                    &dc_prev);
+          if constexpr (decltype(zoned)::value) {
+            dh_direct += dh_keep;
+            dc_prev += dc_keep;
+          }
           for (int k = 0; k < G; ++k) {
             dxb[k * H + j] = dx[k];
             dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
@@ -489,23 +578,32 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
           if constexpr (Ops::kHasC) dcb[j] = dc_prev;
           out_dst[j] = proj ? h : dh_direct;
         };
-        auto units = [&](auto from_saved) {
+        // the unit loop, compiled reading the forward's saved activations, recomputing them,
+        // and with zoneout, so that none carries a branch (it would not vectorise)
+        auto units = [&](auto from_saved, auto recompute, auto zoned) {
           FUSEDRNN_SIMD
           for (int64_t j = 0; j < H; ++j) {
             T saved[S];
             T h = h_src[j], c = c_prev[j];
-            load(from_saved, j, saved, h, c);
-            finish(j, dh_a[j] + dh_b[j], Ops::kHasC ? dcb[j] : T(0), saved, h, c);
+            if constexpr (decltype(from_saved)::value) {
+              for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
+              c = c_now[j];
+            } else if constexpr (decltype(recompute)::value) {
+              refwd(j, saved, h, c);
+            }
+            cell_bwd(zoned, j, dh_a[j] + dh_b[j], Ops::kHasC ? dcb[j] : T(0), T(0), saved, h, c);
           }
         };
+        using Yes = std::true_type;
+        using No = std::false_type;
         if constexpr (kNS) {
           // norm_state: the row's c first (its LN needs all of it), then dL/dn = out_bwd and
-          // the LN's backward into dc, then the cell's backward
+          // the LN's backward into dc, then the cell's backward (the cell's h is not read)
           FUSEDRNN_SIMD
           for (int64_t j = 0; j < H; ++j) {
             T saved[S];
             T h = T(0), c = c_prev[j];
-            load(std::false_type{}, j, saved, h, c);
+            refwd(j, saved, h, c);
             for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
             crow[j] = c;
           }
@@ -520,24 +618,36 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             const T nh = (crow[j] - mean) * rstd;
             Ops::out(saved, nh * ln_sw[j] + ln_sb[j]);
             for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
-            const T dn = Ops::out_bwd(dh_a[j] + dh_b[j], saved);
+            // dL/dn from the cell's share of dL/dh (zoneout keeps the rest)
+            const T dh_cell = (zrow ? T(1) - zh[j] : T(1)) * (dh_a[j] + dh_b[j]);
+            const T dn = Ops::out_bwd(dh_cell, saved);
             dsb[j] = dn;
             dsg[j] = dn * nh;
             dnh[j] = dn * ln_sw[j];
             nhat[j] = nh;
           }
           const T m1 = sum8(dnh.data(), H) / T(H), m2 = dot8(dnh.data(), nhat.data(), H) / T(H);
-          FUSEDRNN_SIMD
-          for (int64_t j = 0; j < H; ++j) {
-            T saved[S];
-            for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
-            const T dc_n = rstd * (dnh[j] - m1 - nhat[j] * m2);
-            finish(j, dh_a[j] + dh_b[j], dcb[j] + dc_n, saved, T(0), crow[j]);
-          }
+          // dL/dc of the cell's own c: through n, plus the carried state's dc (its cell share;
+          // dc_n is all the cell's, so it joins after the zoneout split)
+          auto ns_units = [&](auto zoned) {
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j) {
+              T saved[S];
+              for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+              const T dc_n = rstd * (dnh[j] - m1 - nhat[j] * m2);
+              cell_bwd(zoned, j, dh_a[j] + dh_b[j], dcb[j], dc_n, saved, T(0), crow[j]);
+            }
+          };
+          if (zrow)
+            ns_units(Yes{});
+          else
+            ns_units(No{});
+        } else if (zrow) {  // the forward saved no activations (ws_layout)
+          units(No{}, Yes{}, Yes{});
         } else if (actb) {
-          units(std::true_type{});
+          units(Yes{}, No{}, No{});
         } else {
-          units(std::false_type{});
+          units(No{}, std::bool_constant<kRecompute>{}, No{});
         }
         arow[r] = dgb;
         if constexpr (Ops::kNormRec) {
@@ -580,9 +690,16 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
               a.dc[b * H + k] = std::min(hi, std::max(lo, a.dc[b * H + k]));
         }
       }
+      for (int r = 0; r < m; ++r) {  // reset: the state came from zeros, nothing flows back
+        if (!cut[r]) continue;
+        std::fill_n(dhrow[r], Ho, T(0));
+        if constexpr (Ops::kHasC) std::fill_n(a.dc + rs.rows[i0 + r] * H, H, T(0));
+      }
     }
   }
 }
+
+#include "gemm_impl.h"
 
 // ---- the kernel table ---------------------------------------------------------------------------
 
@@ -608,4 +725,4 @@ void bwd_dispatch(Cell cell, const BwdLoop<T>& a, RowSet rs) {
 // The table of this ISA (constant-initialised data: reading it runs no code of this ISA).
 template <typename T>
 const IsaKernels<T> kKernels{FUSEDRNN_ISA_NAME, Vec<T>::W, &pack_size_t<T>, &pack_t<T>,
-                             &fwd_dispatch<T>, &bwd_dispatch<T>};
+                             &fwd_dispatch<T>, &bwd_dispatch<T>, &rows_mm_t<T>};

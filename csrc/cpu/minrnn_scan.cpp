@@ -113,7 +113,8 @@ void with_gates(int64_t G, const Fn& fn) {
 
 void check(const at::Tensor& p, const c10::optional<at::Tensor>& bias,
            const c10::optional<at::Tensor>& h0,
-           const c10::optional<at::Tensor>& lengths, bool time_major, int64_t cell) {
+           const c10::optional<at::Tensor>& lengths, bool time_major, int64_t cell,
+           const c10::optional<at::Tensor>& reset) {
   TORCH_CHECK(cell == 0 || cell == 1, "minrnn: cell must be 0 (minGRU) or 1 (minLSTM), got ", cell);
   const int64_t G = cell + 2;  // gate blocks per row
   TORCH_CHECK(p.dim() == 3 && p.size(2) % G == 0, "minrnn: p must be [T, B, ", G,
@@ -135,6 +136,15 @@ void check(const at::Tensor& p, const c10::optional<at::Tensor>& bias,
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B &&
                     lengths->scalar_type() == at::kLong && lengths->device().is_cpu(),
                 "minrnn: lengths must be a CPU int64 tensor of shape [", B, "]");
+  if (reset.has_value()) {
+    const int64_t T_ = time_major ? p.size(0) : p.size(1);
+    TORCH_CHECK(reset->dim() == 2 && reset->size(0) == (time_major ? T_ : B) &&
+                    reset->size(1) == (time_major ? B : T_) &&
+                    reset->scalar_type() == at::kBool && reset->device().is_cpu(),
+                "minrnn: reset must be a CPU bool tensor of shape ",
+                time_major ? "[T, B] = [" : "[B, T] = [", time_major ? T_ : B, ", ",
+                time_major ? B : T_, "], got ", reset->sizes(), " ", reset->scalar_type());
+  }
 }
 
 base::Geo geo(const at::Tensor& p, bool reverse, bool time_major, int64_t G) {
@@ -151,8 +161,9 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
                                               const c10::optional<at::Tensor>& bias_in,
                                               const c10::optional<at::Tensor>& h0_in,
                                               const c10::optional<at::Tensor>& len_in,
-                                              bool reverse, bool time_major, int64_t cell) {
-  check(p_in, bias_in, h0_in, len_in, time_major, cell);
+                                              bool reverse, bool time_major, int64_t cell,
+                                              const c10::optional<at::Tensor>& reset_in) {
+  check(p_in, bias_in, h0_in, len_in, time_major, cell, reset_in);
   const at::Tensor p = p_in.contiguous();
   const int64_t G = cell + 2;
   const base::Geo g = geo(p, reverse, time_major, G);
@@ -162,6 +173,8 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
   at::Tensor h = at::empty({p.size(0), p.size(1), g.H}, p.options());
   at::Tensor hn = h0.defined() ? h0.clone() : at::zeros({g.B, g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const at::Tensor rst = reset_in.has_value() ? reset_in->contiguous() : at::Tensor();
+  const bool* rp = rst.defined() ? rst.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_fwd", [&] {
     const scalar_t *pp = p.data_ptr<scalar_t>(), *bp = bias.data_ptr<scalar_t>();
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
@@ -173,11 +186,11 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
                         [&](int64_t b0, int64_t b1, int64_t d0, int64_t nd, scalar_t* s) {
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_fwd_task<NG>(as<avx512::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+        return avx512::gru_fwd_task<NG>(as<avx512::Geo>(g), pp, bp, h0p, lp, rp, hp, hnp, b0, b1, d0, nd, s);
       if (which == Isa::avx2)
-        return avx2::gru_fwd_task<NG>(as<avx2::Geo>(g), pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+        return avx2::gru_fwd_task<NG>(as<avx2::Geo>(g), pp, bp, h0p, lp, rp, hp, hnp, b0, b1, d0, nd, s);
 #endif
-      base::gru_fwd_task<NG>(g, pp, bp, h0p, lp, hp, hnp, b0, b1, d0, nd, s);
+      base::gru_fwd_task<NG>(g, pp, bp, h0p, lp, rp, hp, hnp, b0, b1, d0, nd, s);
     });
     });
   });
@@ -188,8 +201,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
     const at::Tensor& p_in, const c10::optional<at::Tensor>& bias_in, const at::Tensor& h_in,
     const c10::optional<at::Tensor>& h0_in, const c10::optional<at::Tensor>& len_in,
     const c10::optional<at::Tensor>& grad_in, const c10::optional<at::Tensor>& grad_hn_in,
-    bool reverse, bool time_major, int64_t cell) {
-  check(p_in, bias_in, h0_in, len_in, time_major, cell);
+    bool reverse, bool time_major, int64_t cell, const c10::optional<at::Tensor>& reset_in) {
+  check(p_in, bias_in, h0_in, len_in, time_major, cell, reset_in);
   const at::Tensor p = p_in.contiguous();
   const int64_t G = cell + 2;
   const base::Geo g = geo(p, reverse, time_major, G);
@@ -215,6 +228,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
   at::Tensor dbias_rows = at::zeros({g.B, G * g.H}, p.options());
   const at::Tensor zero = at::zeros({g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const at::Tensor rst = reset_in.has_value() ? reset_in->contiguous() : at::Tensor();
+  const bool* rp = rst.defined() ? rst.data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "minrnn_bwd", [&] {
     const scalar_t *pp = p.data_ptr<scalar_t>(), *bp = bias.data_ptr<scalar_t>();
     const scalar_t *hp = h.data_ptr<scalar_t>(), *zp = zero.data_ptr<scalar_t>();
@@ -231,13 +246,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
       scalar_t* gbuf = c + (b1 - b0) * nd;  // for_tasks' state has room for one more row
 #ifdef FUSEDRNN_MINRNN_X86
       if (which == Isa::avx512)
-        return avx512::gru_bwd_task<NG>(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp,
+        return avx512::gru_bwd_task<NG>(as<avx512::Geo>(g), pp, bp, hp, h0p, lp, rp, ghp, gs, ghnp, zp,
                                     dpp, dh0p, dbr, b0, b1, d0, nd, c, gbuf);
       if (which == Isa::avx2)
-        return avx2::gru_bwd_task<NG>(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp,
+        return avx2::gru_bwd_task<NG>(as<avx2::Geo>(g), pp, bp, hp, h0p, lp, rp, ghp, gs, ghnp, zp, dpp,
                                   dh0p, dbr, b0, b1, d0, nd, c, gbuf);
 #endif
-      base::gru_bwd_task<NG>(g, pp, bp, hp, h0p, lp, ghp, gs, ghnp, zp, dpp, dh0p, dbr, b0, b1, d0, nd,
+      base::gru_bwd_task<NG>(g, pp, bp, hp, h0p, lp, rp, ghp, gs, ghnp, zp, dpp, dh0p, dbr, b0, b1, d0, nd,
                          c, gbuf);
     });
     });
@@ -250,9 +265,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
   m.def("minrnn_fwd(Tensor p, Tensor? bias, Tensor? h0, Tensor? lengths, bool reverse, "
-        "bool time_major, int cell) -> (Tensor, Tensor)");
+        "bool time_major, int cell, Tensor? reset=None) -> (Tensor, Tensor)");
   m.def("minrnn_bwd(Tensor p, Tensor? bias, Tensor h, Tensor? h0, Tensor? lengths, "
-        "Tensor? grad_h, Tensor? grad_hn, bool reverse, bool time_major, int cell) "
+        "Tensor? grad_h, Tensor? grad_hn, bool reverse, bool time_major, int cell, "
+        "Tensor? reset=None) "
         "-> (Tensor, Tensor, Tensor)");
 }
 

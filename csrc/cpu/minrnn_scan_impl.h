@@ -11,11 +11,16 @@
 // (the scan's backward g_t = dh_t + a_{t+1} g_{t+1} with the gate derivatives of
 // nn/minrnn.py's _Coefficients folded in). Steps at or past a row's length are the identity
 // (a = 1, b = 0), as the layer's masking does; their gate gradients are 0.
+// A reset flag at (row, step) (`rs`, bool in the (row, step) layout of Geo::row, or null) makes
+// a_t = 0 there: the state carried into the step (h0 included) is replaced by zeros, so
+// h_t = s g, and no gradient flows back across it (c = 0 after the step). The flags are those of
+// this direction: the layer shifts them for the reverse one. Padding wins over a reset.
 
 struct Geo {
   int64_t T, B, H;
   bool reverse, time_major;
   int64_t len_of(const int64_t* lengths, int64_t bi) const { return lengths ? lengths[bi] : T; }
+  bool reset_at(const bool* rs, int64_t bi, int64_t t) const { return rs && rs[row(bi, t, 1)]; }
   // offset of (row, step) in a [.., .., width] tensor of this layout
   int64_t row(int64_t bi, int64_t t, int64_t width) const {
     return (time_major ? t * B + bi : bi * T + t) * width;
@@ -80,7 +85,8 @@ inline void mix(T kf, T ki, T& s, T& a, T& d1, T& d2) {
 // alone would jump B * 2H values per step, a new page each time, and run at memory latency.
 template <int G, typename T>
 void gru_fwd_task(const Geo& g, const T* p, const T* bias, const T* h0, const int64_t* lengths,
-                  T* h, T* hn, int64_t b0, int64_t b1, int64_t d0, int64_t nd, T* state) {
+                  const bool* rs, T* h, T* hn, int64_t b0, int64_t b1, int64_t d0, int64_t nd,
+                  T* state) {
   const T* bz = bias + d0;  // bias [G H] ([b_z | b_h] or [b_f | b_i | b_h]) added here, not by
   const T* bh = bz + (G - 1) * g.H;  // the GEMM: addmm would first copy it into every row
   for (int64_t bi = b0; bi < b1; ++bi)
@@ -95,6 +101,8 @@ void gru_fwd_task(const Geo& g, const T* p, const T* bias, const T* h0, const in
         for (int64_t j = 0; j < nd; ++j) hp[j] = s[j];
         continue;
       }
+      if (g.reset_at(rs, bi, t))  // a_t = 0: the carried state is dropped
+        for (int64_t j = 0; j < nd; ++j) s[j] = T(0);
       const T* kz = p + g.row(bi, t, G * g.H) + d0;
       const T* kh = kz + (G - 1) * g.H;
       const T* ki = G == 3 ? kz + g.H : kz;  // minLSTM's input gate (unused by minGRU)
@@ -116,7 +124,8 @@ void gru_fwd_task(const Geo& g, const T* p, const T* bias, const T* h0, const in
 
 template <int G, typename T>
 void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* h0,
-                  const int64_t* lengths, const T* gh, const int64_t* gs, const T* ghn,
+                  const int64_t* lengths, const bool* rs, const T* gh, const int64_t* gs,
+                  const T* ghn,
                   const T* zero_row, T* dp, T* dh0, T* dbias_rows, int64_t b0, int64_t b1,
                   int64_t d0, int64_t nd, T* carry, T* gbuf) {
   const T* bz = bias + d0;
@@ -153,7 +162,11 @@ void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* 
       }
       // the state before this step: the previous step's output, or h0 (zero) at the first step
       const int64_t tp = g.reverse ? t + 1 : t - 1;
-      const T* hprev = k != 0 ? h + g.row(bi, tp, g.H) + d0 : (h0 ? h0 + bi * g.H : zero_row) + d0;
+      const bool cut = g.reset_at(rs, bi, t);  // a_t = 0: h_prev was zeros, nothing flows back
+      const T keep = cut ? T(0) : T(1);
+      const T* hprev = cut ? zero_row + d0
+                           : (k != 0 ? h + g.row(bi, tp, g.H) + d0
+                                     : (h0 ? h0 + bi * g.H : zero_row) + d0);
       const T* kz = p + g.row(bi, t, G * g.H) + d0;
       const T* kh = kz + (G - 1) * g.H;
       const T* ki = G == 3 ? kz + g.H : kz;
@@ -172,7 +185,7 @@ void gru_bwd_task(const Geo& g, const T* p, const T* bias, const T* h, const T* 
         }
         dkh[j] = gv * sz * dg;
         dbh[j] += gv * sz * dg;
-        c[j] = az * gv;
+        c[j] = keep * az * gv;
       }
     }
   }

@@ -1,6 +1,6 @@
 // The CPU backend of the recurrence op (one layer, one direction, one cell type).
 //
-// Op contract (DESIGN.md, python/fusedrnn/ops/reference.py):
+// Op contract (docs/architecture.md, python/fusedrnn/ops/reference.py):
 //   xw [T, B, G*H], w_hh [G*H, H_out], b_hh [G*H]?, h0 [B, H_out], c0 [B, H]? (LSTM),
 //   lengths [B] int64?, reverse, w_hr [P, H]? (LSTM projection, H_out = P)
 //   save: keep what backward needs (false for inference: nothing is written to ws)
@@ -9,7 +9,7 @@
 // Backward recomputes what ws does not hold (the gate pre-activations and activations) from xw
 // and y, tile by tile with the forward's own micro-kernel, so it takes xw, y and ws.
 // backward -> d_xw, d_w_hh, d_b_hh ([0] without b_hh), dh0, dc0 ([0] without c0),
-//             d_w_hr ([0] without w_hr)
+//             d_w_hr ([0] without w_hr), d_cell_params (one per cell_params, [] without)
 // Absent optional results are empty tensors because custom-op schemas cannot return None; the
 // Python wrapper (python/fusedrnn/ops/cpu.py) maps them back to None.
 #pragma once
@@ -34,7 +34,8 @@ using OptTensorList = std::optional<at::TensorList>;
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save, const OptTensorList& cell_params);
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout,
+    const OptTensorList& cell_params);
 
 // cell_params: the extra per-layer parameters of the row-normalised cells (cells.h), in order;
 // backward returns their gradients last (an empty list for the other cells).
@@ -42,16 +43,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& ws, double clip, const OptTensorList& cell_params);
+    const Tensor& y, const Tensor& ws, double clip, const OptTensor& reset,
+    const OptTensor& zoneout, const OptTensorList& cell_params);
 
 // The forward's workspace ws [T, B, width] for backward, per row and step: the cell state (cells
 // that have one) at cs_off, then the activations at act_off (cells that save them, without a
 // projection). Offsets are -1 where absent; width 0 (ws = [0]) when nothing is saved (save=false:
-// inference, or a cell with neither).
+// inference, or a cell with neither). With zoneout no activations are saved (the cell state
+// saved is the mixed one; backward recomputes the cell's own outputs).
 struct WsLayout {
   int64_t cs_off = -1, act_off = -1, width = 0;
 };
-WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj);
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout = false);
+
+// reset [T, B] and zoneout [T, B, Z] (Z = H_out, + H for cell-state cells) of the op, checked,
+// as contiguous `acc` tensors (undefined when absent).
+struct CarryArgs {
+  Tensor reset, zoneout;
+};
+CarryArgs carry_args(Cell cell, const OptTensor& reset, const OptTensor& zoneout, int64_t T,
+                     int64_t B, int64_t H, int64_t Ho, at::ScalarType acc);
 
 // One step of a cell with its input projection, for the streaming nn cells:
 //   x [B, I], w_ih [G*H, I], b_ih [G*H]?, w_hh [G*H, H], b_hh [G*H]?, h [B, H], c [B, H]?
@@ -63,20 +74,9 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
 // ---- shared helpers (common.cpp) ----------------------------------------------------------------
 
 Cell parse_mode(c10::string_view mode);
-inline const char* mode_name(Cell cell) {
-#define FUSEDRNN_NAME_CASE(CELL) \
-  case Cell::CELL:               \
-    return #CELL;
-  switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_NAME_CASE) }
-#undef FUSEDRNN_NAME_CASE
-  return "?";
-}
 
-// The op's cell_params of a cell (cells.h norm_recurrent / norm_state): how many, and the size
-// of each in units of H.
-inline int num_cell_params(Cell c) { return (norm_recurrent(c) ? 1 : 0) + (norm_state(c) ? 2 : 0); }
-inline int64_t cell_param_units(Cell c, int k) { return k == 0 ? num_gates(c) : 1; }
-// cell_params checked against the cell (count, shapes, dtype of xw, CPU) and prepared in `acc`.
+// cell_params (cells.h num_cell_params, cell_param_units) checked against the cell (count,
+// shapes, dtype of xw, CPU) and prepared in `acc`.
 std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& xw,
                                    int64_t H, at::ScalarType acc);
 
@@ -113,6 +113,12 @@ void run_groups(const RowPartition& part, const F& fn) {
     for (int64_t g = g0; g < g1; ++g) fn(g);
   });
 }
+
+// out [M, N] (+)= a [M, K] @ w [N, K]^T (+ bias [N]), a and w row- or column-major, out
+// row-major float32/float64: every row reduced in a fixed order (linear.cpp, gemm_impl.h).
+void matmul_rows(const Tensor& a, const Tensor& w, const Tensor& bias, bool accumulate,
+                 Tensor& out);
+Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b);
 
 // Row-major C [M, N] = op(A) [M, K] @ op(B) [K, N] + beta * C (beta 0 or 1), op = transpose
 // when ta/tb; lda/ldb/ldc are row strides of the stored matrices (blas.cpp).

@@ -25,8 +25,8 @@ template <typename T>
 void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor& xw,
               const Tensor& w_hh, const Tensor& b_hh, const Tensor& h0, const Tensor& c0,
               const Tensor& w_hr, const Tensor& y, const Tensor& ws, const WsLayout& wl,
-              const Lengths& L, bool reverse, double clip, const std::vector<Tensor>& cp,
-              BwdOut& o) {
+              const Lengths& L, bool reverse, double clip, const CarryArgs& carry,
+              const std::vector<Tensor>& cp, BwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = y.size(0), B = y.size(1), Ho = y.size(2), GH = w_hh.size(0), H = GH / G;
   const bool proj = w_hr.defined();
@@ -35,7 +35,8 @@ void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor&
   // W_hh^T as the forward packs it where activations are recomputed (same tiles, so they are
   // bitwise the forward's), W_hh for dh_prev = dg W_hh, W_hr for dr = dhp W_hr
   Tensor wp;
-  if (num_saved(cell) > 0 && wl.act_off < 0) {  // the activations are recomputed
+  // the activations (with zoneout: every cell's outputs) are recomputed
+  if ((num_saved(cell) > 0 || carry.zoneout.defined()) && wl.act_off < 0) {
     wp = at::empty({int64_t(K.pack_size(G, H, Ho))}, opts);
     K.pack(G, w_hh.data_ptr<T>(), Ho, /*trans=*/true, H, Ho, wp.data_ptr<T>());
   }
@@ -50,10 +51,15 @@ void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor&
                ptr(h0), ptr(c0), wl.cs_off >= 0 ? ptr(ws) + wl.cs_off : nullptr,
                wl.act_off >= 0 ? ptr(ws) + wl.act_off : nullptr, wl.width, ptr(wp),
                wbp.data_ptr<T>(), ptr(wrp),
-               ptr(o.dxw), ptr(o.dhn), ptr(o.dh), ptr(o.dc), ptr(o.dhp), ptr(o.r), T(clip),
-               {nullptr, nullptr, nullptr}, ptr(o.drec), ptr(o.drec_gain), ptr(o.dstate_gain),
-               ptr(o.dstate_bias)};
+               ptr(o.dxw), ptr(o.dhn), ptr(o.dh), ptr(o.dc), ptr(o.dhp), ptr(o.r), T(clip)};
   for (size_t k = 0; k < cp.size(); ++k) a.cell_params[k] = cp[k].data_ptr<T>();
+  a.drec = ptr(o.drec);
+  a.drec_gain = ptr(o.drec_gain);
+  a.dstate_gain = ptr(o.dstate_gain);
+  a.dstate_bias = ptr(o.dstate_bias);
+  a.reset = ptr(carry.reset);
+  a.zo = ptr(carry.zoneout);
+  a.zw = carry.zoneout.defined() ? carry.zoneout.size(2) : 0;
   const RowPartition part = partition_rows(L, 2 * GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
     const int64_t o0 = part.offsets[g];
@@ -64,8 +70,11 @@ void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor&
 // out [K, H_out] = sum over live (t, b) of dg[t, b]^T h_prev(t, b), as one GEMM over the rows
 // whose previous state is a y row, plus one over the rows that started from h0.
 //   dg [T, B, K] (a column block of the gate gradients, possibly strided), y [T, B, H_out]
+//   keep [T, B, 1] (1 - reset) or undefined: h_prev is zero across a reset. Both directions
+//   cross the boundary at step t' >= 1 between the steps t' - 1 and t' (keep[1:]); forward,
+//   keep[0] also cuts h0.
 void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0,
-                 const Lengths& L, bool reverse) {
+                 const Lengths& L, bool reverse, const Tensor& keep) {
   const int64_t T = dg.size(0), B = dg.size(1), K = dg.size(2), Ho = y.size(2);
   out.zero_();
   if (T == 0 || B == 0) return;
@@ -73,8 +82,10 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
     // forward: step t >= 1 continues from y[t-1]; reverse: step t < T-1 from y[t+1] (for a
     // sequence's first step t = len-1 that y row is zero, so h0 is added below instead)
     const Tensor g = reverse ? dg.narrow(0, 0, T - 1) : dg.narrow(0, 1, T - 1);
-    const Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    out.addmm_(g.reshape({(T - 1) * B, K}).t(), hp.reshape({(T - 1) * B, Ho}));
+    Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    if (keep.defined()) hp = hp * keep.narrow(0, 1, T - 1);
+    matmul_rows(g.reshape({(T - 1) * B, K}).t(), hp.reshape({(T - 1) * B, Ho}).t(), Tensor(),
+                /*accumulate=*/true, out);
   }
   // the rows whose previous state is h0: the first processed step of every sequence
   Tensor g0;
@@ -87,7 +98,8 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
     for (int64_t b = 0; b < B; ++b)
       if (L.len[b] > 0) g0[b].copy_(dg[L.len[b] - 1][b]);
   }
-  out.addmm_(g0.t(), h0);
+  matmul_rows(g0.t(), (keep.defined() && !reverse ? h0 * keep[0] : h0).t(), Tensor(),
+              /*accumulate=*/true, out);
 }
 
 }  // namespace
@@ -96,7 +108,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-    const Tensor& y, const Tensor& ws, double clip, const OptTensorList& cell_params) {
+    const Tensor& y, const Tensor& ws, double clip, const OptTensor& reset,
+    const OptTensor& zoneout, const OptTensorList& cell_params) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   const bool lstm = has_cell_state(cell);
@@ -110,7 +123,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
   auto prep = [&](const Tensor& t) { return t.to(acc).contiguous(); };
   TORCH_CHECK(xw.dim() == 3 && xw.size(0) == T && xw.size(1) == B && xw.size(2) == GH,
               "fusedrnn: xw must have shape [", T, ", ", B, ", ", GH, "], got ", xw.sizes());
-  const WsLayout wl = ws_layout(cell, H, /*save=*/true, proj);
+  const CarryArgs carry = carry_args(cell, reset, zoneout, T, B, H, Ho, acc);
+  const WsLayout wl = ws_layout(cell, H, /*save=*/true, proj, carry.zoneout.defined());
   TORCH_CHECK(wl.width == 0 || (ws.dim() == 3 && ws.size(0) == T && ws.size(1) == B &&
                                 ws.size(2) == wl.width),
               "fusedrnn: ws must be the forward's workspace of shape [", T, ", ", B, ", ",
@@ -147,10 +161,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
 
   if (acc == at::kDouble)
     backward<double>(cell, kernels_f64(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
-                     L, reverse, clip, cp, o);
+                     L, reverse, clip, carry, cp, o);
   else
     backward<float>(cell, kernels_f32(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
-                    L, reverse, clip, cp, o);
+                    L, reverse, clip, carry, cp, o);
+  const Tensor keep = carry.reset.defined() ? (1 - carry.reset).unsqueeze(2) : Tensor();
 
   Tensor d_w_hh = alloc({GH, Ho}, opts);
   Tensor d_b_hh = has_b ? alloc({GH}, opts) : at::empty({0}, opts);
@@ -164,14 +179,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
   // cells (drec), else the recurrent side of the gate gradients; b_hh's (added after the LN)
   // from the latter
   const bool norm = o.drec.defined();
-  if (norm) weight_grad(d_w_hh, o.drec, y_c, h0_c, L, reverse);
+  if (norm) weight_grad(d_w_hh, o.drec, y_c, h0_c, L, reverse, keep);
   if (o.dhn.defined()) {
     // the first G-1 blocks share their gradient with dxw; the last one's recurrent side is dhn
     const int64_t F = (G - 1) * H;
     const Tensor dfirst = o.dxw.narrow(2, 0, F);
     if (!norm) {
-      weight_grad(d_w_hh.narrow(0, 0, F), dfirst, y_c, h0_c, L, reverse);
-      weight_grad(d_w_hh.narrow(0, F, H), o.dhn, y_c, h0_c, L, reverse);
+      weight_grad(d_w_hh.narrow(0, 0, F), dfirst, y_c, h0_c, L, reverse, keep);
+      weight_grad(d_w_hh.narrow(0, F, H), o.dhn, y_c, h0_c, L, reverse, keep);
     }
     if (has_b) {
       Tensor db_first = d_b_hh.narrow(0, 0, F), db_last = d_b_hh.narrow(0, F, H);
@@ -179,11 +194,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> 
       at::sum_out(db_last, o.dhn, {0, 1});
     }
   } else {
-    if (!norm) weight_grad(d_w_hh, o.dxw, y_c, h0_c, L, reverse);
+    if (!norm) weight_grad(d_w_hh, o.dxw, y_c, h0_c, L, reverse, keep);
     if (has_b) at::sum_out(d_b_hh, o.dxw, {0, 1});
   }
   Tensor d_w_hr = at::empty({0}, opts);
-  if (proj) d_w_hr = at::mm(o.dhp.reshape({T * B, Ho}).t(), o.r.reshape({T * B, H}));
+  if (proj) {
+    d_w_hr = alloc({Ho, H}, opts);
+    matmul_rows(o.dhp.reshape({T * B, Ho}).t(), o.r.reshape({T * B, H}).t(), Tensor(), false,
+                d_w_hr);
+  }
   Tensor dc0 = has_c0 ? o.dc : at::empty({0}, opts);
 
   if (dt == at::kBFloat16) {

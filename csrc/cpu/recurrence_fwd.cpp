@@ -16,7 +16,7 @@ struct FwdOut {
 template <typename T>
 void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& w_hh,
              const Tensor& b_hh, const Tensor& h0, const Tensor& w_hr, const Lengths& L,
-             bool reverse, const std::vector<Tensor>& cp, FwdOut& o) {
+             bool reverse, const CarryArgs& carry, const std::vector<Tensor>& cp, FwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = xw.size(0), B = xw.size(1), GH = xw.size(2), H = GH / G,
                 Ho = h0.size(1);
@@ -35,9 +35,13 @@ void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& 
                proj ? wrp.data_ptr<T>() : nullptr, o.y.data_ptr<T>(), o.h.data_ptr<T>(),
                has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
                o.wl.cs_off >= 0 ? o.ws.data_ptr<T>() + o.wl.cs_off : nullptr,
-               o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width,
-               {nullptr, nullptr, nullptr}};
+               o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width};
   for (size_t k = 0; k < cp.size(); ++k) a.cell_params[k] = cp[k].data_ptr<T>();
+  if (carry.reset.defined()) a.reset = carry.reset.data_ptr<T>();
+  if (carry.zoneout.defined()) {
+    a.zo = carry.zoneout.data_ptr<T>();
+    a.zw = carry.zoneout.size(2);
+  }
   const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
   run_groups(part, [&](int64_t g) {
     const int64_t o0 = part.offsets[g];
@@ -57,7 +61,8 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save, const OptTensorList& cell_params) {
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout,
+    const OptTensorList& cell_params) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
@@ -69,8 +74,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
               std::string(mode), ", got ", GH);
   const int64_t H = GH / G;
   const bool proj = w_hr.has_value() && w_hr->defined();
-  TORCH_CHECK(!proj || cell == Cell::LSTM, "fusedrnn: w_hr (projection) is only supported for "
-              "LSTM, got mode ", std::string(mode));
+  TORCH_CHECK(!proj || supports_projection(cell), "fusedrnn: w_hr (projection) is only "
+              "supported for LSTM, got mode ", std::string(mode));
   const int64_t Ho = proj ? w_hr->size(0) : H;
   if (proj) {
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "fusedrnn: w_hr must have shape [P, ",
@@ -105,6 +110,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const Tensor xw_c = prep(xw), w_c = prep(w_hh), b_c = has_b ? prep(*b_hh) : Tensor(),
                h0_c = prep(h0), wr_c = proj ? prep(*w_hr) : Tensor();
   const Lengths L = make_lengths(lengths, T, B);
+  const CarryArgs carry = carry_args(cell, reset, zoneout, T, B, H, Ho, acc);
   const std::vector<Tensor> cp = cell_params_of(cell, cell_params, xw, H, acc);
 
   const auto opts = xw_c.options();
@@ -114,13 +120,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   const bool has_c = has_cell_state(cell);
   o.c = has_c ? (has_c0 ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
               : at::empty({0}, opts);
-  o.wl = ws_layout(cell, H, save, proj);
+  o.wl = ws_layout(cell, H, save, proj, carry.zoneout.defined());
   o.ws = o.wl.width > 0 ? alloc({T, B, o.wl.width}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
-    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, cp, o);
+    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, cp, o);
   else
-    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, cp, o);
+    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, cp, o);
 
   if (dt == at::kBFloat16)
     return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.ws};

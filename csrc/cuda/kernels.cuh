@@ -67,23 +67,15 @@ cudaError_t launch_grid(void (*kernel)(const Args), const Args& a, int64_t rows,
   return cudaGetLastError();
 }
 
-// The per-cell launchers of launchers.h and their explicit instantiations.
-#define FUSEDRNN_DEFINE_CELL_LAUNCHERS(name, CELL)                                          \
-  template <typename S>                                                                     \
-  cudaError_t name##_fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream) {              \
-    return launch_grid(pointwise_fwd_kernel<Cell::CELL, S>, a, a.B, a.H, stream);           \
-  }                                                                                         \
-  template <typename A>                                                                     \
-  cudaError_t name##_bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream) {              \
-    return launch_grid(pointwise_bwd_kernel<Cell::CELL, A>, a, a.B, a.H, stream);           \
-  }                                                                                         \
-  template cudaError_t name##_fwd_pointwise<float>(const FwdStep<float>&, cudaStream_t);    \
-  template cudaError_t name##_fwd_pointwise<double>(const FwdStep<double>&, cudaStream_t);  \
-  template cudaError_t name##_fwd_pointwise<__nv_bfloat16>(const FwdStep<__nv_bfloat16>&,  \
-                                                           cudaStream_t);                   \
-  template cudaError_t name##_fwd_pointwise<__half>(const FwdStep<__half>&, cudaStream_t);  \
-  template cudaError_t name##_bwd_pointwise<float>(const BwdStep<float>&, cudaStream_t);    \
-  template cudaError_t name##_bwd_pointwise<double>(const BwdStep<double>&, cudaStream_t);
+// The pointwise launchers of launchers.h (instantiated in pointwise.cu).
+template <Cell C, typename S>
+cudaError_t fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream) {
+  return launch_grid(pointwise_fwd_kernel<C, S>, a, a.B, a.H, stream);
+}
+template <Cell C, typename A>
+cudaError_t bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream) {
+  return launch_grid(pointwise_bwd_kernel<C, A>, a, a.B, a.H, stream);
+}
 
 }  // namespace cuda
 }  // namespace fusedrnn

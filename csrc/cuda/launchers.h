@@ -80,7 +80,8 @@ struct BwdStep {
   const A* cs = nullptr;               // [T, B, H] (LSTM)
   const A* c0 = nullptr;               // [B, H] or nullptr (zeros)
   A* dxw = nullptr;                    // [T, B, G*H] gradient of the input-side pre-activations
-  A* dgh = nullptr;                    // [T, B, G*H] recurrent side (GRU); == dxw for the others
+  A* dgh = nullptr;                    // [T, B, G*H] recurrent side (recurrent_grad_differs
+                                       // cells); == dxw for the others
   A* dg_first = nullptr;               // [B, G*H] dgh of each row's first processed step
 };
 
@@ -105,19 +106,25 @@ struct ClampStep {
   A* dh = nullptr;                     // [B, N]
 };
 
-// Per-cell launchers (defined in rnn.cu, lstm.cu, gru.cu; S in float, double, __nv_bfloat16,
-// __half; A in float, double).
-#define FUSEDRNN_DECLARE_CELL_LAUNCHERS(name)                                      \
-  template <typename S>                                                            \
-  cudaError_t name##_fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream);      \
-  template <typename A>                                                            \
-  cudaError_t name##_bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream);
+// The pointwise launchers of cell C (pointwise.cu instantiates them for every cell of
+// FUSEDRNN_CELLS; S in float, double, __nv_bfloat16, __half; A in float, double).
+template <Cell C, typename S>
+cudaError_t fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream);
+template <Cell C, typename A>
+cudaError_t bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream);
 
-FUSEDRNN_DECLARE_CELL_LAUNCHERS(rnn_tanh)
-FUSEDRNN_DECLARE_CELL_LAUNCHERS(rnn_relu)
-FUSEDRNN_DECLARE_CELL_LAUNCHERS(lstm)
-FUSEDRNN_DECLARE_CELL_LAUNCHERS(gru)
-#undef FUSEDRNN_DECLARE_CELL_LAUNCHERS
+// Explicit instantiations of the two launchers for one cell and every dtype (pointwise.cu, and
+// the host emulation of tests/cuda_emu), expanded with FUSEDRNN_CELLS.
+#define FUSEDRNN_CELL_LAUNCHER_INSTANCES(CELL)                                                \
+  template cudaError_t fwd_pointwise<Cell::CELL, float>(const FwdStep<float>&, cudaStream_t); \
+  template cudaError_t fwd_pointwise<Cell::CELL, double>(const FwdStep<double>&,             \
+                                                          cudaStream_t);                     \
+  template cudaError_t fwd_pointwise<Cell::CELL, __nv_bfloat16>(                              \
+      const FwdStep<__nv_bfloat16>&, cudaStream_t);                                           \
+  template cudaError_t fwd_pointwise<Cell::CELL, __half>(const FwdStep<__half>&,             \
+                                                          cudaStream_t);                     \
+  template cudaError_t bwd_pointwise<Cell::CELL, float>(const BwdStep<float>&, cudaStream_t); \
+  template cudaError_t bwd_pointwise<Cell::CELL, double>(const BwdStep<double>&, cudaStream_t);
 
 // Cell-independent launchers (common.cu).
 template <typename S>

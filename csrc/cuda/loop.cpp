@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "fusedrnn/cell_dispatch.h"
 #include "launchers.h"
 
 namespace fusedrnn {
@@ -29,12 +30,11 @@ Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 }
 
 Cell parse_mode(c10::string_view mode) {
-  if (mode == "RNN_TANH") return Cell::RNN_TANH;
-  if (mode == "RNN_RELU") return Cell::RNN_RELU;
-  if (mode == "LSTM") return Cell::LSTM;
-  if (mode == "GRU") return Cell::GRU;
-  TORCH_CHECK(false, "fusedrnn (cuda): mode must be one of RNN_TANH, RNN_RELU, LSTM, GRU, got '",
+  Cell cell;
+  TORCH_CHECK(cell_from_name(mode.data(), mode.size(), &cell),
+              "fusedrnn (cuda): mode must be one of ", cell_name_list(), ", got '",
               std::string(mode), "'");
+  return cell;
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -43,26 +43,16 @@ void check_launch(cudaError_t err, const char* what) {
 }
 
 template <typename S>
-void fwd_pointwise(Cell cell, const FwdStep<S>& a, cudaStream_t s) {
-  cudaError_t err = cudaSuccess;
-  switch (cell) {
-    case Cell::RNN_TANH: err = rnn_tanh_fwd_pointwise<S>(a, s); break;
-    case Cell::RNN_RELU: err = rnn_relu_fwd_pointwise<S>(a, s); break;
-    case Cell::LSTM: err = lstm_fwd_pointwise<S>(a, s); break;
-    case Cell::GRU: err = gru_fwd_pointwise<S>(a, s); break;
-  }
+void run_fwd_pointwise(Cell cell, const FwdStep<S>& a, cudaStream_t s) {
+  const cudaError_t err =
+      with_cell(cell, [&](auto c) { return fwd_pointwise<decltype(c)::value, S>(a, s); });
   check_launch(err, "the forward pointwise kernel");
 }
 
 template <typename A>
-void bwd_pointwise(Cell cell, const BwdStep<A>& a, cudaStream_t s) {
-  cudaError_t err = cudaSuccess;
-  switch (cell) {
-    case Cell::RNN_TANH: err = rnn_tanh_bwd_pointwise<A>(a, s); break;
-    case Cell::RNN_RELU: err = rnn_relu_bwd_pointwise<A>(a, s); break;
-    case Cell::LSTM: err = lstm_bwd_pointwise<A>(a, s); break;
-    case Cell::GRU: err = gru_bwd_pointwise<A>(a, s); break;
-  }
+void run_bwd_pointwise(Cell cell, const BwdStep<A>& a, cudaStream_t s) {
+  const cudaError_t err =
+      with_cell(cell, [&](auto c) { return bwd_pointwise<decltype(c)::value, A>(a, s); });
   check_launch(err, "the backward pointwise kernel");
 }
 
@@ -98,7 +88,7 @@ Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
                       const OptTensor& w_hr, cudaStream_t stream) {
   using A = acc_t<S>;
   const int G = num_gates(cell), NS = num_saved(cell);
-  const bool lstm = cell == Cell::LSTM, proj = given(w_hr);
+  const bool lstm = has_cell_state(cell), proj = given(w_hr);
   const int64_t T = xw_in.size(0), B = xw_in.size(1), GH = xw_in.size(2), H = GH / G;
   const int64_t Ho = h0.size(1);
   const auto acc = acc_type(xw_in.scalar_type());
@@ -146,7 +136,7 @@ Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
     else
       at::mm_out(hh, h, w_hh_t);
     a.t = t;
-    fwd_pointwise<S>(cell, a, stream);
+    run_fwd_pointwise<S>(cell, a, stream);
     if (proj) {
       at::mm_out(hp, hr[t], w_hr_t);
       p.t = t;
@@ -165,7 +155,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                        const Tensor& saved, const Tensor& cs, const Tensor& hr,
                        const Tensor& hs, cudaStream_t stream) {
   const int G = num_gates(cell);
-  const bool lstm = cell == Cell::LSTM, gru = cell == Cell::GRU, proj = given(w_hr);
+  const bool lstm = has_cell_state(cell), proj = given(w_hr);
   const int64_t T = y_in.size(0), B = y_in.size(1), Ho = y_in.size(2), GH = w_hh.size(0);
   const int64_t H = GH / G;
   const auto dt = y_in.scalar_type();
@@ -184,7 +174,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                                   : at::zeros({B, H}, opts))
                    : Tensor();
   Tensor dxw = alloc({T, B, GH}, opts);
-  Tensor dgh = gru ? alloc({T, B, GH}, opts) : dxw;               // recurrent-side gate grads
+  Tensor dgh = recurrent_grad_differs(cell) ? alloc({T, B, GH}, opts) : dxw;  // recurrent side
   Tensor dg_first = at::zeros({B, GH}, opts);                     // rows whose h_prev is h0
   Tensor dhp = proj ? alloc({T, B, Ho}, opts) : Tensor();         // dL/dh (projected) per step
   Tensor dr = proj ? alloc({B, H}, opts) : Tensor();              // dL/d(o * tanh c) of a step
@@ -220,7 +210,7 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
       at::mm_out(dr, dhp[t], w_hr_a);                             // [B, H]
     }
     a.t = t;
-    bwd_pointwise<A>(cell, a, stream);
+    run_bwd_pointwise<A>(cell, a, stream);
     dh.addmm_(dgh[t], w);                                         // dh_prev += dgh W_hh
     if (clip > 0) {
       q.t = t;
@@ -267,7 +257,7 @@ Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w
               std::string(mode), ", got ", GH);
   const int64_t H = GH / G;
   const bool proj = given(w_hr);
-  TORCH_CHECK(!proj || cell == Cell::LSTM, "fusedrnn (cuda): w_hr (projection) is only "
+  TORCH_CHECK(!proj || supports_projection(cell), "fusedrnn (cuda): w_hr (projection) is only "
               "supported for LSTM, got mode ", std::string(mode));
   TORCH_CHECK(!proj || w_hr->dim() == 2, "fusedrnn (cuda): w_hr must be 2-D [P, ", H, "], got ",
               w_hr->sizes());
@@ -277,7 +267,7 @@ Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w
   check_tensor("h0", h0, xw, {B, Ho});
   if (given(b_hh)) check_tensor("b_hh", *b_hh, xw, {GH});
   if (given(c0)) {
-    TORCH_CHECK(cell == Cell::LSTM, "fusedrnn (cuda): c0 is only used by LSTM, got mode ",
+    TORCH_CHECK(has_cell_state(cell), "fusedrnn (cuda): c0 is only used by LSTM, got mode ",
                 std::string(mode));
     check_tensor("c0", *c0, xw, {B, H});
   }
@@ -312,12 +302,12 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
   check_tensor("h0", h0, y, {B, Ho});
   if (given(dy)) check_tensor("dy", *dy, y, {T, B, Ho});
   if (given(dh_T)) check_tensor("dh_T", *dh_T, y, {B, Ho});
-  if (given(dc_T) && cell == Cell::LSTM) check_tensor("dc_T", *dc_T, y, {B, H});
+  if (given(dc_T) && has_cell_state(cell)) check_tensor("dc_T", *dc_T, y, {B, H});
   const auto acc = acc_type(y.scalar_type());
   TORCH_CHECK(saved.scalar_type() == acc && saved.numel() == (NS ? T * B * NS * H : 0),
               "fusedrnn (cuda): saved must be ", acc, " [T, B, ", NS * H, "], got ",
               saved.scalar_type(), " ", saved.sizes());
-  TORCH_CHECK(cell != Cell::LSTM || (cs.scalar_type() == acc && cs.numel() == T * B * H),
+  TORCH_CHECK(!has_cell_state(cell) || (cs.scalar_type() == acc && cs.numel() == T * B * H),
               "fusedrnn (cuda): cs must be ", acc, " [T, B, ", H, "], got ", cs.sizes());
   TORCH_CHECK(!given(w_hr) || (hr.scalar_type() == acc && hr.numel() == T * B * H),
               "fusedrnn (cuda): hr must be ", acc, " [T, B, ", H, "], got ", hr.sizes());
@@ -325,7 +315,7 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
               "fusedrnn (cuda): hs must be empty or ", acc, " ", y.sizes(), ", got ", hs.sizes());
   const c10::DeviceGuard guard(y.device());
   const Tensor len = device_lengths(lengths, y, B);
-  const OptTensor dc_lstm = cell == Cell::LSTM ? dc_T : OptTensor();
+  const OptTensor dc_lstm = has_cell_state(cell) ? dc_T : OptTensor();
   if (acc == at::kDouble)
     return backward_loop<double>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
                                  grad_clip, y, saved.contiguous(), cs.contiguous(),

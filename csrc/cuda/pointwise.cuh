@@ -51,7 +51,7 @@ HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
   using A = acc_t<S>;
   using Ops = CellOps<C>;
   constexpr int G = Ops::G, NS = Ops::S;
-  constexpr bool kLstm = C == Cell::LSTM;
+  constexpr bool kHasC = Ops::kHasC;
   const int64_t H = a.H, GH = G * a.H;
   const int64_t row = a.t * a.B + b;  // row of the [T, B, ...] tensors
   const bool live = is_live(a.lengths, a.t, b);
@@ -63,12 +63,12 @@ HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
     g[k] = a.hh[b * GH + k * H + j];
   }
   const A h_prev = proj ? A(0) : a.h[b * H + j];
-  const A c_prev = kLstm ? a.c[b * H + j] : A(0);
+  const A c_prev = kHasC ? a.c[b * H + j] : A(0);
   A h_new, c_new = c_prev;
   Ops::fwd(x, g, h_prev, c_prev, &h_new, &c_new, out);
   // saved is written on dead rows too: finite values, never read, no uninitialized memory
   for (int k = 0; k < NS; ++k) a.saved[row * NS * H + k * H + j] = out[k];
-  if (kLstm) {
+  if (kHasC) {
     a.cs[row * H + j] = live ? c_new : c_prev;
     if (live) a.c[b * H + j] = c_new;
   }
@@ -99,7 +99,7 @@ template <Cell C, typename A>
 HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
   using Ops = CellOps<C>;
   constexpr int G = Ops::G, NS = Ops::S;
-  constexpr bool kLstm = C == Cell::LSTM;
+  constexpr bool kHasC = Ops::kHasC;
   const int64_t H = a.H, GH = G * a.H, Ho = a.Ho, t = a.t;
   const int64_t row = t * a.B + b;
   const bool proj = a.dr != nullptr;
@@ -108,7 +108,7 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
   if (!is_live(a.lengths, t, b)) {
     // past the end: no gradient into this step; dh and dc pass through unchanged
     for (int k = 0; k < G; ++k) dx_out[k * H + j] = A(0);
-    if (a.dgh != a.dxw)
+    if (Ops::kSplitRec)
       for (int k = 0; k < G; ++k) dg_out[k * H + j] = A(0);
     return;
   }
@@ -120,7 +120,7 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
     tp = t - 1;
   const A h_prev = proj ? A(0) : (tp >= 0 ? a.y[(tp * a.B + b) * Ho + j] : a.h0[b * Ho + j]);
   A c_prev = A(0), c = A(0), dc = A(0);
-  if (kLstm) {
+  if (kHasC) {
     if (tp >= 0) c_prev = a.cs[(tp * a.B + b) * H + j];
     else if (a.c0 != nullptr) c_prev = a.c0[b * H + j];
     c = a.cs[row * H + j];
@@ -135,8 +135,9 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
   Ops::bwd(dh_in, dc, saved, h, h_prev, c_prev, c, dx, &dhh_last, &dh_direct, &dc_prev);
 
   for (int k = 0; k < G; ++k) dx_out[k * H + j] = dx[k];
-  // recurrent-side gradient: equal to dx except in the last block (GRU's n: dx * r)
-  if (a.dgh != a.dxw) {
+  // recurrent-side gradient (its own buffer where the cell's differs): equal to dx except in
+  // the last block (GRU's n: dx * r)
+  if (Ops::kSplitRec) {
     for (int k = 0; k < G - 1; ++k) dg_out[k * H + j] = dx[k];
     dg_out[(G - 1) * H + j] = dhh_last;
   }
@@ -144,7 +145,7 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
     for (int k = 0; k < G - 1; ++k) a.dg_first[b * GH + k * H + j] = dx[k];
     a.dg_first[b * GH + (G - 1) * H + j] = dhh_last;
   }
-  if (kLstm) a.dc[b * H + j] = a.clip > A(0) ? clamp_abs(dc_prev, a.clip) : dc_prev;
+  if (kHasC) a.dc[b * H + j] = a.clip > A(0) ? clamp_abs(dc_prev, a.clip) : dc_prev;
   if (!proj) a.dh[b * Ho + j] = dh_direct;
 }
 

@@ -7,8 +7,12 @@ Used for the table in docs/cuda_backend.md.
 """
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, "python")
+from fusedrnn.ops.cells import MODES  # noqa: E402  (cells.h enum order)
 
 out = Path(tempfile.mkdtemp())
 rows = {}
@@ -28,7 +32,7 @@ for arch in ("sm_80", "sm_90"):
                 cur["regs"] = m.group(1)
 names = subprocess.run(["c++filt"], input="\n".join(rows), capture_output=True,
                        text=True).stdout.splitlines()
-cells = {"0": "RNN_TANH", "1": "RNN_RELU", "2": "LSTM", "3": "GRU"}
+cells = {str(i): name for i, name in enumerate(MODES)}
 
 
 def short(n):

@@ -6,10 +6,11 @@ A backend is a module under ``fusedrnn.ops`` that provides
         None when the backend can run in this process, else why not and how to fix it.
     supports(device: torch.device) -> bool
         whether it runs on tensors of that device.
-    recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr) -> (y, h_T, c_T)
-        the op contract of ``fusedrnn.ops.reference`` with autograd.
-    MODES (optional): the cell modes it runs; without it, the four torch.nn cells. A mode with
-        ``cell_params`` (the LayerNorm cells) is passed them as the keyword ``cell_params``.
+    recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, recurrent_grad_clip=None)
+        -> (y, h_T, c_T): the op contract of ``fusedrnn.ops.reference`` with autograd (every
+        backend implements ``recurrent_grad_clip``).
+    A cell with ``cell_params`` (ops/cells.py ``Cell.cell_params``: the LayerNorm cells) runs on
+    the backends whose ``recurrence`` takes the keyword ``cell_params``.
 
 "auto" picks cpu for CPU tensors and the fastest GPU backend for CUDA tensors; when the compiled
 part it wants is missing it falls back to the reference with a one-time warning.
@@ -17,12 +18,16 @@ part it wants is missing it falls back to the reference with a one-time warning.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import warnings
 from types import ModuleType
 
 import torch
+
+from .ops.cells import CELLS
+
 
 class Registry:
     """Backends of one op: loading (once), validation, and the choice for a device.
@@ -111,62 +116,64 @@ available_backends = RECURRENCE.available
 resolve = RECURRENCE.resolve
 
 
-_CELL_NAMES = {"LN_LSTM": "LayerNormLSTM", "LN_GRU": "LayerNormGRU"}
+@functools.lru_cache(maxsize=None)
+def _takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
 
 
-def modes(mod: ModuleType) -> tuple[str, ...]:
-    """The cell modes a backend module runs."""
-    from .ops.cells import TORCH_MODES
-
-    return getattr(mod, "MODES", TORCH_MODES)
+def _accepts(mod: ModuleType, name: str) -> bool:
+    """Whether the backend's ``recurrence`` takes the keyword ``name`` (read once per backend)."""
+    return _takes(mod.recurrence, name)
 
 
-def _for_mode(mod: ModuleType, backend: str, mode: str, device: torch.device) -> ModuleType:
-    """``mod`` when it runs ``mode``; else, for "auto", the reference (with a one-time warning),
-    and for a named backend a clear error naming the cell and the backends that run it."""
-    if mode in modes(mod) or not isinstance(mode, str):
-        return mod
-    name = mod.__name__.rsplit(".", 1)[-1]
-    cell = _CELL_NAMES.get(mode, mode)
-    if backend == "auto":
-        key = (f"mode:{mode}", device.type)
-        if key not in RECURRENCE._warned:
-            RECURRENCE._warned.add(key)
-            warnings.warn(f"fusedrnn: backend {name!r} does not implement {cell} (mode {mode!r}); "
-                          f"falling back to the reference backend on {device.type}",
-                          stacklevel=4)
-        return resolve("reference", device)
-    able = [n for n in RECURRENCE.modules if RECURRENCE.load(n)[0] is not None
-            and mode in modes(RECURRENCE.load(n)[0])]
-    raise NotImplementedError(
-        f"backend {backend!r} does not implement {cell} (mode {mode!r}); backends that do: "
-        f"{', '.join(able)} (or backend='auto')"
-    )
+def _fused_by(name: str) -> list[str]:
+    """The backends whose ``recurrence`` takes the keyword ``name`` (loaded or not)."""
+    out = []
+    for b in RECURRENCE.modules:
+        mod, _ = RECURRENCE.load(b)
+        if mod is not None and _accepts(mod, name):
+            out.append(b)
+    return out
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               backend: str = "auto", recurrent_grad_clip: float | None = None,
-               cell_params=None):
+               backend: str = "auto", recurrent_grad_clip: float | None = None, *,
+               reset=None, zoneout=None, cell_params=None):
     """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend.
 
     ``recurrent_grad_clip`` clamps the gradient carried back through the recurrence at every
     step (see ``recurrence_ref``); None (the default) leaves every backend's results untouched.
-    ``cell_params``: the extra per-layer parameters of cells that have them
-    (``ops.cells.CELL_PARAMS``, the LayerNorm cells); None for the others.
+    ``reset`` [T, B] and ``zoneout`` [T, B, Z] (see the reference's module doc): a backend that
+    does not fuse one raises NotImplementedError naming the ones that do; with backend="auto"
+    the call falls back to the reference backend with a one-time warning instead.
+    ``cell_params``: the extra per-layer parameters of the cells that have some (the LayerNorm
+    cells); a backend that does not run those cells is refused or, with "auto", falls back to
+    the reference the same way, naming the cell.
     """
-    mod = _for_mode(resolve(backend, xw.device), backend, mode, xw.device)
-    if cell_params is not None:
-        if recurrent_grad_clip is None:
-            return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                  cell_params=cell_params)
-        return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                              recurrent_grad_clip=recurrent_grad_clip, cell_params=cell_params)
-    if recurrent_grad_clip is None:
-        return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr)
-    if "recurrent_grad_clip" not in inspect.signature(mod.recurrence).parameters:
-        raise NotImplementedError(
-            f"backend {mod.__name__.rsplit('.', 1)[-1]!r} does not implement recurrent_grad_clip; "
-            "use backend='reference' (or another backend that does) for clipped BPTT"
-        )
-    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                          recurrent_grad_clip=recurrent_grad_clip)
+    mod = resolve(backend, xw.device)
+    kw = {}
+    for name, val in (("recurrent_grad_clip", recurrent_grad_clip), ("reset", reset),
+                      ("zoneout", zoneout), ("cell_params", cell_params)):
+        if val is None:
+            continue
+        if not _accepts(mod, name):
+            which = mod.__name__.rsplit(".", 1)[-1]
+            # what is missing: an argument, or (cell_params) the cell itself
+            cell = CELLS[mode].title if name == "cell_params" and mode in CELLS else None
+            if backend == "auto" and name != "recurrent_grad_clip":
+                key = (cell or name, which)
+                if key not in RECURRENCE._warned:
+                    RECURRENCE._warned.add(key)
+                    what = f"implement {cell}" if cell else f"fuse {name}="
+                    warnings.warn(f"fusedrnn: backend {which!r} does not {what}; falling back "
+                                  f"to the reference backend", stacklevel=3)
+                ref, _ = RECURRENCE.load("reference")
+                return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                      recurrent_grad_clip, reset=reset, zoneout=zoneout,
+                                      cell_params=cell_params)
+            raise NotImplementedError(
+                f"backend {which!r} does not implement {cell or name}; use one of the backends "
+                f"that do: {', '.join(repr(b) for b in _fused_by(name))}"
+            )
+        kw[name] = val
+    return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)

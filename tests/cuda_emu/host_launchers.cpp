@@ -20,27 +20,15 @@ cudaError_t emulate_grid(const Args& a, int64_t rows, int64_t cols, Body body) {
 
 }  // namespace
 
-#define FUSEDRNN_EMULATE_CELL_LAUNCHERS(name, CELL)                                         \
-  template <typename S>                                                                     \
-  cudaError_t name##_fwd_pointwise(const FwdStep<S>& a, cudaStream_t) {                     \
-    return emulate_grid(a, a.B, a.H, fwd_element<Cell::CELL, S>);                           \
-  }                                                                                         \
-  template <typename A>                                                                     \
-  cudaError_t name##_bwd_pointwise(const BwdStep<A>& a, cudaStream_t) {                     \
-    return emulate_grid(a, a.B, a.H, bwd_element<Cell::CELL, A>);                           \
-  }                                                                                         \
-  template cudaError_t name##_fwd_pointwise<float>(const FwdStep<float>&, cudaStream_t);    \
-  template cudaError_t name##_fwd_pointwise<double>(const FwdStep<double>&, cudaStream_t);  \
-  template cudaError_t name##_fwd_pointwise<__nv_bfloat16>(const FwdStep<__nv_bfloat16>&,  \
-                                                           cudaStream_t);                   \
-  template cudaError_t name##_fwd_pointwise<__half>(const FwdStep<__half>&, cudaStream_t);  \
-  template cudaError_t name##_bwd_pointwise<float>(const BwdStep<float>&, cudaStream_t);    \
-  template cudaError_t name##_bwd_pointwise<double>(const BwdStep<double>&, cudaStream_t);
-
-FUSEDRNN_EMULATE_CELL_LAUNCHERS(rnn_tanh, RNN_TANH)
-FUSEDRNN_EMULATE_CELL_LAUNCHERS(rnn_relu, RNN_RELU)
-FUSEDRNN_EMULATE_CELL_LAUNCHERS(lstm, LSTM)
-FUSEDRNN_EMULATE_CELL_LAUNCHERS(gru, GRU)
+template <Cell C, typename S>
+cudaError_t fwd_pointwise(const FwdStep<S>& a, cudaStream_t) {
+  return emulate_grid(a, a.B, a.H, fwd_element<C, S>);
+}
+template <Cell C, typename A>
+cudaError_t bwd_pointwise(const BwdStep<A>& a, cudaStream_t) {
+  return emulate_grid(a, a.B, a.H, bwd_element<C, A>);
+}
+FUSEDRNN_CELLS(FUSEDRNN_CELL_LAUNCHER_INSTANCES)
 
 template <typename S>
 cudaError_t proj_fwd_commit(const ProjFwdStep<S>& a, cudaStream_t) {

@@ -127,7 +127,8 @@ HOST_DEVICE constexpr int num_gates(Cell c) {
          : (c == Cell::GRU || c == Cell::LN_GRU) ? 3 : 1;
 }
 HOST_DEVICE constexpr int num_saved(Cell c) {
-  return c == Cell::LN_LSTM ? 5 : (c == Cell::LSTM || c == Cell::GRU || c == Cell::LN_GRU) ? 4 : 0;
+  return c == Cell::LN_LSTM ? 5
+         : (c == Cell::LSTM || c == Cell::GRU || c == Cell::LN_GRU) ? 4 : 0;
 }
 // The cell carries a cell state c besides h (LSTM).
 HOST_DEVICE constexpr bool has_cell_state(Cell c) { return c == Cell::LSTM || c == Cell::LN_LSTM; }
@@ -140,20 +141,31 @@ HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) {
 // Row-wise normalisation (the LayerNorm cells). The per-unit contract above becomes per-row
 // where these hold; the loops own whole rows, so they run the reductions (kLnEps, biased
 // variance) and the cell's per-unit functions around them. The extra per-layer parameters come
-// as the op's cell_params (python/fusedrnn/ops/cells.py CELL_PARAMS), in this order:
+// as the op's cell_params (python/fusedrnn/ops/cells.py, each Cell's cell_params), in this order:
 //   norm_recurrent: the row of W_hh h_prev (all G*H values) is layer-normalised and scaled by
 //     cell_params[0] [G*H] before b_hh is added: hh = LN(W_hh h_prev) * gain + b_hh.
 //   norm_state: the new cell state's row (H values) is layer-normalised, scaled by
 //     cell_params[1] [H] and shifted by cell_params[2] [H] into n; fwd computes the gates and
 //     c (not h), then out(saved, n) gives h; backward: out_bwd(dh, saved) = dL/dn, and bwd gets
 //     dc with everything that reaches c through n already added by the loop.
-HOST_DEVICE constexpr bool norm_recurrent(Cell c) { return c == Cell::LN_LSTM || c == Cell::LN_GRU; }
+HOST_DEVICE constexpr bool norm_recurrent(Cell c) {
+  return c == Cell::LN_LSTM || c == Cell::LN_GRU;
+}
 HOST_DEVICE constexpr bool norm_state(Cell c) { return c == Cell::LN_LSTM; }
 constexpr double kLnEps = 1e-5;
+// The op's cell_params of a cell: how many, and the size of the k-th in units of H.
+HOST_DEVICE constexpr int num_cell_params(Cell c) {
+  return (norm_recurrent(c) ? 1 : 0) + (norm_state(c) ? 2 : 0);
+}
+HOST_DEVICE constexpr int cell_param_units(Cell c, int k) {
+  return k == 0 && norm_recurrent(c) ? num_gates(c) : 1;
+}
 // The CPU forward saves the cell's activations (kSaved values per unit) for backward instead of
 // letting it recompute them, where that keeps training memory at or below torch.nn's (which keeps
 // the LSTM's gates too): the LSTM. The other cells recompute (saving would exceed torch.nn's).
 HOST_DEVICE constexpr bool saves_activations(Cell c) { return c == Cell::LSTM; }
+// The cell takes the op's w_hr projection (torch.nn's proj_size): the LSTM.
+HOST_DEVICE constexpr bool supports_projection(Cell c) { return c == Cell::LSTM; }
 
 // ---------------------------------------------------------------------------------------------
 // Elman RNN: h = act(x + hh). Nothing saved: the derivative is a function of h itself.

@@ -5,7 +5,7 @@ on the same weights) and the parallel-scan ``MinGRU``, ``MinLSTM`` (speed baseli
 GRU / LSTM at the same sizes, since that is what they replace; parity anchor: their own
 sequential ``reference`` backend, because torch.nn has no such cell).
 
-Parity rule (CONVENTIONS.md rule 5 and flash-attention's test rule): every output, final state
+Parity rule (docs/architecture.md convention 5; flash-attention's): every output, final state
 and, for ``fwdbwd``, every parameter gradient is compared with the same model run in float64 on
 the same weights and inputs. The error of a tensor is ``max|got - f64| / max|f64|``. A backend
 passes when its largest error is at most ``max(TOL[dtype], 2 * e_base)``, where ``e_base`` is the

@@ -10,7 +10,7 @@ only (no LN bias) except ln_c_bias. The layers are torch.nn's LSTM/GRU (and our 
 recurrence op: stacking, directions, dropout, packing, hx, unbatched input, torch.nn's checks)
 plus the LN parameters per layer and direction; the input-side LN runs outside the time loop,
 over all steps at once, the recurrent one inside it (op modes ``LN_LSTM`` / ``LN_GRU``, their
-parameters passed as the op's ``cell_params``: ``fusedrnn.ops.cells.CELL_PARAMS``).
+parameters passed as the op's ``cell_params``: ``fusedrnn.ops.cells.CELLS[mode].cell_params``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import backends
-from ..ops.cells import CELL_PARAMS, GATES, layer_norm
+from ..ops.cells import CELLS, layer_norm
 from . import _amp, _onnx
 from .cells import GRUCell, LSTMCell
 from .rnn import GRU, LSTM, _project
@@ -29,7 +29,8 @@ from .rnn import GRU, LSTM, _project
 def _ln_param_specs(op_mode: str) -> tuple[tuple[str, int], ...]:
     """(name, size in units of H) of the LN parameters of one layer/direction, in order: the
     input side's gain, then the op's ``cell_params``."""
-    return (("ln_ih_weight", GATES[op_mode]), *CELL_PARAMS[op_mode])
+    cell = CELLS[op_mode]
+    return (("ln_ih_weight", cell.gates), *cell.cell_params)
 
 
 def _ln_input(xw_raw: Tensor, ln_ih: Tensor, b_ih, b_hh, fold: bool):
@@ -103,16 +104,16 @@ class _LayerNormRNNMixin(_LayerNormParams):
         super().reset_parameters()  # torch.nn's uniform init of its own weights (and ours)
         self._ln_reset()
 
-    def _input_side(self, x, w_ih, b_ih, b_hh, live, layer, direction, dtype):
+    def _input_side(self, x, w_ih, b_ih, b_hh, live, lin, layer, direction, dtype):
         ln_ih, cell_params = self._ln_values(f"_l{layer}" + ("_reverse" if direction else ""),
                                              dtype)
-        xw, b_op = _ln_input(_project(x, w_ih, None, live), ln_ih, b_ih, b_hh,
+        xw, b_op = _ln_input(_project(x, w_ih, None, live, lin), ln_ih, b_ih, b_hh,
                              fold=self.mode != "GRU")
         return xw, b_op, {"cell_params": cell_params}
 
-    def _run(self, x, h0, c0, lengths):
+    def _run(self, x, h0, c0, lengths, reset=None):
         _no_export(self)
-        return super()._run(x, h0, c0, lengths)
+        return super()._run(x, h0, c0, lengths, reset)
 
 
 class LayerNormLSTM(_LayerNormRNNMixin, LSTM):

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..scan import check_scan_backend, linear_scan, log_linear_scan
 from ..scan import resolve as resolve_scan
+from ._regularisers import check_reset as _check_reset
 
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g"]
 
@@ -165,8 +166,11 @@ class _MinRNNBase(nn.Module):
 
     # -- one layer and direction over the whole sequence ------------------------------------------
 
-    def _scan(self, x: Tensor, layer: int, d: int, h0: Tensor | None, mask: Tensor | None) -> Tensor:
+    def _scan(self, x: Tensor, layer: int, d: int, h0: Tensor | None, mask: Tensor | None,
+              keep: Tensor | None = None) -> Tensor:
         """x [B, T, I], h0 [B, H] | None, mask [B, T, 1] 1/0 floats | None -> h [B, T, H] (unmasked).
+        keep [B, T, 1] 1/0 floats | None: this direction's resets (0 = a_t = 0, the carried
+        state dropped), already 1 on padding.
 
         Masks are applied by arithmetic, not ``torch.where``: a boolean select is several times
         slower on CPU, and ``a * 1 + 0`` is exact."""
@@ -174,10 +178,14 @@ class _MinRNNBase(nn.Module):
         reverse = d == 1
         if not self.log_space:
             a, bb = self._coefficients(parts)
+            if keep is not None:  # a reset: a_t = 0
+                a = a * keep
             if mask is not None:  # past the end: a = 1, b = 0 keeps the state
                 a, bb = a * mask + (1 - mask), bb * mask
             return linear_scan(a, bb, h0, reverse=reverse, backend=self.backend)
         log_a, log_b = self._log_coefficients(parts)
+        if keep is not None:  # a reset: log a_t = log 0 = -inf (never on padding: no -inf * 0)
+            log_a = log_a + keep.log()
         if mask is not None:  # log a = 0, log b = log 0 = -inf
             log_a, log_b = log_a * mask, log_b + mask.log()
         h = log_linear_scan(log_a, log_b, None, reverse=reverse, backend=self.backend).exp()
@@ -198,7 +206,8 @@ class _MinRNNBase(nn.Module):
         return getattr(mod, "minrnn_available", lambda: False)()
 
     def _scan_fused(self, x: Tensor, layer: int, d: int, h0: Tensor | None,
-                    lengths: Tensor | None, time_major: bool) -> tuple[Tensor, Tensor]:
+                    lengths: Tensor | None, time_major: bool,
+                    reset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x [T, B, I] (time_major) or [B, T, I] -> (h in the same layout, unmasked; h_n [B, H]).
 
         One GEMM for all gate blocks ([k_z | k_h] or [k_f | k_i | k_h] per row, what the kernel reads), without its
@@ -210,12 +219,12 @@ class _MinRNNBase(nn.Module):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         p = F.linear(x, getattr(self, "weight_ih" + sfx))
         return minrnn_scan(p, getattr(self, "bias_ih" + sfx), h0, lengths, reverse=d == 1,
-                           time_major=time_major, cell=self.GATES - 2)
+                           time_major=time_major, cell=self.GATES - 2, reset=reset)
 
     # -- the public API ---------------------------------------------------------------------------
 
     def forward(self, input: Tensor | PackedSequence, h0: Tensor | None = None,
-                lengths: Tensor | None = None):
+                lengths: Tensor | None = None, *, reset: Tensor | None = None):
         """Run the stack over a whole sequence, in parallel over time.
 
         Args:
@@ -225,6 +234,13 @@ class _MinRNNBase(nn.Module):
             lengths: ``[B]`` integer lengths of padded sequences (not with a PackedSequence):
                 steps ``t >= lengths[b]`` leave the state unchanged and output zeros; the reverse
                 direction runs ``t = lengths[b]-1 .. 0``.
+            reset: keyword only, ``[T, B]`` (``[B, T]`` with ``batch_first``, ``[T]`` unbatched),
+                bool or 0/1: where true, ``a_t = 0`` in the scan: the state carried into step
+                ``t`` of row ``b`` (``h0`` at ``t = 0``) is dropped, and no gradient crosses it.
+                Every layer resets at the same steps; the reverse direction drops the state it
+                carries from ``t`` to ``t - 1``, so each segment runs as its own sequence (as
+                the RNN layers' ``reset``). Ignored on padding (``t >= lengths[b]``); not with a
+                PackedSequence.
 
         Returns:
             ``(output, h_n)``: output ``[T, B, num_directions * hidden_size]`` (batch first if set,
@@ -234,6 +250,11 @@ class _MinRNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         unbatched = False
         if packed:
+            if reset is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: reset= is not supported with a PackedSequence input; "
+                    "pass the padded input [T, B, *] (or [B, T, *] with batch_first) with "
+                    "lengths= and reset of shape [T, B] ([B, T]) instead")
             if lengths is not None:
                 raise ValueError("lengths must be None when input is a PackedSequence, "
                                  "which carries its own lengths")
@@ -264,6 +285,8 @@ class _MinRNNBase(nn.Module):
             if h0.dtype != x.dtype:
                 raise ValueError(f"h0 must have dtype {x.dtype} like input, got {h0.dtype}")
         mask = self._mask(lengths, B, T, x.device)
+        flags = None if reset is None else _reset_flags(reset, B, T, self.batch_first, unbatched,
+                                                        mask, x.device)
         lengths64 = None if mask is None or not fused else torch.as_tensor(lengths).to("cpu", torch.int64)
         mask = None if mask is None else mask.to(x.dtype)  # [B, T, 1] 1.0 / 0.0
         if tm and mask is not None:
@@ -274,10 +297,12 @@ class _MinRNNBase(nn.Module):
             for d in range(dirs):
                 h0_ld = None if h0 is None else h0[layer * dirs + d]
                 if fused:
-                    h, last = self._scan_fused(x, layer, d, h0_ld, lengths64, tm)
+                    r = None if flags is None else (flags[d].t() if tm else flags[d]).contiguous()
+                    h, last = self._scan_fused(x, layer, d, h0_ld, lengths64, tm, r)
                     h_n.append(last)
                 else:
-                    h = self._scan(x, layer, d, h0_ld, mask)
+                    keep = None if flags is None else (~flags[d]).to(x.dtype).unsqueeze(-1)
+                    h = self._scan(x, layer, d, h0_ld, mask, keep)
                     # padded steps kept the state, so the last processed column is the final state
                     if T > 0:
                         h_n.append(h[:, 0] if d else h[:, T - 1])
@@ -323,7 +348,8 @@ class _MinRNNBase(nn.Module):
         p = pack_padded_sequence(y, lengths.cpu(), batch_first=True, enforce_sorted=True)
         return PackedSequence(p.data, p.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
-    def step(self, x_t: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def step(self, x_t: Tensor, h: Tensor | None = None, *,
+             reset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step, for streaming inference: ``h_t = a_t * h_{t-1} + b_t`` per layer.
 
         Calling ``step`` T times gives the outputs and final state of ``forward`` on the whole
@@ -333,6 +359,8 @@ class _MinRNNBase(nn.Module):
         Args:
             x_t: ``[B, input_size]`` (or ``[input_size]`` unbatched), the input at one step.
             h: ``[num_layers, B, hidden_size]`` states after the previous step, None for zeros.
+            reset: keyword only, ``[B]`` bool or 0/1 (a scalar unbatched): where true, ``h`` of
+                that row is dropped (zeros) before the step, as ``forward``'s ``reset`` at one step.
 
         Returns:
             ``(y_t, h)``: y_t ``[B, hidden_size]`` the last layer's state, h ``[num_layers, B,
@@ -353,6 +381,10 @@ class _MinRNNBase(nn.Module):
         elif tuple(h.shape) != (self.num_layers, B, self.hidden_size):
             raise ValueError(f"h must have shape {(self.num_layers, B, self.hidden_size)}, "
                              f"got {tuple(h.shape)}")
+        if reset is not None:
+            r = _check_reset(reset, (B,) if not unbatched else (), "[B]" if not unbatched else
+                             "[] (unbatched)", x_t.device).reshape(1, B, 1)
+            h = h * (~r).to(h.dtype)
         new, inp = [], x_t
         for layer in range(self.num_layers):
             a, bb = self._coefficients(self._project(inp, layer, 0))
@@ -362,6 +394,25 @@ class _MinRNNBase(nn.Module):
                 inp = F.dropout(inp, self.dropout, training=True)
         h = torch.stack(new, 0)
         return (new[-1].squeeze(0), h.squeeze(1)) if unbatched else (new[-1], h)
+
+
+def _reset_flags(reset, B: int, T: int, batch_first: bool, unbatched: bool,
+                 live: Tensor | None, device) -> tuple[Tensor, Tensor]:
+    """``forward``'s ``reset`` -> the bool [B, T] flags "a_t = 0" of the forward and the reverse
+    direction. Forward: the flag itself. Reverse: the state passes from t + 1 down to t, so a
+    reset at t + 1 (a segment starting there) drops it at t; the first reversed step starts from
+    h0, never reset. Padding (``live`` false, [B, T, 1]) never resets: it is the identity."""
+    if unbatched:
+        r = _check_reset(reset, (T,), "[T] (unbatched input)", device).unsqueeze(0)
+    elif batch_first:
+        r = _check_reset(reset, (B, T), "[B, T] (batch_first)", device)
+    else:
+        r = _check_reset(reset, (T, B), "[T, B]", device).t()
+    if live is not None:
+        r = r & live.squeeze(-1)
+    rev = torch.zeros_like(r)
+    rev[:, :-1] = r[:, 1:]
+    return r, rev
 
 
 class MinGRU(_MinRNNBase):

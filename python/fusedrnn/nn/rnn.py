@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends
-from . import _amp, _onnx
+from . import _amp, _onnx, _regularisers
 from ..ops.reference import check_clip
 
 
@@ -27,11 +27,47 @@ class _FusedRNNMixin:
 
     backend: str = "auto"
     recurrent_grad_clip: float | None = None
+    weight_drop: float = 0.0
+    dropout_mode: str = "standard"
+    zoneout: float | tuple[float, float] = 0.0
 
-    def _set_backend(self, backend: str, recurrent_grad_clip: float | None = None) -> None:
+    def _set_backend(self, backend: str, recurrent_grad_clip: float | None = None,
+                     zoneout=0.0) -> None:
         self.backend = backends.check_backend(backend)
         check_clip(recurrent_grad_clip)
         self.recurrent_grad_clip = recurrent_grad_clip
+        self.zoneout = _check_zoneout(zoneout, self.mode)
+
+    def _zoneout_ps(self) -> tuple[float, float]:
+        """(p_h, p_c) of zoneout; p_c is 0 for cells without a cell state."""
+        z = self.zoneout
+        return (float(z[0]), float(z[1])) if isinstance(z, tuple) else (float(z), 0.0)
+
+    def zoneout_mask(self, seq_len: int, batch: int, dtype: torch.dtype | None = None,
+                     device=None) -> Tensor | None:
+        """The zoneout keep-old masks of one forward call, [L*D, T, B, Z] (Z = H_out, plus H for
+        the LSTM's cell state: the op's layout, ``fusedrnn.ops.reference``), or None when
+        zoneout is off.
+
+        Training: one ``torch.bernoulli`` draw of the whole tensor (probability p_h on the h
+        part, p_c on the c part), taken by ``forward`` before anything else random in the call
+        (dropout between layers comes after), so that under ``torch.manual_seed(s)`` this
+        method called with the same seed returns the mask that the forward uses. Eval: the
+        expectation, p itself (an expanded view, nothing drawn)."""
+        p_h, p_c = self._zoneout_ps()
+        if p_h == 0 and p_c == 0:
+            return None
+        h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        sizes = [(h_out, p_h)] + ([(self.hidden_size, p_c)] if self.mode == "LSTM" else [])
+        dtype = dtype if dtype is not None else self.weight_hh_l0.dtype
+        device = device if device is not None else self.weight_hh_l0.device
+        p = torch.cat([torch.full((n,), q, dtype=dtype, device=device) for n, q in sizes])
+        shape = (self.num_layers * (2 if self.bidirectional else 1), seq_len, batch, p.numel())
+        return torch.bernoulli(p.expand(shape)) if self.training else p.expand(shape)
+
+    def _set_regularisers(self, weight_drop=0.0, dropout_mode="standard") -> None:
+        self.weight_drop = _regularisers.check_weight_drop(weight_drop)
+        self.dropout_mode = _regularisers.check_dropout_mode(dropout_mode)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -39,12 +75,21 @@ class _FusedRNNMixin:
             s += f", backend={self.backend!r}"
         if self.recurrent_grad_clip is not None:
             s += f", recurrent_grad_clip={self.recurrent_grad_clip}"
+        if self.weight_drop:
+            s += f", weight_drop={self.weight_drop}"
+        if self.dropout_mode != "standard":
+            s += f", dropout_mode={self.dropout_mode!r}"
+        if self.zoneout:
+            s += f", zoneout={self.zoneout}"
         return s
 
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("recurrent_grad_clip", None)
+        self.__dict__.setdefault("weight_drop", 0.0)
+        self.__dict__.setdefault("dropout_mode", "standard")
+        self.__dict__.setdefault("zoneout", 0.0)
 
     # -- the layer stack -------------------------------------------------------------------
 
@@ -64,59 +109,74 @@ class _FusedRNNMixin:
     def _op_mode(self) -> str:
         return self._OP_MODE or self.mode
 
-    def _input_side(self, x, w_ih, b_ih, b_hh, live, layer, direction, dtype):
+    def _input_side(self, x, w_ih, b_ih, b_hh, live, lin, layer, direction, dtype):
         """(xw [T, B, G*H], the op's b_hh, extra op keywords) of one layer and direction."""
         if b_ih is not None and self.mode != "GRU":
             # both biases sit outside any gate product here, so b_ih joins b_hh and
             # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
-            return _project(x, w_ih, None, live), b_ih + b_hh, {}  # [T, B, G*H]
-        return _project(x, w_ih, b_ih, live), b_hh, {}  # [T, B, G*H], one GEMM, all steps
+            return _project(x, w_ih, None, live, lin), b_ih + b_hh, {}  # [T, B, G*H]
+        return _project(x, w_ih, b_ih, live, lin), b_hh, {}  # [T, B, G*H], one GEMM, all steps
 
-    def _run(self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None):
-        """x [T, B, I] time-major, h0 [L*D, B, H_out], c0 [L*D, B, H] | None.
+    def _run(self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
+             reset: Tensor | None = None):
+        """x [T, B, I] time-major, h0 [L*D, B, H_out], c0 [L*D, B, H] | None, reset [T, B]
+        bool | None.
 
         Returns y [T, B, D*H_out], h_n [L*D, B, H_out], c_n [L*D, B, H] | None.
         """
         if _onnx.exporting():  # standard ONNX nodes instead of the custom ops
+            if reset is not None or self.zoneout:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: reset= and zoneout have no standard ONNX node; "
+                    "export the model without them")
             return _onnx.run_layers(self, x, h0, c0)
         plan = _amp.plan(x, self.backend)
         if plan is None:
-            return self._run_stack(x, h0, c0, lengths, None)
+            return self._run_stack(x, h0, c0, lengths, None, reset)
         out, run = plan
         # everything inside runs in `run` as written; autocast must not re-cast the GEMMs
         with torch.autocast(x.device.type, enabled=False):
             y, h_n, c_n = self._run_stack(
-                x.to(run), h0.to(run), _amp.cast(c0, run), lengths, run
+                x.to(run), h0.to(run), _amp.cast(c0, run), lengths, run, reset
             )
         return y.to(out), h_n.to(out), _amp.cast(c_n, out)
 
-    def _run_stack(self, x, h0, c0, lengths, dtype):
+    def _run_stack(self, x, h0, c0, lengths, dtype, reset=None):
         """``_run`` in one dtype: the parameters are cast to ``dtype`` unless it is None."""
         num_dirs = 2 if self.bidirectional else 1
         h_n, c_n = [], []
+        zm = self.zoneout_mask(x.shape[0], x.shape[1], x.dtype, x.device)  # before dropout
+        reset = None if reset is None else reset.to(x.dtype)
         live = _live_rows(x, lengths)
+        lin = _backend_linear(self.backend, x)
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d, dtype)
-                xw, b_hh, extra = self._input_side(x, w_ih, b_ih, b_hh, live, layer, d, dtype)
+                w_hh = _regularisers.drop_weight(w_hh, self.weight_drop, self.training)
+                xw, b_hh, extra = self._input_side(x, w_ih, b_ih, b_hh, live, lin, layer, d,
+                                                   dtype)
                 y, h, c = backends.recurrence(
                     self._op_mode(), xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
-                    recurrent_grad_clip=self.recurrent_grad_clip, **extra,
+                    recurrent_grad_clip=self.recurrent_grad_clip, reset=reset,
+                    zoneout=None if zm is None else zm[idx], **extra,
                 )
                 outs.append(y)
                 h_n.append(h)
                 c_n.append(c)
             x = outs[0] if num_dirs == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, p=self.dropout, training=True)
+                if self.dropout_mode == "locked":
+                    x = _regularisers.locked_dropout(x, self.dropout)
+                else:
+                    x = F.dropout(x, p=self.dropout, training=True)
         return x, torch.stack(h_n, 0), (torch.stack(c_n, 0) if c0 is not None else None)
 
     # -- torch.nn's forward, with its checks and messages ----------------------------------
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None):
         self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
         num_dirs = 2 if self.bidirectional else 1
@@ -125,6 +185,11 @@ class _FusedRNNMixin:
         is_batched, batch_dim = True, 0 if self.batch_first else 1
         lengths = None
         if isinstance(orig_input, PackedSequence):
+            if reset is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: reset= is not supported with a PackedSequence "
+                    "input; pass the padded input [T, B, *] (or [B, T, *] with batch_first) "
+                    "with reset of shape [T, B] ([B, T]) instead")
             if torch.compiler.is_exporting() or _onnx.exporting():
                 raise NotImplementedError(
                     f"{type(self).__name__}: a PackedSequence input cannot be exported "
@@ -165,7 +230,9 @@ class _FusedRNNMixin:
             x = input.transpose(0, 1) if self.batch_first else input  # [T, B, I]
             if x.size(0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        y, h_n, c_n = self._run(x, h0, c0, lengths)
+            if reset is not None:
+                reset = _check_reset(reset, x, is_batched, self.batch_first)
+        y, h_n, c_n = self._run(x, h0, c0, lengths, reset)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if batch_sizes is not None:
@@ -209,6 +276,38 @@ class _FusedRNNMixin:
                 f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
             )
         return hx if is_batched else hx.unsqueeze(1)
+
+
+def _check_zoneout(zoneout, mode: str):
+    """The constructor's ``zoneout``: p, or (p_h, p_c) for the LSTM; each in [0, 1)."""
+    lstm = mode == "LSTM"
+    if isinstance(zoneout, (tuple, list)):
+        if not lstm or len(zoneout) != 2:
+            raise ValueError(
+                "zoneout must be a float p" + (" or a pair (p_h, p_c)" if lstm else "")
+                + f" for {mode}, got {zoneout!r}")
+        ps = tuple(zoneout)
+    else:
+        ps = (zoneout,)
+    for p in ps:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"zoneout probabilities must be numbers in [0, 1), got {zoneout!r}")
+    if lstm:
+        p_h, p_c = (float(ps[0]), float(ps[-1]))
+        return (p_h, p_c) if (p_h or p_c) else 0.0
+    return float(ps[0])
+
+
+def _check_reset(reset, x: Tensor, is_batched: bool, batch_first: bool) -> Tensor:
+    """``forward``'s ``reset`` as a bool [T, B] on x's device (x is [T, B, I])."""
+    T, B = x.shape[0], x.shape[1]
+    want = ((B, T) if batch_first else (T, B)) if is_batched else (T,)
+    form = ("[B, T] (batch_first)" if batch_first else "[T, B]") if is_batched else \
+        "[T] (unbatched input)"
+    reset = _regularisers.check_reset(reset, want, form, x.device)
+    if not is_batched:
+        return reset.unsqueeze(1)
+    return reset.t() if batch_first else reset
 
 
 # Below this fraction of live (t, b) positions a packed batch's input projection runs on the live
@@ -265,9 +364,20 @@ def _inference_buffer(rows: int, cols: int, like: Tensor) -> Tensor | None:
     return buf[: rows * cols].view(rows, cols)
 
 
-def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None) -> Tensor:
-    """x [T, B, I] @ w^T (+ b) -> [T, B, N]; with `live`, over those rows only (padding
-    positions get zeros: the op never reads them)."""
+def _backend_linear(backend: str, x: Tensor):
+    """The chosen backend's own input projection (``linear``: the cpu backend's, whose rows are
+    batch- and thread-count invariant) for float32/float64, else None (F.linear)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return None
+    return getattr(backends.resolve(backend, x.device), "linear", None)
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None, lin=None) -> Tensor:
+    """x [T, B, I] @ w^T (+ b) -> [T, B, N] by ``lin`` (default F.linear); with `live`, over
+    those rows only (padding positions get zeros: the op never reads them)."""
+    if live is None and lin is not None:
+        return lin(x, w, b)
+    lin = lin or F.linear
     if live is None:
         T, B = x.shape[0], x.shape[1]
         out = _inference_buffer(T * B, w.shape[0], x) if x.dtype == w.dtype else None
@@ -281,7 +391,7 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None) -> Ten
         return out.view(T, B, -1)
     T, B = x.shape[0], x.shape[1]
     # advanced indexing and index_put_: index_select / index_copy measured 2-10x slower here
-    rows = F.linear(x.reshape(T * B, -1)[live], w, b)  # [n, N]
+    rows = lin(x.reshape(T * B, -1)[live], w, b)  # [n, N]
     return rows.new_zeros(T * B, rows.shape[1]).index_put_((live,), rows).view(T, B, -1)
 
 
@@ -297,10 +407,26 @@ class RNN(_FusedRNNMixin, nn.RNN):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        zoneout: p in [0, 1) (keyword only; 0 = off, the plain kernels). Training: each unit
+            of the carried state keeps its previous value with probability p at every step,
+            h_t = m * h_{t-1} + (1 - m) * h~_t (the output is the zoned h_t); eval: the
+            expectation p * h_{t-1} + (1 - p) * h~_t. Masks: :meth:`zoneout_mask`.
+        weight_drop: DropConnect probability in [0, 1) on every ``weight_hh_l{k}[_reverse]``
+            (keyword only; AWD-LSTM's WeightDrop): in training one mask per forward call,
+            scaled by 1/(1-p); none in eval; 0 (default) is off. See ``nn/_regularisers.py``.
+        dropout_mode: "standard" (default, torch.nn's per-element dropout between layers) or
+            "locked" (keyword only): one ``dropout`` mask per sequence and layer, shared by
+            every step (variational dropout, AWD-LSTM's LockedDropout).
 
     Inputs: ``input`` [T, B, I] (or [B, T, I] with batch_first, [T, I] unbatched, or a
     PackedSequence) and ``hx`` [L*D, B, H] or None.
     Returns: ``output`` [T, B, D*H] (same form as the input), ``h_n`` [L*D, B, H].
+
+    ``forward(input, hx=None, *, reset=None)``: ``reset`` [T, B] ([B, T] with batch_first, [T]
+    unbatched), bool or 0/1: where true, the state carried into step t of row b is replaced by
+    zeros first (hx too, at t = 0), and no gradient crosses it; the reverse direction restarts
+    at the same boundaries, so each segment runs as its own sequence (docs/rl.md). Not with a
+    PackedSequence.
 
     Example::
 
@@ -308,9 +434,11 @@ class RNN(_FusedRNNMixin, nn.RNN):
         >>> out, h_n = rnn(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, zoneout=0.0,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend, recurrent_grad_clip)
+        self._set_backend(backend, recurrent_grad_clip, zoneout)
+        self._set_regularisers(weight_drop, dropout_mode)
 
 
 class LSTM(_FusedRNNMixin, nn.LSTM):
@@ -326,10 +454,17 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        zoneout: p in [0, 1) (keyword only; 0 = off, the plain kernels). Training: each unit
+            of the carried state keeps its previous value with probability p at every step,
+            h_t = m * h_{t-1} + (1 - m) * h~_t (the output is the zoned h_t); eval: the
+            expectation p * h_{t-1} + (1 - p) * h~_t. Masks: :meth:`zoneout_mask`.
+        weight_drop, dropout_mode: as :class:`RNN` (keyword only).
 
     Inputs: ``input`` [T, B, I] (batch_first, unbatched or PackedSequence as torch.nn) and
     ``(h_0 [L*D, B, H_out], c_0 [L*D, B, H])`` or None.
     Returns: ``output`` [T, B, D*H_out], ``(h_n, c_n)``.
+    ``forward(input, hx=None, *, reset=None)``: per-step state resets, as :class:`RNN`.
+    ``zoneout`` may also be a pair (p_h, p_c): c gets its own mask (a float p means both).
 
     Example::
 
@@ -337,9 +472,11 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
         >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, zoneout=0.0,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend, recurrent_grad_clip)
+        self._set_backend(backend, recurrent_grad_clip, zoneout)
+        self._set_regularisers(weight_drop, dropout_mode)
 
 
 class GRU(_FusedRNNMixin, nn.GRU):
@@ -354,8 +491,14 @@ class GRU(_FusedRNNMixin, nn.GRU):
         backend: "auto" | "reference" | "cpu" | "triton" | "cuda" (keyword only).
         recurrent_grad_clip: None or > 0 (keyword only): clamp the gradient carried back
             through the recurrence (dh, dc) at every step of BPTT; None changes nothing.
+        zoneout: p in [0, 1) (keyword only; 0 = off, the plain kernels). Training: each unit
+            of the carried state keeps its previous value with probability p at every step,
+            h_t = m * h_{t-1} + (1 - m) * h~_t (the output is the zoned h_t); eval: the
+            expectation p * h_{t-1} + (1 - p) * h~_t. Masks: :meth:`zoneout_mask`.
+        weight_drop, dropout_mode: as :class:`RNN` (keyword only).
 
     Returns: ``output`` [T, B, D*H], ``h_n`` [L*D, B, H].
+    ``forward(input, hx=None, *, reset=None)``: per-step state resets, as :class:`RNN`.
 
     Example::
 
@@ -363,6 +506,8 @@ class GRU(_FusedRNNMixin, nn.GRU):
         >>> out, h_n = gru(torch.randn(5, 3, 10))
     """
 
-    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, **kwargs):
+    def __init__(self, *args, backend: str = "auto", recurrent_grad_clip=None, zoneout=0.0,
+                 weight_drop: float = 0.0, dropout_mode: str = "standard", **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_backend(backend, recurrent_grad_clip)
+        self._set_backend(backend, recurrent_grad_clip, zoneout)
+        self._set_regularisers(weight_drop, dropout_mode)

@@ -10,34 +10,30 @@ Each ``<mode>_step`` takes one step of the op contract (see ``reference.py``):
 and returns ``(h_new, c_new)`` (``c_new`` is None except for LSTM). Gate order is torch.nn's:
 LSTM (i, f, g, o), GRU (r, z, n).
 
+``CELLS`` is the one description of every cell that the Python side reads (the reference, the
+backends' fakes and launchers, the Triton kernels' constants): its equations and its traits. The
+shared loops test traits, never a cell's name. ``GATES``, ``STEPS`` and ``MODES`` are views of it.
+The C++ twin of the traits is ``csrc/include/fusedrnn/cells.h`` (tests/test_cell_registry.py
+checks that the two agree).
+
 The LayerNorm cells (Ba et al. 2016 as Haste implements them) take their extra per-layer
-parameters as ``cell_params`` (their meaning per mode: ``CELL_PARAMS``). Their recurrent
-pre-activation is ``LN(h W_hh^T) * ln_hh_weight + b_hh`` (LN over the whole G*H row, biased
-variance, eps ``LN_EPS``, no LN bias); the input side ``LN(x W_ih^T) * ln_ih_weight + b_ih`` is
-the caller's ``xw``. LN_LSTM also normalises its cell state before the output nonlinearity:
-``h = sigmoid(o) * tanh(LN(c) * ln_c_weight + ln_c_bias)`` (the state c itself stays raw).
+parameters as the op's ``cell_params`` (their names and sizes: ``Cell.cell_params``). Their
+recurrent pre-activation is ``LN(h W_hh^T) * ln_hh_weight + b_hh`` (LN over the whole G*H row,
+biased variance, eps ``LN_EPS``, no LN bias); the input side ``LN(x W_ih^T) * ln_ih_weight +
+b_ih`` is the caller's ``xw``. LN_LSTM also normalises its cell state before the output
+nonlinearity: ``h = sigmoid(o) * tanh(LN(c) * ln_c_weight + ln_c_bias)`` (the state c itself
+stays raw).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: number of gate blocks per cell type, G in the op contract
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "LN_LSTM": 4, "LN_GRU": 3}
-MODES = tuple(GATES)
-#: torch.nn's cells: the modes every backend runs (the LayerNorm cells need ``cell_params``)
-TORCH_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
-#: whether the cell carries a cell state c besides h
-CELL_STATE = {"RNN_TANH": False, "RNN_RELU": False, "LSTM": True, "GRU": False,
-              "LN_LSTM": True, "LN_GRU": False}
-#: the op's ``cell_params`` per mode: (name, size in units of H), in this order
-CELL_PARAMS = {
-    "RNN_TANH": (), "RNN_RELU": (), "LSTM": (), "GRU": (),
-    "LN_LSTM": (("ln_hh_weight", 4), ("ln_c_weight", 1), ("ln_c_bias", 1)),
-    "LN_GRU": (("ln_hh_weight", 3),),
-}
 #: the epsilon of every layer normalisation of the LayerNorm cells
 LN_EPS = 1e-5
 
@@ -104,11 +100,64 @@ def ln_gru_step(xw_t, h, c, w_hh, b_hh, w_hr=None, cell_params=()):
     return _gru(xw_t, _ln_recurrent(h, w_hh, b_hh, ln_hh_weight), h)
 
 
-STEPS = {
-    "RNN_TANH": rnn_tanh_step,
-    "RNN_RELU": rnn_relu_step,
-    "LSTM": lstm_step,
-    "GRU": gru_step,
-    "LN_LSTM": ln_lstm_step,
-    "LN_GRU": ln_gru_step,
-}
+@dataclass(frozen=True)
+class Cell:
+    """One cell: its equations and the traits the shared loops read instead of its name.
+
+    Attributes:
+        name: the op's ``mode`` (torch.nn's names for its cells).
+        gates: G, the gate blocks of ``xw`` and ``w_hh`` ([T, B, G*H], [G*H, H_out]).
+        step: the equations in PyTorch (the reference; see the module doc).
+        has_cell_state: carries a cell state c besides h (c0, c_T, dc).
+        recurrent_grad_differs: the gradient w.r.t. the recurrent pre-activation (W_hh h + b_hh)
+            differs from the input-side one, so backward keeps it apart for dW_hh and dh_prev
+            (GRU: n = tanh(x_n + r * hh_n)).
+        direct_h_grad: h_new depends on h_prev directly, not only through W_hh (GRU's z * h_prev):
+            backward reads h_prev and passes part of dh straight to dh_prev.
+        saved: activations per unit its backward reads besides the states (cells.h num_saved).
+        projection: accepts ``w_hr`` (torch.nn's proj_size).
+        cell_params: the op's extra per-layer parameters, in order: (name, size in units of H)
+            (cells.h num_cell_params / cell_param_units). A backend runs such a cell only when
+            its ``recurrence`` takes the keyword ``cell_params``.
+        layer: the drop-in layer that runs the cell, for messages (default: its name).
+    """
+
+    name: str
+    gates: int
+    step: Callable
+    has_cell_state: bool = False
+    recurrent_grad_differs: bool = False
+    direct_h_grad: bool = False
+    saved: int = 0
+    projection: bool = False
+    cell_params: tuple[tuple[str, int], ...] = ()
+    layer: str = ""
+
+    @property
+    def title(self) -> str:
+        """How messages name the cell: its layer and mode, e.g. "LayerNormLSTM (LN_LSTM)"."""
+        return f"{self.layer} ({self.name})" if self.layer else self.name
+
+
+#: every cell, in the order of cells.h's ``enum class Cell`` (Triton's MODE is the index)
+CELLS = {c.name: c for c in (
+    Cell("RNN_TANH", 1, rnn_tanh_step),
+    Cell("RNN_RELU", 1, rnn_relu_step),
+    Cell("LSTM", 4, lstm_step, has_cell_state=True, saved=4, projection=True),
+    Cell("GRU", 3, gru_step, recurrent_grad_differs=True, direct_h_grad=True, saved=4),
+    Cell("LN_LSTM", 4, ln_lstm_step, has_cell_state=True, saved=5, layer="LayerNormLSTM",
+         cell_params=(("ln_hh_weight", 4), ("ln_c_weight", 1), ("ln_c_bias", 1))),
+    Cell("LN_GRU", 3, ln_gru_step, recurrent_grad_differs=True, direct_h_grad=True, saved=4,
+         layer="LayerNormGRU", cell_params=(("ln_hh_weight", 3),)),
+)}
+#: views of CELLS by mode: G in the op contract, the step functions, the mode names
+GATES = {name: c.gates for name, c in CELLS.items()}
+STEPS = {name: c.step for name, c in CELLS.items()}
+MODES = tuple(CELLS)
+#: torch.nn's cells, which every backend runs (the others need ``cell_params``)
+TORCH_MODES = tuple(name for name, c in CELLS.items() if not c.cell_params)
+#: views of two traits, for the op surfaces' one-line tests
+CELL_STATE = {name: c.has_cell_state for name, c in CELLS.items()}
+SPLIT_REC = {name: c.recurrent_grad_differs for name, c in CELLS.items()}
+#: Triton's constexpr MODE of each cell (ops/triton/cells.py branches on it)
+MODE_ID = {name: i for i, name in enumerate(CELLS)}

@@ -1,8 +1,9 @@
 """The CPU backend: the recurrence op as fused C++ time loops (``csrc/cpu``).
 
-The ladder (CONVENTIONS.md): ``torch.ops.fusedrnn.recurrence_fwd`` / ``recurrence_bwd`` (C++
-kernels, no autograd) -> fake implementations and the autograd formula registered here ->
-:func:`recurrence`, the backend's entry point used by ``fusedrnn.backends`` and the nn layers.
+The ladder (docs/architecture.md, convention 1): ``torch.ops.fusedrnn.recurrence_fwd`` /
+``recurrence_bwd`` (C++ kernels, no autograd) -> fake implementations and the autograd formula
+registered here -> :func:`recurrence`, the backend's entry point used by ``fusedrnn.backends``
+and the nn layers.
 
 Backend interface (see ``fusedrnn.backends``): :func:`unavailable`, :func:`supports`,
 :func:`recurrence`. Also :func:`cell_step`, a single-step inference op for streaming cells.
@@ -15,8 +16,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _ext
-from .cells import CELL_STATE, GATES, MODES  # noqa: F401  (MODES: every cell runs here)
-from .reference import check_clip, check_contract, recurrence_ref
+from .cells import CELL_STATE, GATES
+from .reference import (check_clip, check_contract, check_reset_zoneout, compute_dtype,
+                        recurrence_ref)
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -31,16 +33,14 @@ def supports(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, cell_params=None):
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, reset=None,
+              zoneout=None, cell_params=None):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
-    ws_units = _ext._C._ws_units(mode, save, w_hr is not None)  # csrc/cpu/common.cpp ws_layout
-    acc = _acc(xw.dtype)
+    # csrc/cpu/common.cpp ws_layout
+    ws_units = _ext._C._ws_units(mode, save, w_hr is not None, zoneout is not None)
+    acc = compute_dtype(xw.dtype)
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
@@ -50,7 +50,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, c
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, ws,
-              clip=0.0, cell_params=None):
+              clip=0.0, reset=None, zoneout=None, cell_params=None):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -66,19 +66,24 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
     )
 
 
+#: the defaults of recurrence_fwd's trailing arguments: save, reset, zoneout, cell_params
+_TAIL_DEFAULTS = (True, None, None, None)
+
+
 def _setup_context(ctx, inputs, output):
     mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *rest = inputs
-    save = rest[0] if rest else True
-    cell_params = rest[1] if len(rest) > 1 and rest[1] is not None else []
+    rest = list(rest) + list(_TAIL_DEFAULTS[len(rest):])
+    reset, zoneout, cell_params = rest[1], rest[2], rest[3] or []
+    # one gradient per argument the dispatcher passed: it drops the trailing arguments equal to
+    # their defaults, and with a Tensor[] in the schema autograd checks the count
+    given = [i for i, (v, d) in enumerate(zip(rest, _TAIL_DEFAULTS)) if v is not d]
+    ctx.n_inputs = 9 + (given[-1] + 1 if given else 0)
     y, _, _, ws = output
-    # one gradient per argument the dispatcher passed: it drops trailing arguments equal to
-    # their defaults (save=True, cell_params=None), and with a Tensor[] in the schema the
-    # count is checked
-    ctx.n_inputs = 9 + (bool(cell_params) or save is not True) + bool(cell_params)
     ctx.mode, ctx.reverse = mode, reverse
     # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
-    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cell_params)
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout,
+                          *cell_params)
     ctx.mark_non_differentiable(ws)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
@@ -88,11 +93,11 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
     """First-order gradients as a differentiable graph (create_graph=True): the reference loop
     differentiated by autograd, so that double backward (gradgradcheck, gradient penalties) is
     exact. The fused kernels serve the ordinary first-order backward."""
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, *cp = ctx.saved_tensors
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, reset, zoneout, *cp = ctx.saved_tensors
     ins = (xw, w_hh, b_hh, h0, c0, w_hr, *cp)
     with torch.enable_grad():
-        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5],
-                              cell_params=list(cp) if cp else None)
+        outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5], reset=reset,
+                              zoneout=zoneout, cell_params=cp or None)
     pairs = [(o, g) for o, g in zip(outs, (dy, dh_T, dc_T)) if o is not None and g is not None]
     wanted = [t for t in ins if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(
@@ -106,10 +111,10 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
     """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr, *cell_params), None
     where the input was None."""
     mode = ctx.mode
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cp = ctx.saved_tensors
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout, *cp = ctx.saved_tensors
     d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, d_cp = torch.ops.fusedrnn.recurrence_bwd(
         mode, dy, dh_T, dc_T if CELL_STATE[mode] else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, ws, clip, cp or None,
+        ctx.reverse, w_hr, y, ws, clip, reset, zoneout, cp or None,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
             dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None, *d_cp)
@@ -117,20 +122,20 @@ def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
 
 def _workspace_missing(ctx) -> bool:
     """The forward ran with save=False (direct op call) though backward needs its workspace."""
-    w_hr, ws = ctx.saved_tensors[6], ctx.saved_tensors[8]
-    return ws.numel() == 0 and _ext._C._ws_units(ctx.mode, True, w_hr is not None) > 0
+    w_hr, ws, zoneout = ctx.saved_tensors[6], ctx.saved_tensors[8], ctx.saved_tensors[10]
+    units = _ext._C._ws_units(ctx.mode, True, w_hr is not None, zoneout is not None)
+    return ws.numel() == 0 and units > 0
 
 
 def _backward(ctx, dy, dh_T, dc_T, _dws):
     # create_graph (double backward), or a forward that kept nothing: the differentiable
     # reference recomputes everything
-    if torch.is_grad_enabled() or _workspace_missing(ctx):
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _double_backward_grads(ctx, dy, dh_T,
-                                                                                 dc_T)
-    else:
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T)
-    grads = (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, d_cp or None)
-    return grads[: ctx.n_inputs]
+    grads = (_double_backward_grads if torch.is_grad_enabled() or _workspace_missing(ctx)
+             else _fused_grads)
+    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = grads(ctx, dy, dh_T, dc_T)
+    out = (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None,
+           d_cp or None)
+    return out[: ctx.n_inputs]
 
 
 class _ClippedRecurrence(torch.autograd.Function):
@@ -139,12 +144,14 @@ class _ClippedRecurrence(torch.autograd.Function):
     plain autograd.Function (torch.compile graph-breaks here; first-order gradients only)."""
 
     @staticmethod
-    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, *cp):
+    def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, reset,
+                zoneout, *cp):
         y, h_T, c_T, ws = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, list(cp) or None
+            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, reset, zoneout,
+            list(cp) or None
         )
         ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
-        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, *cp)
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout, *cp)
         ctx.set_materialize_grads(False)
         return y, h_T, c_T
 
@@ -153,7 +160,27 @@ class _ClippedRecurrence(torch.autograd.Function):
     def backward(ctx, dy, dh_T, dc_T):
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T,
                                                                       ctx.clip)
-        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, *d_cp
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None, *d_cp
+
+
+def _linear_fake(a, w, b):
+    return a.new_empty(a.shape[0], w.shape[0])
+
+
+def _linear_setup(ctx, inputs, output):
+    a, w, b = inputs
+    ctx.save_for_backward(a, w)
+    ctx.has_b = b is not None
+
+
+def _linear_backward(ctx, dy):
+    # the same op for the input and weight gradients (each row in a fixed order), so they are
+    # thread-count invariant too, and differentiable again (double backward)
+    a, w = ctx.saved_tensors
+    da = torch.ops.fusedrnn.rows_linear(dy, w.t(), None) if ctx.needs_input_grad[0] else None
+    dw = torch.ops.fusedrnn.rows_linear(dy.t(), a.t(), None) if ctx.needs_input_grad[1] else None
+    db = dy.sum(0) if ctx.has_b and ctx.needs_input_grad[2] else None
+    return da, dw, db
 
 
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
@@ -164,6 +191,10 @@ if _ext.extension_error() is None:
     torch.library.register_fake("fusedrnn::recurrence_fwd")(_fwd_fake)
     torch.library.register_fake("fusedrnn::recurrence_bwd")(_bwd_fake)
     torch.library.register_fake("fusedrnn::cell_step")(_step_fake)
+    torch.library.register_fake("fusedrnn::rows_linear")(_linear_fake)
+    torch.library.register_autograd(
+        "fusedrnn::rows_linear", _linear_backward, setup_context=_linear_setup
+    )
     torch.library.register_autograd(
         "fusedrnn::recurrence_fwd", _backward, setup_context=_setup_context
     )
@@ -182,11 +213,11 @@ def _check(mode, tensors) -> None:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None, cell_params=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None, cell_params=None):
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection of every step, ``b_ih`` included.
         w_hh: [G*H, H_out] recurrent weights (torch.nn layout and gate order).
         b_hh: [G*H] or None.
@@ -198,12 +229,15 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hr: [P, H] or None, LSTM projection.
         recurrent_grad_clip: None or > 0; clamps the gradient each live step sends back to
             its input state (see ``recurrence_ref``).
-        cell_params: the LayerNorm cells' extra parameters (``ops.cells.CELL_PARAMS``), else
-            None; differentiable.
+        reset: [T, B] (xw's dtype, 1 = a segment starts) or None; zoneout: [T, B, Z] keep-old
+            mask or None (see ``fusedrnn.ops.reference``). Both fused into the loops.
+        cell_params: the extra per-layer parameters of the cells that have some (the LayerNorm
+            cells: ``fusedrnn.ops.cells.CELLS[mode].cell_params``), else None; differentiable.
 
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
-        xw, w_hh, b_hh, h0, c0 and w_hr. float32, float64 and bfloat16 (computed in float32).
+        xw, w_hh, b_hh, h0, c0, w_hr and cell_params. float32, float64 and bfloat16 (computed
+        in float32).
 
     Example::
 
@@ -218,18 +252,33 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
                   ("lengths", lengths), ("w_hr", w_hr),
                   *((f"cell_params[{k}]", p) for k, p in enumerate(cp))))
     check_clip(recurrent_grad_clip)
+    check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
+    _check(mode, (("reset", reset), ("zoneout", zoneout)))
     if recurrent_grad_clip is not None:
         y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
                                                bool(reverse), w_hr, float(recurrent_grad_clip),
-                                               *cp)
+                                               reset, zoneout, *cp)
     else:
         # inference keeps nothing for backward (no cell states, no activations)
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr, *cp))
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, cp or None
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, reset, zoneout,
+            cp or None
         )
     return y, h_T, (c_T if CELL_STATE[mode] else None)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``F.linear(x, w, b)`` for the layers' input projections on this backend: x [..., K],
+    w [N, K], b [N] or None -> [..., N], differentiable (input, weight and bias).
+
+    Every output row is reduced in a fixed order and rows are split over threads, so a row's
+    result is bitwise the same alone or in a batch and with any thread count (MKL's GEMM, which
+    F.linear calls, is neither on every CPU). float32, float64, bfloat16 (computed in float32).
+    """
+    y = torch.ops.fusedrnn.rows_linear(x.reshape(-1, x.shape[-1]), w, b)
+    return y.view(*x.shape[:-1], w.shape[0])
 
 
 def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
@@ -240,7 +289,7 @@ def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Ten
     differentiable: use :func:`recurrence` when gradients are needed.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         x: [B, I]; w_ih: [G*H, I]; b_ih: [G*H] or None; w_hh: [G*H, H]; b_hh: [G*H] or None;
         h: [B, H]; c: [B, H] for LSTM, else None. float32 or float64, CPU.
 
@@ -254,7 +303,7 @@ def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Ten
         ...                  cell.weight_hh, cell.bias_hh, torch.zeros(1, 4), torch.zeros(1, 4))
     """
     h_new, c_new = torch.ops.fusedrnn.cell_step(mode, x, w_ih, b_ih, w_hh, b_hh, h, c)
-    return h_new, (c_new if mode == "LSTM" else None)
+    return h_new, (c_new if CELL_STATE[mode] else None)
 
 
 def cell_step_ops():

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .cells import GATES
-from .reference import check_clip, check_contract
+from .cells import CELL_STATE, CELLS, GATES
+from .reference import check_clip, check_contract, compute_dtype
 
-_SAVED = {"RNN_TANH": 0, "RNN_RELU": 0, "LSTM": 4, "GRU": 4}
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 try:
@@ -51,7 +50,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the CUDA C++ kernels.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection (bias_ih included); float32, float64, bfloat16 or
             float16 (arithmetic in float32, float64 for float64).
         w_hh: [G*H, H_out]; b_hh: [G*H] | None; h0: [B, H_out]; c0: [B, H] | None (LSTM).
@@ -90,16 +89,16 @@ def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
     op = getattr(torch.ops, namespace).cuda_recurrence_fwd
     y, h_T, c_T, *_ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
                               float(clip or 0.0))
-    return y, h_T, (c_T if mode == "LSTM" else None)
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = h0.shape[1]
-    acc = torch.float64 if xw.dtype == torch.float64 else torch.float32
-    S = _SAVED[mode]
-    lstm, proj = mode == "LSTM", w_hr is not None
+    acc = compute_dtype(xw.dtype)
+    S = CELLS[mode].saved
+    lstm, proj = CELL_STATE[mode], w_hr is not None
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
@@ -138,7 +137,7 @@ def _backward_for(namespace):
         w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr, hs = ctx.saved_tensors
         op = getattr(torch.ops, namespace).cuda_recurrence_bwd
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = op(
-            ctx.mode, dy, dh_T, dc_T if ctx.mode == "LSTM" else None, w_hh, b_hh, h0, c0,
+            ctx.mode, dy, dh_T, dc_T if CELL_STATE[ctx.mode] else None, w_hh, b_hh, h0, c0,
             lengths, ctx.reverse, w_hr, ctx.grad_clip, y, saved, cs, hr, hs)
         return (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
                 None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .cells import MODES  # noqa: F401  (every cell)
 from .reference import recurrence_ref as recurrence  # noqa: F401  (the backend's op)
 
 

@@ -126,33 +126,36 @@ def minrnn_available() -> bool:
 
 def _register_minrnn() -> None:
     @torch.library.register_fake("fusedrnn::minrnn_fwd")
-    def _(p, bias, h0, lengths, reverse, time_major, cell):
+    def _(p, bias, h0, lengths, reverse, time_major, cell, reset=None):
         B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
         return p.new_empty((p.shape[0], p.shape[1], H)), p.new_empty((B, H))
 
     @torch.library.register_fake("fusedrnn::minrnn_bwd")
-    def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell):
+    def _(p, bias, h, h0, lengths, grad_h, grad_hn, reverse, time_major, cell, reset=None):
         B, H = (p.shape[1] if time_major else p.shape[0]), p.shape[2] // (cell + 2)
         return (torch.empty_like(p, memory_format=torch.contiguous_format),
                 p.new_empty((B, H)), p.new_empty((p.shape[2],)))
 
     def setup_context(ctx, inputs, output):
-        p, bias, h0, lengths, reverse, time_major, cell = inputs
+        p, bias, h0, lengths, reverse, time_major, cell, *reset = inputs
         ctx.args = (reverse, time_major, cell)
         ctx.has = (bias is not None, h0 is not None)
-        ctx.save_for_backward(p, bias, h0, lengths, output[0])
+        ctx.n_inputs = len(inputs)
+        ctx.save_for_backward(p, bias, h0, lengths, output[0], reset[0] if reset else None)
 
     def backward(ctx, grad_h, grad_hn):
-        p, bias, h0, lengths, h = ctx.saved_tensors
+        p, bias, h0, lengths, h, reset = ctx.saved_tensors
         dp, dh0, dbias = torch.ops.fusedrnn.minrnn_bwd(p, bias, h, h0, lengths, grad_h, grad_hn,
-                                                       *ctx.args)
-        return dp, (dbias if ctx.has[0] else None), (dh0 if ctx.has[1] else None), None, None, None, None
+                                                       *ctx.args, reset)
+        grads = (dp, (dbias if ctx.has[0] else None), (dh0 if ctx.has[1] else None))
+        return grads + (None,) * (ctx.n_inputs - 3)
 
     torch.library.register_autograd("fusedrnn::minrnn_fwd", backward, setup_context=setup_context)
 
 
 def minrnn_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tensor | None,
-                reverse: bool, time_major: bool, cell: int) -> tuple[Tensor, Tensor]:
+                reverse: bool, time_major: bool, cell: int,
+                reset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A minGRU (``cell=0``) or minLSTM (``cell=1``) layer after its projection, gates and scan
     in one C++ pass: ``p + bias`` holds the gate inputs per row, ``[k_z | k_h]`` or
     ``[k_f | k_i | k_h]`` (p ``[T, B, G*H]`` if ``time_major`` else ``[B, T, G*H]``,
@@ -160,7 +163,9 @@ def minrnn_scan(p: Tensor, bias: Tensor | None, h0: Tensor | None, lengths: Tens
     h_n ``[B, H]`` the state after the last step.
 
     ``h_t = a_t h_{t-1} + (1 - a_t) g(k_h)`` with ``a = sigmoid(-k_z)`` (minGRU) or
-    ``f / (f + i)`` (minLSTM); steps ``t >= lengths[b]`` keep the state. Differentiable in ``p``,
-    ``bias`` and ``h0`` (one fused C++ pass back)."""
+    ``f / (f + i)`` (minLSTM); steps ``t >= lengths[b]`` keep the state. ``reset`` (bool,
+    ``[T, B]`` if ``time_major`` else ``[B, T]``, this direction's flags): where true, a_t = 0,
+    the carried state (h0 included) is dropped before the step and no gradient crosses it.
+    Differentiable in ``p``, ``bias`` and ``h0`` (one fused C++ pass back)."""
     return torch.ops.fusedrnn.minrnn_fwd(p, bias, h0, lengths, bool(reverse), bool(time_major),
-                                         int(cell))
+                                         int(cell), reset)

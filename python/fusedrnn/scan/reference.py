@@ -14,10 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the scan accumulates in: float64 stays float64, everything else is float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..ops.reference import compute_dtype  # the dtype the scan accumulates in
 
 
 def check_scan_args(a: Tensor, b: Tensor, h0: Tensor | None, names=("a", "b", "h0")) -> None:

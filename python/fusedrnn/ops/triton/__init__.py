@@ -3,15 +3,16 @@
 Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
 ``recurrence(...)``. Custom ops (``autograd.py``): ``torch.ops.fusedrnn.triton_recurrence_fwd``
 (with its autograd formula) and ``triton_recurrence_bwd``. Launchers without autograd:
-``<cell>_fwd`` / ``<cell>_bwd`` (and the mode-generic ``rnn_fwd`` / ``rnn_bwd`` in
-``launch.py``). Design, paths and the performance model: ``docs/triton_backend.md``.
+the mode-generic ``rnn_fwd`` / ``rnn_bwd`` (``launch.py``). Design, paths and the performance
+model: ``docs/triton_backend.md``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..reference import check_clip, check_contract
+from ..cells import CELL_STATE
+from ..reference import check_clip, check_contract, check_reset_zoneout
 
 try:
     import triton  # noqa: F401
@@ -28,8 +29,7 @@ if _IMPORT_ERROR is None:
     from .launch import interpreting, plan, rnn_bwd, rnn_fwd
 
 __all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
-           "rnn_tanh_fwd", "rnn_tanh_bwd", "rnn_relu_fwd", "rnn_relu_bwd", "lstm_fwd", "lstm_bwd",
-           "gru_fwd", "gru_bwd", "recurrence_fwd", "recurrence_bwd"]
+           "recurrence_fwd", "recurrence_bwd"]
 
 
 def unavailable() -> str | None:
@@ -48,17 +48,19 @@ def supports(device: torch.device) -> bool:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None, *, tile_units=None):
+               recurrent_grad_clip=None, *, reset=None, tile_units=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
-        mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU".
+        mode: a cell of ``fusedrnn.ops.cells.CELLS`` (torch.nn's names: RNN_TANH, ..., GRU).
         xw: [T, B, G*H] input projection (bias_ih included); float32, bfloat16 or float16.
         w_hh: [G*H, P]; b_hh: [G*H] | None; h0: [B, P]; c0: [B, H] | None (LSTM).
         lengths: [B] int64 | None; reverse: run each sequence from its end.
         w_hr: [P, H] | None, LSTM projection (any size, see docs).
         recurrent_grad_clip: None | > 0, clamps the gradient carried back through the
             recurrence at every step (see ``recurrence_ref``).
+        reset: [T, B] (xw's dtype, 1 = a segment starts) or None, fused into both loops (see
+            ``fusedrnn.ops.reference``). Zoneout is not fused here (backends says so).
         tile_units: None, or a power of two >= 16 forcing the split path with tiles of that
             many units (a test knob; the backward recomputes the same plan).
     Returns:
@@ -71,6 +73,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
     check_clip(recurrent_grad_clip)
+    check_reset_zoneout(mode, xw, w_hh, reset, None)
     if xw.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"triton backend: xw dtype must be float32, bfloat16 or float16, got {xw.dtype}")
     if not supports(xw.device):
@@ -84,28 +87,9 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
     y, h_T, c_T, _ = torch.ops.fusedrnn.triton_recurrence_fwd(
         mode, *(_contig(t) for t in ins[:5]), lengths, bool(reverse), _contig(w_hr), save, clip,
-        tile_units or 0)
-    return y, h_T, (c_T if mode == "LSTM" else None)
+        tile_units or 0, _contig(reset))
+    return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
 def _contig(t):
     return None if t is None else t.contiguous()
-
-
-def _cell(mode):
-    def fwd(xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None, save=True):
-        return rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save)
-
-    def bwd(saved, w_hh, dy, dh_T, dc_T=None, lengths=None, reverse=False, w_hr=None):
-        return rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths, reverse, w_hr)
-
-    fwd.__doc__ = f"Forward launcher for {mode}: see ``launch.rnn_fwd``."
-    bwd.__doc__ = f"Backward launcher for {mode}: see ``launch.rnn_bwd``."
-    return fwd, bwd
-
-
-if _IMPORT_ERROR is None:
-    rnn_tanh_fwd, rnn_tanh_bwd = _cell("RNN_TANH")
-    rnn_relu_fwd, rnn_relu_bwd = _cell("RNN_RELU")
-    lstm_fwd, lstm_bwd = _cell("LSTM")
-    gru_fwd, gru_bwd = _cell("GRU")

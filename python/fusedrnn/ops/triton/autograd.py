@@ -1,6 +1,7 @@
 """The fused Triton recurrence as ``torch.library`` custom ops, with fake impls and autograd.
 
-Ladder (CONVENTIONS.md): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate, launch) ->
+Ladder (docs/architecture.md, convention 1): ``rnn_fwd`` / ``rnn_bwd`` (launch.py: allocate,
+launch) ->
 ``fusedrnn::triton_recurrence_fwd`` / ``fusedrnn::triton_recurrence_bwd`` (here: custom ops, so
 ``torch.compile(fullgraph=True)`` keeps them as opaque nodes instead of graph-breaking) -> the
 autograd formula registered on the forward op -> ``recurrence`` in ``__init__``.
@@ -29,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cells import GATES
+from ..cells import CELL_STATE, GATES, SPLIT_REC
 from .launch import SAVED, layer_plan, rnn_bwd, rnn_fwd
 
 #: fp32 tensors the forward keeps for backward, in the order the fwd op returns them (its
@@ -41,7 +42,7 @@ _F32 = torch.float32
 def _saved_shapes(mode: str, T: int, B: int, H: int, P: int) -> dict:
     """Shape of each saved tensor, None where the mode has none (cprev outside LSTM)."""
     return {"act": (T, B, SAVED[mode] * H), "hprev": (T, B, P),
-            "cprev": (T, B, H) if mode == "LSTM" else None}
+            "cprev": (T, B, H) if CELL_STATE[mode] else None}
 
 
 def _sizes(mode: str, xw: Tensor, h0: Tensor):
@@ -66,14 +67,15 @@ def _pack(mode: str, saved: dict | None, xw: Tensor, h0: Tensor, save: bool) -> 
 @torch.library.custom_op("fusedrnn::triton_recurrence_fwd", mutates_args=())
 def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
                    c0: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                   w_hr: Optional[Tensor], save: bool, clip: float, tile_units: int
-                   ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+                   w_hr: Optional[Tensor], save: bool, clip: float, tile_units: int,
+                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """The fused forward of one layer and direction (inputs contiguous, on one device).
 
     Args: the op contract (see ``fusedrnn.ops.reference``); ``save``: keep what backward needs;
     ``clip``: ``recurrent_grad_clip`` of the backward, 0.0 = off (unused here: an argument only
     so that the autograd formula receives it); ``tile_units``: force the split path with tiles
-    of that many units (tests), 0 = the plan's own choice.
+    of that many units (tests), 0 = the plan's own choice; ``reset`` [T, B] or None (the op
+    contract's per-step state reset).
     Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] (empty unless LSTM), saved)``, the first
     three in ``xw``'s dtype, ``saved`` the fp32 tensors of ``SAVED_KEYS`` (empty when absent
     or not ``save``).
@@ -84,26 +86,27 @@ def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
         # checked here rather than in recurrence(): reading a value graph-breaks torch.compile
         raise ValueError(f"lengths must be <= T={T}, got max {int(lengths.max())}")
     y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save,
-                                 tile_units or None)
+                                 tile_units or None, reset)
     # T == 0 returns (copies of) the initial states: their dtype, not xw's
     c_T = xw.new_empty(0) if c_T is None else c_T.to(xw.dtype)
     return y, h_T.to(xw.dtype), c_T, _pack(mode, saved, xw, h0, save)
 
 
 @recurrence_fwd.register_fake
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units):
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units,
+              reset):
     T, B, H, P = _sizes(mode, xw, h0)
     saved = [xw.new_empty(0, dtype=_F32) if s is None or not save else xw.new_empty(s, dtype=_F32)
              for s in _saved_shapes(mode, T, B, H, P).values()]
-    c_T = xw.new_empty(B, H) if mode == "LSTM" else xw.new_empty(0)
+    c_T = xw.new_empty(B, H) if CELL_STATE[mode] else xw.new_empty(0)
     return xw.new_empty(T, B, P), xw.new_empty(B, P), c_T, saved
 
 
 @torch.library.custom_op("fusedrnn::triton_recurrence_bwd", mutates_args=())
 def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
                    saved: list[Tensor], w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,
-                   w_hr: Optional[Tensor], dtype: torch.dtype, clip: float, tile_units: int
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   w_hr: Optional[Tensor], dtype: torch.dtype, clip: float, tile_units: int,
+                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused backward loop of one layer and direction (no weight GEMMs).
 
     Args: ``dy [T, B, P]`` (contiguous), ``dh_T [B, P]``, ``dc_T [B, H]`` (LSTM, else None),
@@ -120,26 +123,26 @@ def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
     def absent():  # a fresh placeholder each time: custom op outputs may not alias
         return dy.new_empty(0, dtype=_F32)
 
-    if mode == "LSTM" and dc_T is None:
+    if CELL_STATE[mode] and dc_T is None:
         dc_T = dh_T.new_zeros(B, H, dtype=_F32)
     if T == 0:  # nothing to run: the states' gradients pass straight through
-        dc0 = dc_T.to(_F32, copy=True) if mode == "LSTM" else absent()
+        dc0 = dc_T.to(_F32, copy=True) if CELL_STATE[mode] else absent()
         dhtot = dy.new_zeros(0, B, P, dtype=_F32) if w_hr is not None else absent()
         return (dy.new_zeros(0, B, GH, dtype=_F32),
-                dy.new_zeros(0, B, GH, dtype=_F32) if mode == "GRU" else absent(),
+                dy.new_zeros(0, B, GH, dtype=_F32) if SPLIT_REC[mode] else absent(),
                 dh_T.to(_F32, copy=True), dc0, dhtot)
     state = dict(zip(SAVED_KEYS, saved))
     state["plan"] = layer_plan(mode, H, P, B, dtype, w_hr is not None, w_hh.device,
                                tile_units or None)
     dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, state, w_hh, dy, dh_T, dc_T, lengths, reverse,
-                                         w_hr, clip or None)
-    return (dxw, drec if mode == "GRU" else absent(), dh0, absent() if dc0 is None else dc0,
+                                         w_hr, clip or None, reset)
+    return (dxw, drec if SPLIT_REC[mode] else absent(), dh0, absent() if dc0 is None else dc0,
             absent() if dhtot is None else dhtot)
 
 
 @recurrence_bwd.register_fake
 def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, clip,
-              tile_units):
+              tile_units, reset):
     T, B, P = dy.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -147,18 +150,18 @@ def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, 
     def e(*shape):
         return dy.new_empty(shape, dtype=_F32)
 
-    return (e(T, B, GH), e(T, B, GH) if mode == "GRU" else e(0), e(B, P),
-            e(B, H) if mode == "LSTM" else e(0), e(T, B, P) if w_hr is not None else e(0))
+    return (e(T, B, GH), e(T, B, GH) if SPLIT_REC[mode] else e(0), e(B, P),
+            e(B, H) if CELL_STATE[mode] else e(0), e(T, B, P) if w_hr is not None else e(0))
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units = inputs
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, reset = inputs
     saved = output[3]
     ctx.mode, ctx.reverse, ctx.save, ctx.clip, ctx.tile_units = mode, reverse, save, clip, tile_units
     ctx.xw_dtype = xw.dtype
     # dtype of each differentiable input's gradient, None where the input is absent
     ctx.dtypes = [None if t is None else t.dtype for t in (b_hh, h0, c0)]
-    ctx.save_for_backward(w_hh, w_hr, lengths, *saved)
+    ctx.save_for_backward(w_hh, w_hr, lengths, reset, *saved)
     ctx.mark_non_differentiable(*saved)
 
 
@@ -172,17 +175,17 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
         raise RuntimeError("fusedrnn::triton_recurrence_fwd ran with save=False, so it kept "
                            "nothing for backward; call it with save=True when gradients are needed")
     mode = ctx.mode
-    w_hh, w_hr, lengths, *saved = ctx.saved_tensors
+    w_hh, w_hr, lengths, reset, *saved = ctx.saved_tensors
     b_dt, h_dt, c_dt = ctx.dtypes
     dxw, drec, dh0, dc0, dhtot = torch.ops.fusedrnn.triton_recurrence_bwd(
-        mode, dy.contiguous(), dh_T, dc_T if mode == "LSTM" else None, saved, w_hh, lengths,
-        ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units)
+        mode, dy.contiguous(), dh_T, dc_T if CELL_STATE[mode] else None, saved, w_hh, lengths,
+        ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units, reset)
     st = dict(zip(SAVED_KEYS, saved))
     act, hprev, cprev = st["act"], st["hprev"], st["cprev"]
     T, B, P = hprev.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
-    drec2 = (drec if mode == "GRU" else dxw).reshape(T * B, GH)
+    drec2 = (drec if SPLIT_REC[mode] else dxw).reshape(T * B, GH)
     d_w_hh = drec2.t() @ hprev.reshape(T * B, P)  # [G*H, P], fp32
     d_b_hh = None if b_dt is None else drec2.sum(0).to(b_dt)
     d_w_hr = None
@@ -192,7 +195,7 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
         d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
     d_c0 = None if c_dt is None else dc0.to(c_dt)
     return (None, dxw.to(ctx.xw_dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(h_dt), d_c0, None,
-            None, d_w_hr, None, None, None)
+            None, d_w_hr, None, None, None, None)
 
 
 recurrence_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -2,7 +2,7 @@
 
 Tiles are laid out ``[units, batch]`` (hidden units down, batch across) because the recurrent
 product is computed as ``W_tile [units, K] @ h [K, batch]``. ``MODE`` is a constexpr:
-0 RNN_TANH, 1 RNN_RELU, 2 LSTM, 3 GRU (see ``MODE_ID`` in ``launch.py``).
+0 RNN_TANH, 1 RNN_RELU, 2 LSTM, 3 GRU: the index in ``fusedrnn.ops.cells.CELLS`` (``MODE_ID``).
 
 Forward takes the input-side pre-activations ``a0..a3`` (xw, ``b_ih`` included) and the recurrent
 ones ``r0..r3`` (``W_hh h + b_hh``) per gate, and returns the cell output before any projection,

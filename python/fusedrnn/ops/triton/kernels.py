@@ -35,12 +35,22 @@ import triton.language as tl
 
 from .cells import cell_bwd, cell_fwd
 from .tiles import (_gate_tiles, _gates_mm, _ld, _ld_gates, _ldx, _mm, _offs, _rec_grad,
-                    _rec_grad_global, _st, _step_barrier, _stream_mm, _wload)
+                    _rec_grad_global, _st, _st_gates, _step_barrier, _stream_mm, _wload)
+
+
+@triton.jit
+def _carry_keep(reset, bt, B, T, offs_b, mb, lens, on):
+    """[1, BB] 0.0 where a segment starts at step ``bt`` of a live row (reset [T, B] nonzero,
+    bt < its length), else 1.0; all 1.0 unless ``on`` or outside 0 <= bt < T."""
+    inside = (bt >= 0) & (bt < T) & on
+    bc = tl.minimum(tl.maximum(bt, 0), T - 1).to(tl.int64)  # in bounds: the load needs no
+    r = tl.load(reset + bc * B + offs_b, mask=mb, other=0.0)[None, :]  # scalar mask
+    return tl.where((r != 0.0) & (bt < lens) & inside, 0.0, 1.0)
 
 
 @triton.jit
 def rnn_fwd_kernel(
-    xw, w, b, w_hr, h0, c_in, lengths,  # inputs (c_in may alias c_out)
+    xw, w, b, w_hr, h0, c_in, lengths, reset,  # inputs (c_in may alias c_out); reset [T, B]
     y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
     act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
     hbuf, mbuf, counter,  # SPLIT: h ping-pong [2, B, P] fp32; projected split: cell output
@@ -52,6 +62,7 @@ def rnn_fwd_kernel(
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr, SPIN: tl.constexpr,
+    HAS_RESET: tl.constexpr,
 ):
     # A projected split layer exchanges twice per step: h (all programs' outputs) before the
     # gates, the cell output m before the projection h = W_hr m. PHASE 1 / 2 run only the first
@@ -84,6 +95,7 @@ def rnn_fwd_kernel(
         b0 = tl.load(b + 0 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]  # [BU, 1]
         if G > 1:
             b1 = tl.load(b + 1 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 2:
             b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
         if G > 3:
             b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
@@ -123,6 +135,15 @@ def rnn_fwd_kernel(
             h_own = _ldx(cur, oh, mh)  # [BO, BB]
         else:
             h_own = h
+        keep = tl.full([1, BB], 1.0, tl.float32)
+        if HAS_RESET:  # a segment boundary: the carried state restarts from zeros
+            if REVERSE:  # the state passes from step t + 1 down to t
+                bt = t + 1
+            else:
+                bt = t
+            keep = _carry_keep(reset, bt, B, T, offs_b, mb, lens, bt >= 0)
+            h_own = h_own * keep  # (and the recurrent products below, column by column)
+            c = c * keep
         if PHASE != 2:  # the gates and the cell
             if STREAM:
                 # xw_t is loaded before the chunk loop so its HBM latency hides under it
@@ -135,18 +156,18 @@ def rnn_fwd_kernel(
                 else:
                     r0, r1, r2, r3 = _gates_mm(wt, h, G, DOT_T, PREC, X3)  # [BU, BB] each
                 a0, a1, a2, a3 = _ld_gates(xw + t * B * GH, ox, mx, H, G)
+            if HAS_RESET:  # W (h * keep) = (W h) * keep for a per-column 0/1 keep
+                r0 = r0 * keep
+                r1 = r1 * keep
+                r2 = r2 * keep
+                r3 = r3 * keep
             r0 += b0
             r1 += b1  # (unused gate slots are dead code)
             r2 += b2
             r3 += b3
             out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
             if SAVE:
-                at = act + t * B * (NA * H)
-                _st(at + 0 * H, oa, mx, e0)
-                if NA > 1:
-                    _st(at + 1 * H, oa, mx, e1)
-                    _st(at + 2 * H, oa, mx, e2)
-                    _st(at + 3 * H, oa, mx, e3)
+                _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3))
                 if HAS_C:
                     _st(cprev + t * B * H, oc, mx, c)
             c = tl.where(live, c_new, c)
@@ -178,18 +199,19 @@ def rnn_fwd_kernel(
 
 @triton.jit
 def rnn_bwd_kernel(
-    w, w_hr, dy, act, hprev, cprev, lengths,  # dy [T, B, P]; saved tensors as in the forward
+    w, w_hr, dy, act, hprev, cprev, lengths, reset,  # dy [T, B, P]; saved as in the forward
     dxw, drec, dhtot,  # fp32 out: [T, B, G*H] grads of xw and (GRU only) of W_hh h + b_hh; [T, B, P]
     r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
     counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
     clip,  # recurrent_grad_clip (used when CLIP)
-    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr,
+    MODE: tl.constexpr, G: tl.constexpr, NA: tl.constexpr, REC: tl.constexpr,
+    DIRECT: tl.constexpr,  # the cell's traits (launch.bwd_traits)
     HP: tl.constexpr, PP: tl.constexpr, BU: tl.constexpr, BO: tl.constexpr, BB: tl.constexpr,
     SPLIT: tl.constexpr, SYNC: tl.constexpr, SOLO: tl.constexpr, STREAM: tl.constexpr,
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
-    X3: tl.constexpr, CLIP: tl.constexpr, SPIN: tl.constexpr,
+    X3: tl.constexpr, CLIP: tl.constexpr, SPIN: tl.constexpr, HAS_RESET: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -237,7 +259,7 @@ def rnn_bwd_kernel(
     else:
         lens = tl.where(mb, T, 0)[None, :]
     dsrc = dxw
-    if MODE == 3:
+    if REC:
         dsrc = drec
 
     # Step T has no forward step left: it only completes dh0 = W_hh^T drec_first + R. It runs
@@ -251,6 +273,11 @@ def rnn_bwd_kernel(
             t = T - 1 - s
             tn = t + 1
         valid = (tl.zeros([1, BB], tl.int32) + s) < T  # [1, BB] all true except at step T
+        cut = tl.zeros([1, BB], tl.int32) != 0
+        if HAS_RESET:
+            # a reset at the boundary between t and tn (step max(t, tn) of the sequence, both
+            # directions) stopped what step tn sends back to h_t (the first step has no tn)
+            cut = (_carry_keep(reset, tl.maximum(t, tn), B, T, offs_b, mb, lens, s > 0) == 0.0)
         t = tl.minimum(tl.maximum(t, 0), T - 1).to(tl.int64)
         sx = mx & valid  # store masks of this step
         sh = mh & valid
@@ -272,10 +299,12 @@ def rnn_bwd_kernel(
                 # is clamped when that step was live; a finished sequence's pass-through is not
                 sent = (tn < lens) & (s > 0)  # [1, BB]
                 dh = tl.where(sent, tl.minimum(tl.maximum(dh, -clip), clip), dh)
+            if HAS_RESET:
+                dh = tl.where(cut, 0.0, dh)
             dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
             if HAS_PROJ:
                 _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
-            if MODE != 3:
+            if not DIRECT:
                 R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
         if PSPLIT:
             if SYNC:
@@ -289,30 +318,33 @@ def rnn_bwd_kernel(
             else:
                 dm = dh_tot
             e0, e1, e2, e3 = _ld_gates(act + t * B * (NA * H), oa, mx, H, NA)  # [BU, BB] each
+            if HAS_RESET:
+                dc = tl.where(cut, 0.0, dc)
             cp = dc
             if HAS_C:
                 cp = _ld(cprev + t * B * H, oc, mx)
             hp = dm
-            if MODE == 3:
+            if DIRECT:
                 hp = _ld(hprev + t * B * P, oh, mh)
             x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp,
                                                                 hp)
+            # gate g's gradients, each stored as soon as it is made (slots past G stay
+            # loop-invariant zeros)
             xt = dxw + t * B * GH
             d0 = tl.where(live, q0, 0.0)
             _st(xt + 0 * H, ox, sx, tl.where(live, x0, 0.0))
             if G > 1:
                 d1 = tl.where(live, q1, 0.0)
-                d2 = tl.where(live, q2, 0.0)
                 _st(xt + 1 * H, ox, sx, tl.where(live, x1, 0.0))
+            if G > 2:
+                d2 = tl.where(live, q2, 0.0)
                 _st(xt + 2 * H, ox, sx, tl.where(live, x2, 0.0))
             if G > 3:
                 d3 = tl.where(live, q3, 0.0)
                 _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
-            if MODE == 3:
-                rt = drec + t * B * GH
-                _st(rt + 0 * H, ox, sx, d0)
-                _st(rt + 1 * H, ox, sx, d1)
-                _st(rt + 2 * H, ox, sx, d2)
+            if REC:
+                _st_gates(drec + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
+            if DIRECT:
                 R = tl.where(live, dhd, dh_tot)
             if CLIP:
                 dcp = tl.minimum(tl.maximum(dcp, -clip), clip)

@@ -30,13 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..cells import GATES
+from ..cells import CELL_STATE, CELLS, GATES, MODE_ID
 from . import validated
 from .kernels import rnn_bwd_kernel, rnn_fwd_kernel
 
-MODE_ID = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
-#: saved activations per unit: RNN keeps h, LSTM i f g o, GRU r z n and W_hn h + b_hn
-SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}
+#: activations per unit the kernels save (``act``): the cell's own (LSTM i f g o, GRU r z n and
+#: W_hn h + b_hn), or h itself for a cell that saves none (its backward reads h, which y holds
+#: only in the input dtype)
+SAVED = {name: max(c.saved, 1) for name, c in CELLS.items()}
 #: Weight bytes one program keeps on chip (Triton stages them in shared memory and feeds the
 #: tensor cores from there): the largest tiles that compile without register spills on sm_90
 #: (tools/triton_aot_report.py). Larger layers stream their weights instead.
@@ -64,10 +65,6 @@ BLOCK_B = 16
 NUM_STAGES = 1
 #: pipeline stages of the streamed path's K-chunk loop
 STREAM_STAGES = 2
-#: ptxas register cap: None leaves it to ptxas. It caps a few sm_80 backward kernels at 128
-#: registers with small spills; maxnreg=255 removes those but makes several fp32 backward
-#: kernels spill on sm_90 (tools/triton_aot_report.py), so the default stays.
-MAXNREG = None
 #: polls of the grid barrier's spin before a program gives up and flags the launch as failed
 #: (the launcher then raises): at ~0.5-1 us per gpu-scope acquire load (modelled), ~8-17 s,
 #: far beyond any legitimate wait of one step
@@ -257,11 +254,6 @@ def _check_smem(pl: Plan, need: int, smem: int | None, H, P, dtype) -> Plan:
     return pl
 
 
-def _regs() -> dict:
-    """Launch/compile options for the register cap."""
-    return {} if MAXNREG is None else {"maxnreg": MAXNREG}
-
-
 def _dot_config(dtype: torch.dtype):
     """(operand dtype, input_precision, X3) of the kernels' products.
 
@@ -278,7 +270,7 @@ def _dot_config(dtype: torch.dtype):
     return _TL_DTYPE[dtype], "tf32", False
 
 
-def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
+def _consts(mode, pl: Plan, dtype, proj, lengths, reverse, reset=None):
     G = GATES[mode]
     dot_t, prec, x3 = _dot_config(dtype)
     split = pl.path != "resident"
@@ -287,9 +279,16 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse):
         BO=pl.BO, BB=pl.BB, SPLIT=split, PHASE=0,
         SYNC=pl.path in ("persistent", "stream"), SOLO=pl.n_tiles == 1, STREAM=pl.stream,
         BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
-        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=mode == "LSTM", REVERSE=bool(reverse),
-        DOT_T=dot_t, PREC=prec, X3=x3,
+        HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELL_STATE[mode], REVERSE=bool(reverse),
+        DOT_T=dot_t, PREC=prec, X3=x3, HAS_RESET=reset is not None,
     )
+
+
+def bwd_traits(mode) -> dict:
+    """The cell's traits the backward kernel reads (constexprs): ``REC``, the recurrent-side gate
+    gradients differ from the input-side ones (written to ``drec``); ``DIRECT``, h_new depends
+    on h_prev outside W_hh (backward reads ``hprev`` and carries the cell's direct dh_prev)."""
+    return dict(REC=CELLS[mode].recurrent_grad_differs, DIRECT=CELLS[mode].direct_h_grad)
 
 
 def _on(device: torch.device):
@@ -310,23 +309,28 @@ def _phases(k: dict) -> tuple:
     return (1, 2) if k["HAS_PROJ"] and k["SPLIT"] else (0,)
 
 
+def _reset(reset, device):
+    """``reset`` [T, B] as the kernels read it: contiguous fp32 on ``device`` (or None)."""
+    return None if reset is None else reset.to(device, torch.float32).contiguous()
+
+
 def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-            save=True, tile_units=None):
+            save=True, tile_units=None, reset=None):
     """Run the fused forward kernel(s) of one layer and direction.
 
     Args: the op contract of ``fusedrnn.ops.reference`` (inputs already validated and
     contiguous); ``save`` keeps what backward needs; ``tile_units`` forces the split path.
     Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] | None, saved)`` with ``saved`` a dict of
     fp32 tensors ``act [T, B, NA*H]``, ``hprev [T, B, P]``, ``cprev [T, B, H]`` (LSTM) and the
-    ``plan`` used, or None when ``save`` is False.
+    ``plan`` used, or None when ``save`` is False. ``reset`` [T, B] or None: see the op contract.
     """
     T, B, GH = xw.shape
     G = GATES[mode]
     H, P = GH // G, h0.shape[1]
     dev, f32 = xw.device, torch.float32
     pl = layer_plan(mode, H, P, B, xw.dtype, w_hr is not None, dev, tile_units)
-    k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse)
-    lengths = _lengths(lengths, dev)
+    k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse, reset)
+    lengths, reset = _lengths(lengths, dev), _reset(reset, dev)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
     y = torch.empty(T, B, P, device=dev, dtype=xw.dtype)
@@ -349,7 +353,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     args = (xw, w_hh, b_hh, w_hr, h0)
     tail = (y, h_out, c_out, act, hprev, cprev, hbuf, mbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
-               num_stages=pl.stages, **_regs(), **k)
+               num_stages=pl.stages, **k)
     if pl.path == "per_step":
         if k["HAS_C"]:
             c_out.copy_(c0)  # the cell state lives in c_out between launches
@@ -359,7 +363,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     with _on(dev):
         for c_in, s0, s1, phase in launches:
             run["PHASE"] = phase
-            rnn_fwd_kernel[grid](*args, c_in, lengths, *tail, T, B, H, P, s0, s1, **run)
+            rnn_fwd_kernel[grid](*args, c_in, lengths, reset, *tail, T, B, H, P, s0, s1, **run)
     _check_barrier(counter, k, "forward")
     saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
     c_T = None if c_out is None else c_out.to(xw.dtype)
@@ -367,7 +371,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
 
 
 def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr=None,
-            recurrent_grad_clip=None):
+            recurrent_grad_clip=None, reset=None):
     """Run the fused backward kernel(s) of one layer and direction.
 
     Args: ``saved`` from ``rnn_fwd``; ``dy [T, B, P]``, ``dh_T [B, P]``, ``dc_T [B, H] | None``
@@ -383,13 +387,14 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     H = w_hh.shape[0] // G
     dev, f32 = dy.device, torch.float32
     proj = w_hr is not None
-    k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse)
-    lengths = _lengths(lengths, dev)
+    k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse, reset)
+    lengths, reset = _lengths(lengths, dev), _reset(reset, dev)
     k.pop("SAVE", None)
     k["CLIP"] = recurrent_grad_clip is not None
+    k.update(bwd_traits(mode))
     clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
     dxw = torch.empty(T, B, G * H, device=dev, dtype=f32)
-    drec = torch.empty_like(dxw) if mode == "GRU" else dxw
+    drec = torch.empty_like(dxw) if CELLS[mode].recurrent_grad_differs else dxw
     dhtot = torch.empty(T, B, P, device=dev, dtype=f32) if proj else None
     r_state = dh_T.to(f32).contiguous().clone()
     dc_state = dc_T.to(f32).contiguous().clone() if k["HAS_C"] else None
@@ -397,7 +402,7 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     dc0 = torch.empty(B, H, device=dev, dtype=f32) if k["HAS_C"] else None
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
     counter = _counter(grid[0], dev) if k["SYNC"] else None
-    args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths,
+    args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths, reset,
             dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     if pl.path == "per_step":
         steps = [(s, s + 1, phase) for s in range(T + 1) for phase in _phases(k)]
@@ -407,6 +412,6 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
         for s0, s1, phase in steps:
             k["PHASE"] = phase
             rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps,
-                                 num_stages=pl.stages, **_regs(), **k)
+                                 num_stages=pl.stages, **k)
     _check_barrier(counter, k, "backward")
     return dxw, drec, dh0, dc0, dhtot

@@ -85,18 +85,26 @@ def _ld(ptr, offs, mask):
 
 @triton.jit
 def _ld_gates(base, offs, mask, H, N: tl.constexpr):
-    """The ``N`` (1, 3 or 4) per-gate tiles ``base[g * H + offs]`` as fp32; unused slots repeat
-    gate 0 (RNN's dummies)."""
+    """The ``N`` (1 to 4) per-gate tiles ``base[g * H + offs]`` as fp32, each loaded only when
+    g < N; the slots past N repeat gate 0 (dummies the cell does not read)."""
     x0 = _ld(base, offs, mask)
     x1 = x0
     x2 = x0
     x3 = x0
     if N > 1:
         x1 = _ld(base + H, offs, mask)
+    if N > 2:
         x2 = _ld(base + 2 * H, offs, mask)
     if N > 3:
         x3 = _ld(base + 3 * H, offs, mask)
     return x0, x1, x2, x3
+
+
+@triton.jit
+def _st_gates(base, offs, mask, H, N: tl.constexpr, vals):
+    """Store the first ``N`` tiles of the tuple ``vals`` at ``base[g * H + offs]``."""
+    for g in tl.static_range(N):
+        _st(base + g * H, offs, mask, vals[g])
 
 
 @triton.jit
@@ -122,6 +130,7 @@ def _gate_tiles(ptr, rows, cols, rmask, cmask, gstride, srow, scol, G: tl.conste
     w3, v3 = w0, v0
     if G > 1:
         w1, v1 = _wload(ptr + gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
+    if G > 2:
         w2, v2 = _wload(ptr + 2 * gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
     if G > 3:
         w3, v3 = _wload(ptr + 3 * gstride, rows, cols, rmask, cmask, srow, scol, DT, X3)
@@ -137,6 +146,7 @@ def _gates_mm(wt, x, G: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, X3: 
     r3 = r0
     if G > 1:
         r1 = _mm(wt[2], wt[3], x, DT, PREC, X3)
+    if G > 2:
         r2 = _mm(wt[4], wt[5], x, DT, PREC, X3)
     if G > 3:
         r3 = _mm(wt[6], wt[7], x, DT, PREC, X3)
@@ -166,6 +176,7 @@ def _stream_mm(w, gstride, srow, scol, src, sstride, offs_u, mu, offs_b, mb, K,
         if G > 1:
             wa, va = _wload(w + gstride, offs_u, offs_c, mu, mc, srow, scol, DT, X3)
             r1 += _mm(wa, va, xc, DT, PREC, X3)
+        if G > 2:
             wa, va = _wload(w + 2 * gstride, offs_u, offs_c, mu, mc, srow, scol, DT, X3)
             r2 += _mm(wa, va, xc, DT, PREC, X3)
         if G > 3:
@@ -192,25 +203,16 @@ def _rec_grad_global(wt, w, dsrc, offs_o, mo, offs_b, mb, ok, mkb, more, H, P, G
             mc = offs_c < H
             od = offs_c[:, None] + offs_b[None, :] * GH
             md = mc[:, None] & mb[None, :] & more
-            wa, va = _wload(w, offs_o, offs_c, mo, mc, 1, P, DT, X3)  # [BO, BK] of W_0^T
-            acc += _mm(wa, va, _ldx(dsrc, od, md), DT, PREC, X3)
-            if G > 1:
-                wa, va = _wload(w + H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
-                acc += _mm(wa, va, _ldx(dsrc + H, od, md), DT, PREC, X3)
-                wa, va = _wload(w + 2 * H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
-                acc += _mm(wa, va, _ldx(dsrc + 2 * H, od, md), DT, PREC, X3)
-            if G > 3:
-                wa, va = _wload(w + 3 * H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
-                acc += _mm(wa, va, _ldx(dsrc + 3 * H, od, md), DT, PREC, X3)
+            for g in tl.static_range(G):
+                # [BO, BK] of W_g^T
+                wa, va = _wload(w + g * H * P, offs_o, offs_c, mo, mc, 1, P, DT, X3)
+                acc += _mm(wa, va, _ldx(dsrc + g * H, od, md), DT, PREC, X3)
         return acc
     else:
         mkb = mkb & more
         acc = _mm(wt[0], wt[1], _ldx(dsrc, ok, mkb), DT, PREC, X3)
-        if G > 1:
-            acc += _mm(wt[2], wt[3], _ldx(dsrc + H, ok, mkb), DT, PREC, X3)
-            acc += _mm(wt[4], wt[5], _ldx(dsrc + 2 * H, ok, mkb), DT, PREC, X3)
-        if G > 3:
-            acc += _mm(wt[6], wt[7], _ldx(dsrc + 3 * H, ok, mkb), DT, PREC, X3)
+        for g in tl.static_range(1, G):
+            acc += _mm(wt[2 * g], wt[2 * g + 1], _ldx(dsrc + g * H, ok, mkb), DT, PREC, X3)
         return acc
 
 
@@ -221,12 +223,10 @@ def _rec_grad(wt, f0, f1, f2, f3, G: tl.constexpr, DT: tl.constexpr, PREC: tl.co
 
     ``wt`` is the tuple (hi0, lo0, hi1, lo1, ...) of the transposed gate tiles.
     """
+    f = (f0, f1, f2, f3)
     acc = _mm(wt[0], wt[1], f0, DT, PREC, X3)
-    if G > 1:
-        acc += _mm(wt[2], wt[3], f1, DT, PREC, X3)
-        acc += _mm(wt[4], wt[5], f2, DT, PREC, X3)
-    if G > 3:
-        acc += _mm(wt[6], wt[7], f3, DT, PREC, X3)
+    for g in tl.static_range(1, G):
+        acc += _mm(wt[2 * g], wt[2 * g + 1], f[g], DT, PREC, X3)
     return acc
 
 
