@@ -464,7 +464,8 @@ def test_from_haste_layer_norm_lstm():
     torch.manual_seed(5)
     I, H, T, B = 3, 4, 5, 2
     d = torch.float64
-    sd = {"kernel": torch.randn(I, 4 * H, dtype=d), "recurrent_kernel": torch.randn(H, 4 * H, dtype=d),
+    sd = {"kernel": torch.randn(I, 4 * H, dtype=d),
+          "recurrent_kernel": torch.randn(H, 4 * H, dtype=d),
           "bias": torch.randn(4 * H, dtype=d), "gamma": 0.5 + torch.rand(2, 4 * H, dtype=d),
           "gamma_h": 0.5 + torch.rand(H, dtype=d), "beta_h": torch.randn(H, dtype=d)}
     x = torch.randn(T, B, I, dtype=d)
@@ -472,7 +473,8 @@ def test_from_haste_layer_norm_lstm():
     c = torch.zeros(B, H, dtype=d)
     ys = []
     for t in range(T):  # Haste's equations, in its layout and gate order
-        v = (ln(x[t] @ sd["kernel"], sd["gamma"][0]) + ln(h @ sd["recurrent_kernel"], sd["gamma"][1])
+        v = (ln(x[t] @ sd["kernel"], sd["gamma"][0])
+             + ln(h @ sd["recurrent_kernel"], sd["gamma"][1])
              + sd["bias"])
         i, g, f, o = v.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -491,9 +493,11 @@ ISAS = fusedrnn._ext._C._cpu_isas() if "cpu" in LN_BACKENDS else []
 
 def _op_run(backend, mode, args, lengths, reverse, dtype, seed=1):
     """Outputs and every input gradient of one op call in ``dtype`` (loss on y, h_T, c_T)."""
+    def leaf(a):
+        return a.detach().to(dtype).requires_grad_()
+
     xw, w_hh, b_hh, h0, c0, cp = (None if a is None else
-                                  ([p.detach().to(dtype).requires_grad_() for p in a]
-                                   if isinstance(a, list) else a.detach().to(dtype).requires_grad_())
+                                  [leaf(p) for p in a] if isinstance(a, list) else leaf(a)
                                   for a in args)
     outs = backends.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, backend=backend,
                                cell_params=cp)
@@ -509,7 +513,8 @@ def _op_run(backend, mode, args, lengths, reverse, dtype, seed=1):
 def test_isa_paths_float32(monkeypatch, isa, mode):
     """Every instruction set the CPU has, sizes on and off the register-block edges."""
     monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
-    for B, H, lens in ((1, 1, None), (3, 17, [5, 2, 4]), (13, 16, None), (7, 33, [1, 5, 0, 5, 3, 2, 4])):
+    for B, H, lens in ((1, 1, None), (3, 17, [5, 2, 4]), (13, 16, None),
+                       (7, 33, [1, 5, 0, 5, 3, 2, 4])):
         args = _op_args(mode, T=5, B=B, H=H, seed=B + H)
         lengths = None if lens is None else torch.tensor(lens)
         got = _op_run("cpu", mode, args, lengths, B % 2 == 1, torch.float32)

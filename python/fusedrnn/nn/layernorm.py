@@ -1,7 +1,8 @@
 """LayerNorm LSTM and GRU (Ba et al. 2016, as Haste implements them): layers and cells.
 
     LSTM: gates = LN(x W_ih^T) * ln_ih_weight + LN(h W_hh^T) * ln_hh_weight + b_ih + b_hh
-          c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(LN(c') * ln_c_weight + ln_c_bias)
+          c' = sigmoid(f) c + sigmoid(i) tanh(g)
+          h' = sigmoid(o) tanh(LN(c') * ln_c_weight + ln_c_bias)
     GRU:  gx = LN(x W_ih^T) * ln_ih_weight + b_ih; gh = LN(h W_hh^T) * ln_hh_weight + b_hh;
           r, z, n as torch.nn's GRU on gx and gh
 
@@ -128,14 +129,16 @@ class LayerNormLSTM(_LayerNormRNNMixin, LSTM):
             ``proj_size``).
         backend: "auto" | "reference" | "cpu" (keyword only; "triton" and "cuda" do not
             implement it and say so).
-        recurrent_grad_clip: as :class:`fusedrnn.LSTM`.
+        recurrent_grad_clip, zoneout, weight_drop, dropout_mode: as :class:`fusedrnn.LSTM`
+            (keyword only).
 
     Parameters per layer k (``_reverse`` for the backward direction): torch.nn's
     ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, and
     ``ln_ih_weight_l{k}`` [4H], ``ln_hh_weight_l{k}`` [4H], ``ln_c_weight_l{k}`` [H],
     ``ln_c_bias_l{k}`` [H] (initialised to 1, 1, 1, 0).
 
-    Inputs and outputs as :class:`torch.nn.LSTM`.
+    Inputs and outputs as :class:`torch.nn.LSTM`; ``forward(input, hx=None, *, reset=None)``
+    resets the carried state per step as :class:`fusedrnn.LSTM` does.
 
     Example::
 
@@ -153,9 +156,10 @@ class LayerNormGRU(_LayerNormRNNMixin, GRU):
     r = sigmoid(gx_r + gh_r); z = sigmoid(gx_z + gh_z); n = tanh(gx_n + r * gh_n);
     h_t = (1 - z) * n + z * h_{t-1}.
 
-    Args: as :class:`torch.nn.GRU`, plus ``backend`` and ``recurrent_grad_clip`` as
-    :class:`LayerNormLSTM`. Extra parameters per layer and direction: ``ln_ih_weight_l{k}``
-    [3H], ``ln_hh_weight_l{k}`` [3H] (initialised to 1).
+    Args: as :class:`torch.nn.GRU`, plus ``backend``, ``recurrent_grad_clip``, ``zoneout``,
+    ``weight_drop``, ``dropout_mode`` as :class:`LayerNormLSTM`; ``forward`` takes ``reset=``.
+    Extra parameters per layer and direction: ``ln_ih_weight_l{k}`` [3H], ``ln_hh_weight_l{k}``
+    [3H] (initialised to 1).
 
     Example::
 
