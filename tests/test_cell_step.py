@@ -23,6 +23,24 @@ pytestmark = pytest.mark.skipif(cpu.unavailable() is not None, reason=str(cpu.un
 @pytest.mark.parametrize("B,I,H", [(1, 37, 21), (2, 7, 13), (3, 7, 13), (5, 37, 21)])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_cell_step_matches_torch_nn(mode, dtype, B, I, H, bias):
+    _check_against_torch_nn(mode, dtype, B, I, H, bias)
+
+
+# Every instruction set the CPU has (cell_step follows FUSEDRNN_CPU_ISA like the fused loops), at
+# sizes around the GEMV's blocks: one register is 4 (xmm) / 8 (ymm) / 16 (zmm) floats and the dot
+# products take two registers per iteration, then one, then a scalar tail; I = 70, H = 33 run all
+# three on every set, I = 64, H = 64 none of the tails.
+@pytest.mark.parametrize("isa", fusedrnn._ext._C._cpu_isas() if cpu.unavailable() is None else [])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("B,I,H", [(1, 70, 33), (2, 64, 64), (1, 5, 3)])
+def test_cell_step_every_isa(monkeypatch, isa, mode, dtype, B, I, H):
+    monkeypatch.setenv("FUSEDRNN_CPU_ISA", isa)
+    assert fusedrnn._ext._C._cpu_isa() == isa
+    _check_against_torch_nn(mode, dtype, B, I, H, True)
+
+
+def _check_against_torch_nn(mode, dtype, B, I, H, bias):
     torch.manual_seed(0)
     cls = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell}.get(mode, torch.nn.RNNCell)
     kw = {} if cls is not torch.nn.RNNCell else {"nonlinearity": mode[4:].lower()}

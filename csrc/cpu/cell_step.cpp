@@ -6,16 +6,18 @@
 // scratch buffer, not in tensors; the only allocations are the outputs. Larger batches keep one
 // BLAS GEMM per product (it reads each weight once for all rows).
 //
-// The kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 (GCC target_clones picks
-// one when the library loads). "no-trapping-math" lets GCC if-convert the selects of the cell
+// The kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64; each call runs the set the
+// fused loops run (isa.cpp). "no-trapping-math" lets GCC if-convert the selects of the cell
 // math (clamps, relu) so the unit loop vectorises; it changes no result. "fp-contract=fast" lets
 // the dot products use FMA (one rounding instead of two, as any BLAS does). Both come before every
 // include so that cells.h's functions get the same options as the kernels that inline them (GCC
 // does not inline across a mismatch).
 #pragma GCC optimize("no-trapping-math", "fp-contract=fast")
 
+#include <cstring>
 #include <vector>
 
+#include "kernel.h"
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -37,58 +39,50 @@ struct StepArgs {
   bool rev;   // walk the weights backwards (see run())
 };
 
-// 64-byte GCC vectors (16 float / 8 double lanes): one zmm on AVX-512, two ymm on AVX2, four xmm
-// in the baseline clone. Written out because GCC's "omp simd reduction" ends each dot product
-// by spilling the vector and adding its lanes one by one (most of the step's time at H = 64).
-typedef float VecF __attribute__((vector_size(64), aligned(4)));
-typedef double VecD __attribute__((vector_size(64), aligned(8)));
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using V = VecF;
-  static constexpr int W = 16;
-  static float sum(V v) {  // a tree: 16 -> 8 -> 4 -> 2 -> 1
-    typedef float V8 __attribute__((vector_size(32)));
-    typedef float V4 __attribute__((vector_size(16)));
-    typedef float V2 __attribute__((vector_size(8)));
-    V8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    V4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    V2 c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
-    return c[0] + c[1];
-  }
-};
-template <>
-struct Vec<double> {
-  using V = VecD;
-  static constexpr int W = 8;
-  static double sum(V v) {  // 8 -> 4 -> 2 -> 1
-    typedef double V4 __attribute__((vector_size(32)));
-    typedef double V2 __attribute__((vector_size(16)));
-    V4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
-    V2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
-    return b[0] + b[1];
+// GCC vectors of one register of the instruction set the function is compiled for: VB = 64 bytes
+// (zmm) for AVX-512, 32 (ymm) for AVX2, 16 (xmm) for the portable set. A 64-byte vector on AVX2
+// is lowered to a pair of ymm that GCC keeps on the stack: the accumulators of the dot products
+// then live in memory (3.7 GFLOP/s at H = 256 on Zen 3). Written out rather than "omp simd
+// reduction", which ends each dot product by spilling the vector and adding its lanes one by one.
+template <typename T, int VB>
+struct Vec {
+  typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));
+  static constexpr int W = VB / int(sizeof(T));
+  static inline __attribute__((always_inline)) T sum(const V& v) {  // a fixed tree over the lanes
+    T l[W];
+    __builtin_memcpy(l, &v, sizeof(v));
+    for (int w = W / 2; w >= 1; w /= 2)
+      for (int i = 0; i < w; ++i) l[i] += l[i + w];
+    return l[0];
   }
 };
 
-// out[r..r+R-1] = bias + W[r..r+R-1, :] . v, R = 4 or 1: four weight rows share each load of v
-// and give four independent accumulators.
-template <int R, typename T>
+// out[r..r+R-1] = bias + W[r..r+R-1, :] . v, R = 4 or 1. R weight rows share each load of v, and
+// every row keeps two accumulators (even and odd vectors of k): 2R independent FMA chains, enough
+// to cover the FMA latency (4 cycles, 2 per cycle) on both AVX2 and AVX-512 machines.
+template <int R, int VB, typename T>
 inline __attribute__((always_inline)) void dot_rows(const T* W, int64_t r, int64_t K, const T* v,
                                                     const T* bias, T* out) {
-  using V = typename Vec<T>::V;
-  constexpr int L = Vec<T>::W;
+  using V = typename Vec<T, VB>::V;
+  constexpr int L = Vec<T, VB>::W;
   const T* w = W + r * K;
-  V acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = V{};
+  V acc[R], acc2[R];
+  for (int i = 0; i < R; ++i) acc[i] = acc2[i] = V{};
   int64_t k = 0;
+  for (; k + 2 * L <= K; k += 2 * L) {
+    const V x = *reinterpret_cast<const V*>(v + k);
+    const V x2 = *reinterpret_cast<const V*>(v + k + L);
+    for (int i = 0; i < R; ++i) {
+      acc[i] += *reinterpret_cast<const V*>(w + i * K + k) * x;
+      acc2[i] += *reinterpret_cast<const V*>(w + i * K + k + L) * x2;
+    }
+  }
   for (; k + L <= K; k += L) {
     const V x = *reinterpret_cast<const V*>(v + k);
     for (int i = 0; i < R; ++i) acc[i] += *reinterpret_cast<const V*>(w + i * K + k) * x;
   }
   for (int i = 0; i < R; ++i) {
-    T s = Vec<T>::sum(acc[i]);
+    T s = Vec<T, VB>::sum(acc[i] + acc2[i]);
     for (int64_t kk = k; kk < K; ++kk) s += w[i * K + kk] * v[kk];
     out[r + i] = s + (bias ? bias[r + i] : T(0));
   }
@@ -96,16 +90,16 @@ inline __attribute__((always_inline)) void dot_rows(const T* W, int64_t r, int64
 
 // out[r] = bias[r] + W[r, :] . v for r < N, four rows at a time. `rev` walks the rows last to
 // first; every row's sum is computed the same way in either order (bitwise equal results).
-template <typename T>
+template <int VB, typename T>
 inline __attribute__((always_inline)) void gemv(const T* W, int64_t N, int64_t K, const T* v,
                                                 const T* bias, T* out, bool rev) {
   const int64_t N4 = N / 4 * 4;
   if (!rev) {
-    for (int64_t r = 0; r < N4; r += 4) dot_rows<4>(W, r, K, v, bias, out);
-    for (int64_t r = N4; r < N; ++r) dot_rows<1>(W, r, K, v, bias, out);
+    for (int64_t r = 0; r < N4; r += 4) dot_rows<4, VB>(W, r, K, v, bias, out);
+    for (int64_t r = N4; r < N; ++r) dot_rows<1, VB>(W, r, K, v, bias, out);
   } else {
-    for (int64_t r = N - 1; r >= N4; --r) dot_rows<1>(W, r, K, v, bias, out);
-    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot_rows<4>(W, r, K, v, bias, out);
+    for (int64_t r = N - 1; r >= N4; --r) dot_rows<1, VB>(W, r, K, v, bias, out);
+    for (int64_t r = N4 - 4; r >= 0; r -= 4) dot_rows<4, VB>(W, r, K, v, bias, out);
   }
 }
 
@@ -122,7 +116,7 @@ inline __attribute__((always_inline)) void load_gates(const T* p0, const T* p1, 
 }
 
 // Row by row: the projections (GEMV path) then cells.h's equations over the units.
-template <Cell C, typename T>
+template <Cell C, int VB, typename T>
 inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
   using Ops = CellOps<C>;
   constexpr int G = Ops::G;
@@ -131,11 +125,11 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
     T* gx = a.gemv ? a.gx : a.gx + b * GH;
     T* gh = a.gemv ? a.gh : a.gh + b * GH;
     if (a.gemv && !a.rev) {
-      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, false);
-      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, false);
+      gemv<VB>(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, false);
+      gemv<VB>(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, false);
     } else if (a.gemv) {
-      gemv(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, true);
-      gemv(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, true);
+      gemv<VB>(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, true);
+      gemv<VB>(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, true);
     }
     const T* hp = a.h + b * H;
     const T* cp = Ops::kHasC ? a.c + b * H : nullptr;
@@ -159,30 +153,57 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FUSEDRNN_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// One function per cell, dtype and instruction set, chosen at run time by the same rule as the
+// fused loops (isa.cpp: the CPU, or FUSEDRNN_CPU_ISA). Not GCC's target_clones: its resolver for
+// "arch=x86-64-v3" tests the CPU *model*, and on an AMD EPYC (Zen 3, AVX2 + FMA) it picked the
+// SSE2 default, which ran the step 3-4x slower than torch.nn (3.7 GFLOP/s at H = 256).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FUSEDRNN_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define FUSEDRNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FUSEDRNN_HAVE_X86_CLONES 1
 #else
-#define FUSEDRNN_CLONES
+#define FUSEDRNN_TARGET_AVX512
+#define FUSEDRNN_TARGET_AVX2
+#define FUSEDRNN_HAVE_X86_CLONES 0
 #endif
 
-// one multi-versioned function per cell and dtype (target_clones does not take templates)
+template <typename T>
+using StepFn = void (*)(const StepArgs<T>&);
+
 #define FUSEDRNN_STEP_FN(CELL)                                                          \
-  FUSEDRNN_CLONES void step_f32_##CELL(const StepArgs<float>& a) {                      \
-    step_impl<Cell::CELL, float>(a);                                                    \
+  template <typename T>                                                                 \
+  FUSEDRNN_TARGET_AVX512 void step_avx512_##CELL(const StepArgs<T>& a) {                \
+    step_impl<Cell::CELL, 64, T>(a);                                                    \
   }                                                                                     \
-  FUSEDRNN_CLONES void step_f64_##CELL(const StepArgs<double>& a) {                     \
-    step_impl<Cell::CELL, double>(a);                                                   \
+  template <typename T>                                                                 \
+  FUSEDRNN_TARGET_AVX2 void step_avx2_##CELL(const StepArgs<T>& a) {                    \
+    step_impl<Cell::CELL, 32, T>(a);                                                    \
+  }                                                                                     \
+  template <typename T>                                                                 \
+  void step_base_##CELL(const StepArgs<T>& a) {                                         \
+    step_impl<Cell::CELL, 16, T>(a);                                                    \
   }
 FUSEDRNN_CELLS(FUSEDRNN_STEP_FN)
 #undef FUSEDRNN_STEP_FN
 
+// 0 = avx512, 1 = avx2, 2 = portable: the set kernels_f32() runs
+int isa_index() {
+  const char* name = kernels_f32().name;
+  if (FUSEDRNN_HAVE_X86_CLONES && std::strcmp(name, "avx512") == 0) return 0;
+  if (FUSEDRNN_HAVE_X86_CLONES && std::strcmp(name, "avx2") == 0) return 1;
+  return 2;
+}
+
 template <typename T>
 void step_dispatch(Cell cell, const StepArgs<T>& a) {
-#define FUSEDRNN_STEP_CASE(CELL)                                   \
-  case Cell::CELL:                                                 \
-    if constexpr (std::is_same_v<T, float>) return step_f32_##CELL(a); \
-    else return step_f64_##CELL(a);
+  const int isa = isa_index();
+#define FUSEDRNN_STEP_CASE(CELL)                                                         \
+  case Cell::CELL: {                                                                     \
+    static constexpr StepFn<T> fns[3] = {&step_avx512_##CELL<T>, &step_avx2_##CELL<T>,   \
+                                         &step_base_##CELL<T>};                          \
+    return fns[isa](a);                                                                  \
+  }
   switch (cell) { FUSEDRNN_CELLS(FUSEDRNN_STEP_CASE) }
 #undef FUSEDRNN_STEP_CASE
 }
