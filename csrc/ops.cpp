@@ -15,13 +15,15 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "recurrence_fwd(str mode, Tensor xw, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? c0, "
       "Tensor? lengths, bool reverse, Tensor? w_hr, bool save=True, Tensor? reset=None, "
-      "Tensor? zoneout=None) "
+      "Tensor? zoneout=None, Tensor[]? cell_params=None) "
       "-> (Tensor y, Tensor h_T, Tensor c_T, Tensor ws)");
   m.def(
       "recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor xw, Tensor w_hh, "
       "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "
-      "Tensor y, Tensor ws, float clip=0.0, Tensor? reset=None, Tensor? zoneout=None) "
-      "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr)");
+      "Tensor y, Tensor ws, float clip=0.0, Tensor? reset=None, Tensor? zoneout=None, "
+      "Tensor[]? cell_params=None) "
+      "-> (Tensor d_xw, Tensor d_w_hh, Tensor d_b_hh, Tensor dh0, Tensor dc0, Tensor d_w_hr, "
+      "Tensor[] d_cell_params)");
   // a [M, K] @ w [N, K]^T + b, each row reduced in a fixed order (csrc/cpu/linear.cpp)
   m.def("rows_linear(Tensor a, Tensor w, Tensor? b) -> Tensor");
   m.def(

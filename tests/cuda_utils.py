@@ -16,7 +16,7 @@ from torch.utils import cpp_extension
 
 from conftest import TOL
 from fusedrnn.ops import cuda as cuda_backend
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import GATES, TORCH_MODES
 from fusedrnn.ops.reference import recurrence_ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,5 +129,5 @@ VARIANTS = {  # id: (lengths, reverse, proj, clip, bias, c0)
     "proj-clip-reverse": (None, True, True, 0.05, True, False),
 }
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-GRID = [(m, v, d) for m, v, d in itertools.product(GATES, VARIANTS, DTYPES)
+GRID = [(m, v, d) for m, v, d in itertools.product(TORCH_MODES, VARIANTS, DTYPES)
         if not (VARIANTS[v][2] and m != "LSTM")]

@@ -20,7 +20,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import GATES, TORCH_MODES
 from run_utils import MODULES, make_batch, make_module
 
 pytestmark = pytest.mark.skipif("cpu" not in fusedrnn.available_backends(),
@@ -75,7 +75,7 @@ def test_layer_row_alone_equals_row_in_batch(name, row, packed):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("H,P", [(7, 0), (17, 0), (33, 0), (65, 0), (33, 5)], ids=str)
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 def test_op_row_alone_equals_row_in_batch(mode, H, P, with_lengths, reverse):
     if P and mode != "LSTM":
         pytest.skip("projection is LSTM only")

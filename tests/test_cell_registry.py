@@ -122,9 +122,11 @@ int main() {
     if (!cell_from_name(kCellNames[i], std::strlen(kCellNames[i]), &c) || int(c) != i) return 1;
     const int g = with_cell(c, [](auto t) { return CellOps<decltype(t)::value>::G; });
     const int d = with_cell(c, [](auto t) { return direct<decltype(t)::value>(); });
-    std::printf("%s %d %d %d %d %d %d %d\n", kCellNames[i], num_gates(c), g, num_saved(c),
+    std::printf("%s %d %d %d %d %d %d %d %d", kCellNames[i], num_gates(c), g, num_saved(c),
                 int(has_cell_state(c)), int(recurrent_grad_differs(c)),
-                int(supports_projection(c)), d);
+                int(supports_projection(c)), d, num_cell_params(c));
+    for (int k = 0; k < num_cell_params(c); ++k) std::printf(" %d", cell_param_units(c, k));
+    std::printf("\n");
   }
   Cell c;
   return cell_from_name("LSTMX", 5, &c) || cell_from_name("LST", 3, &c) ? 2 : 0;
@@ -147,6 +149,7 @@ def test_cpp_traits_match_the_python_registry(tmp_path):
         name, *vals = line.split()
         got[name] = tuple(int(v) for v in vals)
     want = {c.name: (c.gates, c.gates, c.saved, int(c.has_cell_state),
-                     int(c.recurrent_grad_differs), int(c.projection), int(c.direct_h_grad))
+                     int(c.recurrent_grad_differs), int(c.projection), int(c.direct_h_grad),
+                     len(c.cell_params), *(units for _, units in c.cell_params))
             for c in CELLS.values()}
     assert got == want

@@ -13,7 +13,8 @@ import torch
 
 import fusedrnn
 from fusedrnn.ops import cpu
-from fusedrnn.ops.cells import GATES, MODES
+from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import TORCH_MODES as MODES  # the LN cells: test_layernorm_cells.py
 from fusedrnn.ops.reference import recurrence_ref
 
 from conftest import TOL

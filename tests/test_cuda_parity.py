@@ -16,7 +16,7 @@ from cuda_utils import (  # noqa: F401  (emu is a fixture)
     EMU, GRID, LENGTHS, VARIANTS, check_parity, emu, emu_recurrence, make_inputs,
 )
 from fusedrnn.ops import cuda as cuda_backend
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import GATES, TORCH_MODES
 
 
 @pytest.mark.parametrize("mode,variant,dtype", GRID,
@@ -27,7 +27,7 @@ def test_emulated_parity(emu, nan_poison, mode, variant, dtype):
     check_parity(emu_recurrence, mode, dtype, inputs, lengths, reverse, clip)
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 @pytest.mark.parametrize("T,B,H", [(1, 1, 13), (0, 3, 4), (63, 2, 3)], ids=str)
 def test_emulated_odd_sizes(emu, mode, T, B, H):
     inputs = make_inputs(mode, torch.float64, T, B, H)
@@ -42,7 +42,7 @@ def test_emulated_clip_is_active(emu):
     assert not torch.allclose(g_clip[0], g_free[0])
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 def test_emulated_gradcheck(emu, mode):
     proj = mode == "LSTM"
     inputs = make_inputs(mode, torch.float64, T=4, B=3, H=3, proj=proj)
@@ -106,7 +106,7 @@ def test_gpu_parity(mode, variant, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 def test_gpu_large_hidden(mode):
     inputs = make_inputs(mode, torch.float32, T=5, B=3, H=1100, device="cuda")
     check_parity(cuda_recurrence, mode, torch.float32, inputs, None, False, None)

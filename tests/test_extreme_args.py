@@ -22,7 +22,7 @@ import torch
 import fusedrnn
 from conftest import TOL
 from cuda_utils import emu, emu_recurrence  # noqa: F401  (emu is a fixture)
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import GATES, TORCH_MODES
 from fusedrnn.ops.reference import recurrence_ref
 
 INF = float("inf")
@@ -110,7 +110,7 @@ def _known(request, which, mode):
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[which, mode]))
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 @pytest.mark.parametrize("which", ["cpu", "reference"])
 def test_extreme_preactivations(request, which, mode):
     if which == "cpu" and "cpu" not in fusedrnn.available_backends():
@@ -122,7 +122,7 @@ def test_extreme_preactivations(request, which, mode):
              exact)
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 def test_extreme_preactivations_cuda_emulated(request, emu, mode):
     _known(request, "emu", mode)
     inputs = _case(mode)
@@ -131,7 +131,7 @@ def test_extreme_preactivations_cuda_emulated(request, emu, mode):
     _compare(mode, _results(fn, mode, inputs, torch.float32), exact)
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 def test_extreme_preactivations_triton_interpreted(request, mode):
     tri = pytest.importorskip("fusedrnn.ops.triton")
     if tri.unavailable() is not None or not tri.supports(torch.device("cpu")):

@@ -7,6 +7,7 @@ import torch
 import fusedrnn
 from conftest import TOL
 from fusedrnn.ops import GATES, recurrence_ref
+from fusedrnn.ops.cells import TORCH_MODES
 
 CELL = {"RNN_TANH": (torch.nn.RNNCell, {}), "RNN_RELU": (torch.nn.RNNCell, {"nonlinearity": "relu"}),
         "LSTM": (torch.nn.LSTMCell, {}), "GRU": (torch.nn.GRUCell, {})}
@@ -36,7 +37,7 @@ def _hand_loop(cell, x, h0, c0, lengths, reverse, clip):
     return torch.stack(ys), h, c
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 @pytest.mark.parametrize("lengths", [None, [6, 2, 4]], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_reference_clip_matches_hand_loop(mode, lengths, reverse):
@@ -91,7 +92,7 @@ def test_layer_clip_bad_value():
         fusedrnn.GRU(3, 4, recurrent_grad_clip=-1.0)
 
 
-@pytest.mark.parametrize("mode", list(GATES))
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_backend_clip_matches_reference(mode, lengths, reverse):

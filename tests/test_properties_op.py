@@ -19,7 +19,7 @@ from cuda_utils import (  # noqa: F401  (emu is a fixture)
     NAMES_GRAD, NAMES_OUT, check_parity, emu, emu_recurrence, run_with_grads,
 )
 from fusedrnn.ops import cpu, reference_backend
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import GATES, TORCH_MODES
 from fusedrnn.ops.reference import recurrence_ref
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -34,7 +34,7 @@ TINY = settings(max_examples=max(4, settings.default.max_examples // 2))
 
 @st.composite
 def op_cases(draw, dtypes, hidden=HIDDEN, batch=BATCH, max_t=9):
-    mode = draw(st.sampled_from(tuple(GATES)))
+    mode = draw(st.sampled_from(TORCH_MODES))
     H = draw(st.sampled_from(hidden))
     P = draw(st.integers(1, H)) if mode == "LSTM" and draw(st.booleans()) else 0
     B = draw(st.sampled_from(batch))

@@ -10,8 +10,9 @@ import torch
 
 from conftest import TOL
 from fusedrnn.ops import GATES, recurrence_ref
+from fusedrnn.ops.cells import TORCH_MODES
 
-MODES = list(GATES)
+MODES = list(TORCH_MODES)  # the LN cells: test_layernorm_cells.py
 
 
 def _args(mode, T, B, H, proj=None, dtype=torch.float64, seed=0):

@@ -255,6 +255,8 @@ std::tuple<Tensor, Tensor> cell_step_impl(c10::string_view mode, const Tensor& x
                                           const Tensor& w_hh, const OptTensor& b_hh,
                                           const Tensor& h, const OptTensor& c) {
   const Cell cell = parse_mode(mode);
+  TORCH_CHECK(num_cell_params(cell) == 0, "fusedrnn: cell_step does not implement mode ",
+              std::string(mode), " (a row-normalised cell); use recurrence_fwd with T = 1");
   const int64_t G = num_gates(cell);
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,

@@ -62,6 +62,27 @@ Lengths make_lengths(const OptTensor& lengths, int64_t T, int64_t B) {
   return L;
 }
 
+std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& xw,
+                                   int64_t H, at::ScalarType acc) {
+  const int want = num_cell_params(cell);
+  const int64_t n = cell_params.has_value() ? int64_t(cell_params->size()) : 0;
+  TORCH_CHECK(n == want, "fusedrnn: mode ", kCellNames[int(cell)], " takes ", want,
+              " cell_params, got ", n);
+  std::vector<Tensor> out;
+  for (int64_t k = 0; k < n; ++k) {
+    const Tensor& t = (*cell_params)[k];
+    const int64_t size = cell_param_units(cell, int(k)) * H;
+    TORCH_CHECK(t.scalar_type() == xw.scalar_type(), "fusedrnn: cell_params[", k,
+                "] must have dtype ", xw.scalar_type(), " like xw, got ", t.scalar_type());
+    TORCH_CHECK(t.device().is_cpu(), "fusedrnn: the cpu backend needs CPU tensors, got "
+                "cell_params[", k, "] on ", t.device());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == size, "fusedrnn: cell_params[", k,
+                "] must have shape (", size, ",), got ", t.sizes());
+    out.push_back(t.to(acc).contiguous());
+  }
+  return out;
+}
+
 WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout) {
   WsLayout l;
   if (!save) return l;

@@ -87,6 +87,8 @@ struct FwdLoop {
   T* cs;                // [H] the cell state (cell-state cells; zero past the length)
   T* act;               // [S*H] the cell's saved activations (cells that save them), S blocks
   int64_t ws_stride;
+  // the op's cell_params (cells.h norm_recurrent / norm_state say which), null past their number
+  const T* cell_params[3] = {};
   // Per-step state carry (python/fusedrnn/ops/reference.py): reset [T, B] (nonzero: the state
   // carried across the segment boundary at step t restarts from zeros; see carry_reset) and the
   // zoneout keep-old mask zo [T, B, zw] (h part [Ho], then c part [H] for cell-state cells).
@@ -119,6 +121,13 @@ struct BwdLoop {
   T* dhp;               // [T, B, P] out (projection): dL/dh of every step; else null
   T* r;                 // [T, B, H] out (projection): o * tanh(c) of every step; else null
   T clip;               // recurrent_grad_clip, 0 = off
+  const T* cell_params[3] = {};  // as FwdLoop
+  // row-normalised cells (cells.h), per step and row, zero past the length; else null:
+  T* drec = nullptr;         // [T, B, G*H] out (norm_recurrent): dL/d(W_hh h_prev), for dW_hh
+  T* drec_gain = nullptr;    // [T, B, G*H] out (norm_recurrent): dL/dhh * LN(W_hh h_prev),
+                             //   summed: d cell_params[0]
+  T* dstate_gain = nullptr;  // [T, B, H] out (norm_state): dL/dn * LN(c), summed: d cell_params[1]
+  T* dstate_bias = nullptr;  // [T, B, H] out (norm_state): dL/dn, summed: d cell_params[2]
   const T* reset = nullptr;  // as FwdLoop::reset / zo / zw
   const T* zo = nullptr;
   int64_t zw = 0;

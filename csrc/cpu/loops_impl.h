@@ -130,6 +130,81 @@ inline int64_t prev_step(int64_t t, int64_t len, bool reverse) {
   return reverse ? (t + 1 < len ? t + 1 : -1) : t - 1;
 }
 
+// ---- row-wise normalisation (cells.h norm_recurrent / norm_state) -------------------------------
+// A thread owns whole rows, so a row's reductions are local. Sums run in a fixed order (8 partial
+// sums by position, then added in turn, block after block): they vectorise and give the same
+// result on every thread count and batch composition.
+
+template <typename T>
+inline T sum8(const T* p, int64_t n) {
+  constexpr int K = 8;
+  T s[K] = {};
+  int64_t j = 0;
+  for (; j + K <= n; j += K)
+    for (int k = 0; k < K; ++k) s[k] += p[j + k];
+  for (int k = 0; j < n; ++j, ++k) s[k] += p[j];
+  T t = s[0];
+  for (int k = 1; k < K; ++k) t += s[k];
+  return t;
+}
+
+template <typename T>
+inline T dot8(const T* p, const T* q, int64_t n) {
+  constexpr int K = 8;
+  T s[K] = {};
+  int64_t j = 0;
+  for (; j + K <= n; j += K)
+    for (int k = 0; k < K; ++k) s[k] += p[j + k] * q[j + k];
+  for (int k = 0; j < n; ++j, ++k) s[k] += p[j] * q[j];
+  T t = s[0];
+  for (int k = 1; k < K; ++k) t += s[k];
+  return t;
+}
+
+// Mean and 1 / sqrt(var + eps) (biased variance, two passes) of a row of `blocks` blocks of `len`
+// values, `stride` apart.
+template <typename T>
+inline void row_moments(const T* v, int blocks, int64_t len, int64_t stride, T& mean, T& rstd) {
+  const T n = T(blocks * len);
+  T s = T(0);
+  for (int g = 0; g < blocks; ++g) s += sum8(v + g * stride, len);
+  mean = s / n;
+  constexpr int K = 8;
+  T q = T(0);
+  for (int g = 0; g < blocks; ++g) {
+    const T* p = v + g * stride;
+    T acc[K] = {};
+    int64_t j = 0;
+    for (; j + K <= len; j += K)
+      for (int k = 0; k < K; ++k) acc[k] += (p[j + k] - mean) * (p[j + k] - mean);
+    for (int k = 0; j < len; ++j, ++k) acc[k] += (p[j] - mean) * (p[j] - mean);
+    for (int k = 0; k < K; ++k) q += acc[k];
+  }
+  rstd = T(1) / std::sqrt(q / n + T(kLnEps));
+}
+
+// The row normalised in place: v = (v - mean) * rstd; returns rstd.
+template <typename T>
+inline T row_normalise(T* v, int blocks, int64_t len, int64_t stride) {
+  T mean, rstd;
+  row_moments(v, blocks, len, stride, mean, rstd);
+  for (int g = 0; g < blocks; ++g) {
+    T* p = v + g * stride;
+    FUSEDRNN_SIMD
+    for (int64_t j = 0; j < len; ++j) p[j] = (p[j] - mean) * rstd;
+  }
+  return rstd;
+}
+
+// A gate's recurrent pre-activation from the product p (row-normalised for norm_recurrent cells).
+template <class Ops, typename T>
+inline T rec_pre(T p, const T* gain, const T* bias, int64_t k) {
+  if constexpr (Ops::kNormRec)
+    return p * gain[k] + bias[k];
+  else
+    return p + bias[k];
+}
+
 // Whether row b's state carried into step t (tp: the step processed before it, -1 = h0/c0)
 // restarts from zeros: a segment starts at t (forward) or at tp (reverse: the state passes from
 // tp = t + 1 down to t; a reversed sequence's first step starts from h0, never reset).
@@ -171,6 +246,9 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
   const T* arow[MR];
   T* orow[MR];
   std::vector<const T*> hprev(rs.n);
+  // row-normalised cells (cells.h): their parameters, and a row's activations until out()
+  const T *ln_rec = a.cell_params[0], *ln_sw = a.cell_params[1], *ln_sb = a.cell_params[2];
+  std::vector<T> srow(Ops::kNormState ? S * H : 0), crow(Ops::kNormState ? H : 0);
 
   for (int64_t s = 0; s < TT; ++s) {
     const int64_t t = a.reverse ? TT - 1 - s : s;
@@ -215,6 +293,8 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         mk_rows<T, NB, Bk::U, MR>(m, arow, Ho, panel, orow, Hp);
       }
     }
+    if constexpr (Ops::kNormRec)  // LN over each row's G*H products
+      for (int64_t i = 0; i < nl; ++i) row_normalise(pre.data() + i * GHp, G, H, Hp);
     // 2. the cell on every unit of every live row, while pre is in L1
     for (int64_t i = 0; i < nl; ++i) {
       const int64_t b = rs.rows[i];
@@ -241,11 +321,15 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           T xg[G], hg[G], saved[S];
           for (int g = 0; g < G; ++g) {
             xg[g] = x[g * H + j];
-            hg[g] = hh[g * Hp + j] + biasv[g * H + j];
+            hg[g] = rec_pre<Ops>(hh[g * Hp + j], ln_rec, biasv, g * H + j);
           }
           const T c_old = Ops::kHasC ? cb[j] : T(0);
           T c_new = c_old, h_new;
           Ops::fwd(xg, hg, hp[j], c_old, &h_new, &c_new, saved);
+          if constexpr (Ops::kNormState) {  // h needs the row's LN of the cell's own c: below
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            crow[j] = c_new;
+          }
           if constexpr (decltype(zoned)::value) {  // the state-carry rule, any cell
             h_new = zh[j] * hp[j] + (T(1) - zh[j]) * h_new;
             c_new = zc[j] * c_old + (T(1) - zc[j]) * c_new;
@@ -256,7 +340,7 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
           }
           if constexpr (Ops::S > 0 && decltype(saving)::value)
             for (int k = 0; k < S; ++k) actb[k * H + j] = saved[k];
-          dst[j] = h_new;
+          if constexpr (!Ops::kNormState) dst[j] = h_new;
         }
       };
       using Yes = std::true_type;
@@ -265,6 +349,17 @@ void fwd_loop(const FwdLoop<T>& a, RowSet rs) {
         saving ? units(Yes{}, Yes{}) : units(Yes{}, No{});
       else
         saving ? units(No{}, Yes{}) : units(No{}, No{});
+      if constexpr (Ops::kNormState) {  // h = out(saved, LN(c) * w + b) over the row's new c
+        T mean, rstd;
+        row_moments(crow.data(), 1, H, H, mean, rstd);
+        FUSEDRNN_SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          T saved[S];
+          for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+          const T h_new = Ops::out(saved, (crow[j] - mean) * rstd * ln_sw[j] + ln_sb[j]);
+          dst[j] = zrow ? zh[j] * hp[j] + (T(1) - zh[j]) * h_new : h_new;  // zoneout as above
+        }
+      }
     }
     if (proj) {  // y[t] = r W_hr^T over the live rows
       constexpr int MRp = BkP::MR, NBp = BkP::NB, UWp = BkP::UW;
@@ -324,6 +419,12 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
   std::vector<T> pre(MB * GHp);  // W_hh h_prev of the block's rows
   std::vector<T> dgr(MB * GH);   // recurrent-side gate gradients of the block's rows
   std::vector<T> drb(proj ? MB * H : 0);  // dL/d(o * tanh c) of the block's rows
+  // row-normalised cells (cells.h): parameters, each block row's 1/std of W_hh h_prev, and per
+  // row: activations and c, LN(c), dL/dLN(c)
+  const T *ln_rec = a.cell_params[0], *ln_sw = a.cell_params[1], *ln_sb = a.cell_params[2];
+  T rstd_rec[MB];
+  constexpr bool kNS = Ops::kNormState;
+  std::vector<T> srow(kNS ? S * H : 0), crow(kNS ? H : 0), nhat(kNS ? H : 0), dnh(kNS ? H : 0);
   alignas(64) T htile[MRH * NBH * W];
   const T* arow[MB];
   const T* hprev[MB];
@@ -360,6 +461,14 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
       const int64_t row = t * B + rs.rows[i];
       std::fill(a.dxw + row * GH, a.dxw + (row + 1) * GH, T(0));
       if (a.dhn) std::fill(a.dhn + row * H, a.dhn + (row + 1) * H, T(0));
+      if constexpr (Ops::kNormRec) {
+        std::fill(a.drec + row * GH, a.drec + (row + 1) * GH, T(0));
+        std::fill(a.drec_gain + row * GH, a.drec_gain + (row + 1) * GH, T(0));
+      }
+      if constexpr (kNS) {
+        std::fill(a.dstate_gain + row * H, a.dstate_gain + (row + 1) * H, T(0));
+        std::fill(a.dstate_bias + row * H, a.dstate_bias + (row + 1) * H, T(0));
+      }
       if (proj) {
         std::fill(a.r + row * H, a.r + (row + 1) * H, T(0));
         std::fill(a.dhp + row * Ho, a.dhp + (row + 1) * Ho, T(0));
@@ -394,6 +503,8 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             mk_rows<T, NB, Bk::U, Bk::MR>(mm, hprev + r0, Ho, panel, orow, Hp);
           }
         }
+        if constexpr (Ops::kNormRec)  // the forward's LN, bitwise
+          for (int r = 0; r < m; ++r) rstd_rec[r] = row_normalise(pre.data() + r * GHp, G, H, Hp);
       }
       // 2. projection: dL/dh of the step (carried + from y) through W_hr; the carry restarts
       if (proj) {
@@ -452,56 +563,140 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         const T* zrow = a.zo ? a.zo + row * a.zw : nullptr;
         const T* zh = proj || !zrow ? zeros.data() : zrow;
         const T* zc = Ops::kHasC && zrow ? zrow + Ho : zeros.data();
+        // the forward's activations of unit j recomputed, h and c as the cell made them
+        auto refwd = [&](int64_t j, T* saved, T& h, T& c) {
+          T x[G], g[G];
+          for (int k = 0; k < G; ++k) {
+            x[k] = xb[k * H + j];
+            g[k] = rec_pre<Ops>(pb[k * Hp + j], ln_rec, biasv, k * H + j);
+          }
+          Ops::fwd(x, g, hp_src[j], c_prev[j], &h, &c, saved);
+        };
+        // the cell's backward of unit j from dL/dh and dL/dc of the carried state, and its
+        // writes (zoned: the mask's kept share bypasses the cell); dc_own: norm_state's dL/dc
+        // through n, all of it the cell's own c's
+        auto cell_bwd = [&](auto zoned, int64_t j, T dh_in, T dc_in, T dc_own, const T* saved,
+                            T h, T c) {
+          T dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
+          T dh_keep = T(0), dc_keep = T(0);
+          if constexpr (decltype(zoned)::value) {
+            dh_keep = zh[j] * dh_in;
+            dh_in = (T(1) - zh[j]) * dh_in;
+            dc_keep = zc[j] * dc_in;
+            dc_in = (T(1) - zc[j]) * dc_in;
+          }
+          if constexpr (kNS) dc_in += dc_own;
+          Ops::bwd(dh_in, dc_in, saved, h, hp_src[j], c_prev[j], c, dx, &dhh_last, &dh_direct,
+                   &dc_prev);
+          if constexpr (decltype(zoned)::value) {
+            dh_direct += dh_keep;
+            dc_prev += dc_keep;
+          }
+          for (int k = 0; k < G; ++k) {
+            dxb[k * H + j] = dx[k];
+            dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
+          }
+          if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
+          if constexpr (Ops::kHasC) dcb[j] = dc_prev;
+          out_dst[j] = proj ? h : dh_direct;
+        };
         // the unit loop, compiled reading the forward's saved activations, recomputing them,
         // and with zoneout, so that none carries a branch (it would not vectorise)
         auto units = [&](auto from_saved, auto recompute, auto zoned) {
           FUSEDRNN_SIMD
           for (int64_t j = 0; j < H; ++j) {
-            T saved[S], dx[G], dhh_last, dh_direct = T(0), dc_prev = T(0);
-            const T hp = hp_src[j], cp = c_prev[j];
-            T h = h_src[j], c = cp;
+            T saved[S];
+            T h = h_src[j], c = c_prev[j];
             if constexpr (decltype(from_saved)::value) {
               for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
               c = c_now[j];
             } else if constexpr (decltype(recompute)::value) {
-              T x[G], g[G];
-              for (int k = 0; k < G; ++k) {
-                x[k] = xb[k * H + j];
-                g[k] = pb[k * Hp + j] + biasv[k * H + j];
-              }
-              Ops::fwd(x, g, hp, cp, &h, &c, saved);
+              refwd(j, saved, h, c);
             }
-            T dh_in = dh_a[j] + dh_b[j], dc_in = Ops::kHasC ? dcb[j] : T(0);
-            T dh_keep = T(0), dc_keep = T(0);
-            if constexpr (decltype(zoned)::value) {
-              dh_keep = zh[j] * dh_in;
-              dh_in = (T(1) - zh[j]) * dh_in;
-              dc_keep = zc[j] * dc_in;
-              dc_in = (T(1) - zc[j]) * dc_in;
-            }
-            Ops::bwd(dh_in, dc_in, saved, h, hp, cp, c, dx, &dhh_last, &dh_direct, &dc_prev);
-            if constexpr (decltype(zoned)::value) {
-              dh_direct += dh_keep;
-              dc_prev += dc_keep;
-            }
-            for (int k = 0; k < G; ++k) {
-              dxb[k * H + j] = dx[k];
-              dgb[k * H + j] = k == G - 1 ? dhh_last : dx[k];
-            }
-            if constexpr (Ops::kSplitRec) dhnb[j] = dhh_last;
-            if constexpr (Ops::kHasC) dcb[j] = dc_prev;
-            out_dst[j] = proj ? h : dh_direct;
+            cell_bwd(zoned, j, dh_a[j] + dh_b[j], Ops::kHasC ? dcb[j] : T(0), T(0), saved, h, c);
           }
         };
         using Yes = std::true_type;
         using No = std::false_type;
-        if (zrow)  // the forward saved no activations (ws_layout)
+        if constexpr (kNS) {
+          // norm_state: the row's c first (its LN needs all of it), then dL/dn = out_bwd and
+          // the LN's backward into dc, then the cell's backward (the cell's h is not read)
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S];
+            T h = T(0), c = c_prev[j];
+            refwd(j, saved, h, c);
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            crow[j] = c;
+          }
+          T mean, rstd;
+          row_moments(crow.data(), 1, H, H, mean, rstd);
+          T* dsg = a.dstate_gain + row * H;
+          T* dsb = a.dstate_bias + row * H;
+          FUSEDRNN_SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            T saved[S];
+            for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+            const T nh = (crow[j] - mean) * rstd;
+            Ops::out(saved, nh * ln_sw[j] + ln_sb[j]);
+            for (int k = 0; k < S; ++k) srow[k * H + j] = saved[k];
+            // dL/dn from the cell's share of dL/dh (zoneout keeps the rest)
+            const T dh_cell = (zrow ? T(1) - zh[j] : T(1)) * (dh_a[j] + dh_b[j]);
+            const T dn = Ops::out_bwd(dh_cell, saved);
+            dsb[j] = dn;
+            dsg[j] = dn * nh;
+            dnh[j] = dn * ln_sw[j];
+            nhat[j] = nh;
+          }
+          const T m1 = sum8(dnh.data(), H) / T(H), m2 = dot8(dnh.data(), nhat.data(), H) / T(H);
+          // dL/dc of the cell's own c: through n, plus the carried state's dc (its cell share;
+          // dc_n is all the cell's, so it joins after the zoneout split)
+          auto ns_units = [&](auto zoned) {
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j) {
+              T saved[S];
+              for (int k = 0; k < S; ++k) saved[k] = srow[k * H + j];
+              const T dc_n = rstd * (dnh[j] - m1 - nhat[j] * m2);
+              cell_bwd(zoned, j, dh_a[j] + dh_b[j], dcb[j], dc_n, saved, T(0), crow[j]);
+            }
+          };
+          if (zrow)
+            ns_units(Yes{});
+          else
+            ns_units(No{});
+        } else if (zrow) {  // the forward saved no activations (ws_layout)
           units(No{}, Yes{}, Yes{});
-        else if (actb)
+        } else if (actb) {
           units(Yes{}, No{}, No{});
-        else
+        } else {
           units(No{}, std::bool_constant<kRecompute>{}, No{});
+        }
         arow[r] = dgb;
+        if constexpr (Ops::kNormRec) {
+          // dL/dhh (dgb) -> dL/d(W_hh h_prev) through the row's LN: what dh_prev and dW_hh need
+          T* dr = a.drec + row * GH;
+          T* dgn = a.drec_gain + row * GH;
+          T s1 = T(0), s2 = T(0);
+          for (int g = 0; g < G; ++g) {
+            const T* ph = pb + g * Hp;  // LN(W_hh h_prev) of gate g
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j) {
+              const T d = dgb[g * H + j];
+              dgn[g * H + j] = d * ph[j];
+              dr[g * H + j] = d * ln_rec[g * H + j];
+            }
+            s1 += sum8(dr + g * H, H);
+            s2 += dot8(dr + g * H, ph, H);
+          }
+          const T m1 = s1 / T(GH), m2 = s2 / T(GH), rs = rstd_rec[r];
+          for (int g = 0; g < G; ++g) {
+            const T* ph = pb + g * Hp;
+            FUSEDRNN_SIMD
+            for (int64_t j = 0; j < H; ++j)
+              dr[g * H + j] = rs * (dr[g * H + j] - m1 - ph[j] * m2);
+          }
+          arow[r] = dr;
+        }
       }
       // 4. dh_prev += dg_rec W_hh, on the rows while their gate gradients are in L1
       T* dhrow[MB];

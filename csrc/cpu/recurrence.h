@@ -9,7 +9,7 @@
 // Backward recomputes what ws does not hold (the gate pre-activations and activations) from xw
 // and y, tile by tile with the forward's own micro-kernel, so it takes xw, y and ws.
 // backward -> d_xw, d_w_hh, d_b_hh ([0] without b_hh), dh0, dc0 ([0] without c0),
-//             d_w_hr ([0] without w_hr)
+//             d_w_hr ([0] without w_hr), d_cell_params (one per cell_params, [] without)
 // Absent optional results are empty tensors because custom-op schemas cannot return None; the
 // Python wrapper (python/fusedrnn/ops/cpu.py) maps them back to None.
 #pragma once
@@ -29,18 +29,22 @@ namespace cpu {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+using OptTensorList = std::optional<at::TensorList>;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout);
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout,
+    const OptTensorList& cell_params);
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
+// cell_params: the extra per-layer parameters of the row-normalised cells (cells.h), in order;
+// backward returns their gradients last (an empty list for the other cells).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
     const Tensor& y, const Tensor& ws, double clip, const OptTensor& reset,
-    const OptTensor& zoneout);
+    const OptTensor& zoneout, const OptTensorList& cell_params);
 
 // The forward's workspace ws [T, B, width] for backward, per row and step: the cell state (cells
 // that have one) at cs_off, then the activations at act_off (cells that save them, without a
@@ -70,6 +74,11 @@ std::tuple<Tensor, Tensor> cell_step(c10::string_view mode, const Tensor& x, con
 // ---- shared helpers (common.cpp) ----------------------------------------------------------------
 
 Cell parse_mode(c10::string_view mode);
+
+// cell_params (cells.h num_cell_params, cell_param_units) checked against the cell (count,
+// shapes, dtype of xw, CPU) and prepared in `acc`.
+std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& xw,
+                                   int64_t H, at::ScalarType acc);
 
 // Test hook: when on, every buffer and output the CPU ops allocate starts as NaN, so an element
 // the loops forget to write shows up in the results.

@@ -17,13 +17,16 @@ struct BwdOut {
   Tensor dc;    // [B, H]       carried dL/dc (cell-state cells), ends as dc0
   Tensor dhp;   // [T, B, P]    projection: dL/dh per step (for d_w_hr)
   Tensor r;     // [T, B, H]    projection: o * tanh(c) per step (for d_w_hr)
+  // row-normalised cells (kernel.h BwdLoop): per step and row, or undefined
+  Tensor drec, drec_gain, dstate_gain, dstate_bias;
 };
 
 template <typename T>
 void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor& xw,
               const Tensor& w_hh, const Tensor& b_hh, const Tensor& h0, const Tensor& c0,
               const Tensor& w_hr, const Tensor& y, const Tensor& ws, const WsLayout& wl,
-              const Lengths& L, bool reverse, double clip, const CarryArgs& carry, BwdOut& o) {
+              const Lengths& L, bool reverse, double clip, const CarryArgs& carry,
+              const std::vector<Tensor>& cp, BwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = y.size(0), B = y.size(1), Ho = y.size(2), GH = w_hh.size(0), H = GH / G;
   const bool proj = w_hr.defined();
@@ -49,6 +52,11 @@ void backward(Cell cell, const IsaKernels<T>& K, const Tensor& dy, const Tensor&
                wl.act_off >= 0 ? ptr(ws) + wl.act_off : nullptr, wl.width, ptr(wp),
                wbp.data_ptr<T>(), ptr(wrp),
                ptr(o.dxw), ptr(o.dhn), ptr(o.dh), ptr(o.dc), ptr(o.dhp), ptr(o.r), T(clip)};
+  for (size_t k = 0; k < cp.size(); ++k) a.cell_params[k] = cp[k].data_ptr<T>();
+  a.drec = ptr(o.drec);
+  a.drec_gain = ptr(o.drec_gain);
+  a.dstate_gain = ptr(o.dstate_gain);
+  a.dstate_bias = ptr(o.dstate_bias);
   a.reset = ptr(carry.reset);
   a.zo = ptr(carry.zoneout);
   a.zw = carry.zoneout.defined() ? carry.zoneout.size(2) : 0;
@@ -96,12 +104,12 @@ void weight_grad(Tensor out, const Tensor& dg, const Tensor& y, const Tensor& h0
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_bwd(
     c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T, const OptTensor& dc_T,
     const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh, const Tensor& h0,
     const OptTensor& c0, const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
     const Tensor& y, const Tensor& ws, double clip, const OptTensor& reset,
-    const OptTensor& zoneout) {
+    const OptTensor& zoneout, const OptTensorList& cell_params) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   const bool lstm = has_cell_state(cell);
@@ -131,6 +139,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
                c0_c = has_c0 ? prep(*c0) : Tensor(), wr_c = proj ? prep(*w_hr) : Tensor(),
                y_c = prep(y), ws_c = ws.contiguous();
   const Lengths L = make_lengths(lengths, T, B);
+  const std::vector<Tensor> cp = cell_params_of(cell, cell_params, xw, H, acc);
 
   const auto opts = w_c.options();
   BwdOut o;
@@ -141,30 +150,51 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
               : Tensor();
   o.dhp = proj ? alloc({T, B, Ho}, opts) : Tensor();
   o.r = proj ? alloc({T, B, H}, opts) : Tensor();
+  if (norm_recurrent(cell)) {
+    o.drec = alloc({T, B, GH}, opts);
+    o.drec_gain = alloc({T, B, GH}, opts);
+  }
+  if (norm_state(cell)) {
+    o.dstate_gain = alloc({T, B, H}, opts);
+    o.dstate_bias = alloc({T, B, H}, opts);
+  }
 
   if (acc == at::kDouble)
     backward<double>(cell, kernels_f64(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
-                     L, reverse, clip, carry, o);
+                     L, reverse, clip, carry, cp, o);
   else
     backward<float>(cell, kernels_f32(), dy_c, xw_c, w_c, b_c, h0_c, c0_c, wr_c, y_c, ws_c, wl,
-                    L, reverse, clip, carry, o);
+                    L, reverse, clip, carry, cp, o);
   const Tensor keep = carry.reset.defined() ? (1 - carry.reset).unsqueeze(2) : Tensor();
 
   Tensor d_w_hh = alloc({GH, Ho}, opts);
   Tensor d_b_hh = has_b ? alloc({GH}, opts) : at::empty({0}, opts);
+  std::vector<Tensor> d_cp;  // cell_params' gradients, in order (recurrence.h)
+  if (o.drec.defined()) d_cp.push_back(o.drec_gain.sum({0, 1}));
+  if (o.dstate_gain.defined()) {
+    d_cp.push_back(o.dstate_gain.sum({0, 1}));
+    d_cp.push_back(o.dstate_bias.sum({0, 1}));
+  }
+  // W_hh's gradient from the gradient w.r.t. W_hh h_prev: through the LN for row-normalised
+  // cells (drec), else the recurrent side of the gate gradients; b_hh's (added after the LN)
+  // from the latter
+  const bool norm = o.drec.defined();
+  if (norm) weight_grad(d_w_hh, o.drec, y_c, h0_c, L, reverse, keep);
   if (o.dhn.defined()) {
     // the first G-1 blocks share their gradient with dxw; the last one's recurrent side is dhn
     const int64_t F = (G - 1) * H;
     const Tensor dfirst = o.dxw.narrow(2, 0, F);
-    weight_grad(d_w_hh.narrow(0, 0, F), dfirst, y_c, h0_c, L, reverse, keep);
-    weight_grad(d_w_hh.narrow(0, F, H), o.dhn, y_c, h0_c, L, reverse, keep);
+    if (!norm) {
+      weight_grad(d_w_hh.narrow(0, 0, F), dfirst, y_c, h0_c, L, reverse, keep);
+      weight_grad(d_w_hh.narrow(0, F, H), o.dhn, y_c, h0_c, L, reverse, keep);
+    }
     if (has_b) {
       Tensor db_first = d_b_hh.narrow(0, 0, F), db_last = d_b_hh.narrow(0, F, H);
       at::sum_out(db_first, dfirst, {0, 1});
       at::sum_out(db_last, o.dhn, {0, 1});
     }
   } else {
-    weight_grad(d_w_hh, o.dxw, y_c, h0_c, L, reverse, keep);
+    if (!norm) weight_grad(d_w_hh, o.dxw, y_c, h0_c, L, reverse, keep);
     if (has_b) at::sum_out(d_b_hh, o.dxw, {0, 1});
   }
   Tensor d_w_hr = at::empty({0}, opts);
@@ -176,9 +206,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   Tensor dc0 = has_c0 ? o.dc : at::empty({0}, opts);
 
   if (dt == at::kBFloat16) {
-    return {o.dxw.to(dt), d_w_hh.to(dt), d_b_hh.to(dt), o.dh.to(dt), dc0.to(dt), d_w_hr.to(dt)};
+    for (auto& d : d_cp) d = d.to(dt);
+    return {o.dxw.to(dt), d_w_hh.to(dt), d_b_hh.to(dt), o.dh.to(dt), dc0.to(dt), d_w_hr.to(dt),
+            d_cp};
   }
-  return {o.dxw, d_w_hh, d_b_hh, o.dh, dc0, d_w_hr};
+  return {o.dxw, d_w_hh, d_b_hh, o.dh, dc0, d_w_hr, d_cp};
 }
 
 }  // namespace cpu

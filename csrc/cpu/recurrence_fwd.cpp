@@ -30,12 +30,16 @@ void run_unit_split(int threads, const F& fn) {
 }
 
 // How many threads split the units of a single row group (1: none). Only the forward, without a
-// projection (its product needs every unit of the step), when the rows are fewer than the threads
-// and a step has enough work to pay for a barrier: ~0.2 us against ~1 us for 16k multiply-adds.
-int unit_split_threads(const RowPartition& part, int64_t macs_per_row_step, bool proj) {
+// projection (its product needs every unit of the step) or a row normalisation (it needs every
+// unit of the row), when the rows are fewer than the threads and a step has enough work to pay
+// for a barrier: ~0.2 us against ~1 us for 16k multiply-adds.
+int unit_split_threads(Cell cell, const RowPartition& part, int64_t macs_per_row_step,
+                       bool proj) {
   constexpr int64_t kMinMacsPerStep = int64_t(1) << 13;
   const int threads = at::get_num_threads();
-  if (proj || threads < 2 || part.groups() != 1 || at::in_parallel_region()) return 1;
+  if (proj || norm_recurrent(cell) || norm_state(cell) || threads < 2 || part.groups() != 1 ||
+      at::in_parallel_region())
+    return 1;
   const int64_t rows = part.offsets[1];
   if (rows == 0 || rows >= threads || rows * macs_per_row_step < kMinMacsPerStep) return 1;
   return threads;  // a thread left without a whole panel only meets the others at the barrier
@@ -44,7 +48,7 @@ int unit_split_threads(const RowPartition& part, int64_t macs_per_row_step, bool
 template <typename T>
 void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& w_hh,
              const Tensor& b_hh, const Tensor& h0, const Tensor& w_hr, const Lengths& L,
-             bool reverse, const CarryArgs& carry, FwdOut& o) {
+             bool reverse, const CarryArgs& carry, const std::vector<Tensor>& cp, FwdOut& o) {
   const int G = num_gates(cell);
   const int64_t TT = xw.size(0), B = xw.size(1), GH = xw.size(2), H = GH / G,
                 Ho = h0.size(1);
@@ -64,13 +68,14 @@ void forward(Cell cell, const IsaKernels<T>& K, const Tensor& xw, const Tensor& 
                has_cell_state(cell) ? o.c.data_ptr<T>() : nullptr,
                o.wl.cs_off >= 0 ? o.ws.data_ptr<T>() + o.wl.cs_off : nullptr,
                o.wl.act_off >= 0 ? o.ws.data_ptr<T>() + o.wl.act_off : nullptr, o.wl.width};
+  for (size_t k = 0; k < cp.size(); ++k) a.cell_params[k] = cp[k].data_ptr<T>();
   if (carry.reset.defined()) a.reset = carry.reset.data_ptr<T>();
   if (carry.zoneout.defined()) {
     a.zo = carry.zoneout.data_ptr<T>();
     a.zw = carry.zoneout.size(2);
   }
   const RowPartition part = partition_rows(L, GH * Ho + (proj ? H * Ho : 0));
-  const int split = unit_split_threads(part, GH * Ho, proj);
+  const int split = unit_split_threads(cell, part, GH * Ho, proj);
   if (split > 1)  // fewer rows than threads (B = 1): the threads split the units instead
     return run_unit_split(split, [&](UnitSlice us) {
       K.fwd(cell, a, RowSet{part.rows.data(), part.offsets[1], us});
@@ -93,7 +98,8 @@ void check_same(const char* name, const Tensor& t, const Tensor& xw) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
     c10::string_view mode, const Tensor& xw, const Tensor& w_hh, const OptTensor& b_hh,
     const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout) {
+    const OptTensor& w_hr, bool save, const OptTensor& reset, const OptTensor& zoneout,
+    const OptTensorList& cell_params) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
   TORCH_CHECK(xw.dim() == 3, "fusedrnn: xw must be 3-D [T, B, G*H], got shape ", xw.sizes());
@@ -142,6 +148,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
                h0_c = prep(h0), wr_c = proj ? prep(*w_hr) : Tensor();
   const Lengths L = make_lengths(lengths, T, B);
   const CarryArgs carry = carry_args(cell, reset, zoneout, T, B, H, Ho, acc);
+  const std::vector<Tensor> cp = cell_params_of(cell, cell_params, xw, H, acc);
 
   const auto opts = xw_c.options();
   FwdOut o;
@@ -154,9 +161,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(
   o.ws = o.wl.width > 0 ? alloc({T, B, o.wl.width}, opts) : at::empty({0}, opts);
 
   if (acc == at::kDouble)
-    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, o);
+    forward<double>(cell, kernels_f64(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, cp, o);
   else
-    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, o);
+    forward<float>(cell, kernels_f32(), xw_c, w_c, b_c, h0_c, wr_c, L, reverse, carry, cp, o);
 
   if (dt == at::kBFloat16)
     return {o.y.to(dt), o.h.to(dt), o.c.to(dt), o.ws};

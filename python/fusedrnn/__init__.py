@@ -2,7 +2,8 @@
 
 from . import backends, ops
 from .backends import available_backends, recurrence
-from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, MinGRU, MinLSTM, RNNCell
+from .nn import (GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormGRUCell, LayerNormLSTM,
+                 LayerNormLSTMCell, LSTMCell, MinGRU, MinLSTM, RNNCell)
 from .scan import linear_scan, log_linear_scan
 from . import diagnostics, models, training  # noqa: E402  (after the layers they build on)
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MinGRU", "MinLSTM",
+    "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell", "LayerNormGRUCell",
     "linear_scan", "log_linear_scan", "recurrence", "available_backends",
     "backends", "ops", "diagnostics", "models", "training",
 ]

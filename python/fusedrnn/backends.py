@@ -9,6 +9,8 @@ A backend is a module under ``fusedrnn.ops`` that provides
     recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, recurrent_grad_clip=None)
         -> (y, h_T, c_T): the op contract of ``fusedrnn.ops.reference`` with autograd (every
         backend implements ``recurrent_grad_clip``).
+    A cell with ``cell_params`` (ops/cells.py ``Cell.cell_params``: the LayerNorm cells) runs on
+    the backends whose ``recurrence`` takes the keyword ``cell_params``.
 
 "auto" picks cpu for CPU tensors and the fastest GPU backend for CUDA tensors; when the compiled
 part it wants is missing it falls back to the reference with a one-time warning.
@@ -23,6 +25,9 @@ import warnings
 from types import ModuleType
 
 import torch
+
+from .ops.cells import CELLS
+
 
 class Registry:
     """Backends of one op: loading (once), validation, and the choice for a device.
@@ -133,7 +138,7 @@ def _fused_by(name: str) -> list[str]:
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
                backend: str = "auto", recurrent_grad_clip: float | None = None, *,
-               reset=None, zoneout=None):
+               reset=None, zoneout=None, cell_params=None):
     """Run the op contract of ``fusedrnn.ops.reference`` on the chosen backend.
 
     ``recurrent_grad_clip`` clamps the gradient carried back through the recurrence at every
@@ -141,26 +146,34 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     ``reset`` [T, B] and ``zoneout`` [T, B, Z] (see the reference's module doc): a backend that
     does not fuse one raises NotImplementedError naming the ones that do; with backend="auto"
     the call falls back to the reference backend with a one-time warning instead.
+    ``cell_params``: the extra per-layer parameters of the cells that have some (the LayerNorm
+    cells); a backend that does not run those cells is refused or, with "auto", falls back to
+    the reference the same way, naming the cell.
     """
     mod = resolve(backend, xw.device)
     kw = {}
     for name, val in (("recurrent_grad_clip", recurrent_grad_clip), ("reset", reset),
-                      ("zoneout", zoneout)):
+                      ("zoneout", zoneout), ("cell_params", cell_params)):
         if val is None:
             continue
         if not _accepts(mod, name):
             which = mod.__name__.rsplit(".", 1)[-1]
+            # what is missing: an argument, or (cell_params) the cell itself
+            cell = CELLS[mode].title if name == "cell_params" and mode in CELLS else None
             if backend == "auto" and name != "recurrent_grad_clip":
-                if (name, which) not in RECURRENCE._warned:
-                    RECURRENCE._warned.add((name, which))
-                    warnings.warn(f"fusedrnn: backend {which!r} does not fuse {name}=; "
-                                  f"falling back to the reference backend", stacklevel=3)
+                key = (cell or name, which)
+                if key not in RECURRENCE._warned:
+                    RECURRENCE._warned.add(key)
+                    what = f"implement {cell}" if cell else f"fuse {name}="
+                    warnings.warn(f"fusedrnn: backend {which!r} does not {what}; falling back "
+                                  f"to the reference backend", stacklevel=3)
                 ref, _ = RECURRENCE.load("reference")
                 return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                      recurrent_grad_clip, reset=reset, zoneout=zoneout)
+                                      recurrent_grad_clip, reset=reset, zoneout=zoneout,
+                                      cell_params=cell_params)
             raise NotImplementedError(
-                f"backend {which!r} does not implement {name}; use one of the backends that "
-                f"do: {', '.join(repr(b) for b in _fused_by(name))}"
+                f"backend {which!r} does not implement {cell or name}; use one of the backends "
+                f"that do: {', '.join(repr(b) for b in _fused_by(name))}"
             )
         kw[name] = val
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)

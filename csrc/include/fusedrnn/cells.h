@@ -119,21 +119,47 @@ HOST_DEVICE inline T fr_relu(T x) {
 }
 
 // Number of gate blocks G and of saved activations per unit, per cell.
-enum class Cell { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+enum class Cell { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3, LN_LSTM = 4, LN_GRU = 5 };
 // Every cell, once: dispatch switches and explicit instantiations expand X(CELL) for each.
-#define FUSEDRNN_CELLS(X) X(RNN_TANH) X(RNN_RELU) X(LSTM) X(GRU)
+#define FUSEDRNN_CELLS(X) X(RNN_TANH) X(RNN_RELU) X(LSTM) X(GRU) X(LN_LSTM) X(LN_GRU)
 HOST_DEVICE constexpr int num_gates(Cell c) {
-  return c == Cell::LSTM ? 4 : (c == Cell::GRU ? 3 : 1);
+  return (c == Cell::LSTM || c == Cell::LN_LSTM) ? 4
+         : (c == Cell::GRU || c == Cell::LN_GRU) ? 3 : 1;
 }
 HOST_DEVICE constexpr int num_saved(Cell c) {
-  return (c == Cell::LSTM || c == Cell::GRU) ? 4 : 0;
+  return c == Cell::LN_LSTM ? 5
+         : (c == Cell::LSTM || c == Cell::GRU || c == Cell::LN_GRU) ? 4 : 0;
 }
 // The cell carries a cell state c besides h (LSTM).
-HOST_DEVICE constexpr bool has_cell_state(Cell c) { return c == Cell::LSTM; }
+HOST_DEVICE constexpr bool has_cell_state(Cell c) { return c == Cell::LSTM || c == Cell::LN_LSTM; }
 // The gradient w.r.t. the recurrent pre-activation of the last gate (dhh_last) differs from the
 // input-side one (dx[G-1]): GRU's n = tanh(x_n + r * hh_n). The loops then keep it apart for the
 // recurrent GEMMs (dh_prev, dW_hh).
-HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) { return c == Cell::GRU; }
+HOST_DEVICE constexpr bool recurrent_grad_differs(Cell c) {
+  return c == Cell::GRU || c == Cell::LN_GRU;
+}
+// Row-wise normalisation (the LayerNorm cells). The per-unit contract above becomes per-row
+// where these hold; the loops own whole rows, so they run the reductions (kLnEps, biased
+// variance) and the cell's per-unit functions around them. The extra per-layer parameters come
+// as the op's cell_params (python/fusedrnn/ops/cells.py, each Cell's cell_params), in this order:
+//   norm_recurrent: the row of W_hh h_prev (all G*H values) is layer-normalised and scaled by
+//     cell_params[0] [G*H] before b_hh is added: hh = LN(W_hh h_prev) * gain + b_hh.
+//   norm_state: the new cell state's row (H values) is layer-normalised, scaled by
+//     cell_params[1] [H] and shifted by cell_params[2] [H] into n; fwd computes the gates and
+//     c (not h), then out(saved, n) gives h; backward: out_bwd(dh, saved) = dL/dn, and bwd gets
+//     dc with everything that reaches c through n already added by the loop.
+HOST_DEVICE constexpr bool norm_recurrent(Cell c) {
+  return c == Cell::LN_LSTM || c == Cell::LN_GRU;
+}
+HOST_DEVICE constexpr bool norm_state(Cell c) { return c == Cell::LN_LSTM; }
+constexpr double kLnEps = 1e-5;
+// The op's cell_params of a cell: how many, and the size of the k-th in units of H.
+HOST_DEVICE constexpr int num_cell_params(Cell c) {
+  return (norm_recurrent(c) ? 1 : 0) + (norm_state(c) ? 2 : 0);
+}
+HOST_DEVICE constexpr int cell_param_units(Cell c, int k) {
+  return k == 0 && norm_recurrent(c) ? num_gates(c) : 1;
+}
 // The CPU forward saves the cell's activations (kSaved values per unit) for backward instead of
 // letting it recompute them, where that keeps training memory at or below torch.nn's (which keeps
 // the LSTM's gates too): the LSTM. The other cells recompute (saving would exceed torch.nn's).
@@ -197,19 +223,27 @@ HOST_DEVICE inline void lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T c_prev
   saved[3] = o;
 }
 
+// The LSTM's gate gradients from dct = dL/dc (every path) and d_o = dL/d(sigmoid(o)).
 template <typename T>
-HOST_DEVICE inline void lstm_bwd(T dh, T dc, const T* saved, T /*h*/, T /*h_prev*/, T c_prev,
-                                 T c, T* dx, T* dhh_last, T* dh_prev, T* dc_prev) {
+HOST_DEVICE inline void lstm_gates_bwd(T dct, T d_o, const T* saved, T c_prev, T* dx,
+                                       T* dhh_last, T* dh_prev, T* dc_prev) {
   const T i = saved[0], f = saved[1], g = saved[2], o = saved[3];
-  const T tc = fr_tanh(c);  // recomputed: one tanh is cheaper than saving another [T, B, H]
-  const T dct = dc + dh * o * (T(1) - tc * tc);
   dx[0] = dct * g * i * (T(1) - i);
   dx[1] = dct * c_prev * f * (T(1) - f);
   dx[2] = dct * i * (T(1) - g * g);
-  dx[3] = dh * tc * o * (T(1) - o);
+  dx[3] = d_o * o * (T(1) - o);
   *dhh_last = dx[3];
   *dh_prev = T(0);
   *dc_prev = dct * f;
+}
+
+template <typename T>
+HOST_DEVICE inline void lstm_bwd(T dh, T dc, const T* saved, T /*h*/, T /*h_prev*/, T c_prev,
+                                 T c, T* dx, T* dhh_last, T* dh_prev, T* dc_prev) {
+  const T o = saved[3];
+  const T tc = fr_tanh(c);  // recomputed: one tanh is cheaper than saving another [T, B, H]
+  const T dct = dc + dh * o * (T(1) - tc * tc);
+  lstm_gates_bwd(dct, dh * tc, saved, c_prev, dx, dhh_last, dh_prev, dc_prev);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,12 +278,52 @@ HOST_DEVICE inline void gru_bwd(T dh, T /*dc*/, const T* saved, T /*h*/, T h_pre
 }
 
 // ---------------------------------------------------------------------------------------------
+// LayerNorm LSTM (Ba et al. 2016 as Haste implements it): the LSTM on hh = LN(W_hh h) * gain +
+// b_hh (norm_recurrent), with h = sigmoid(o) tanh(n), n = LN(c) * ln_c_weight + ln_c_bias
+// (norm_state: the loop computes n between fwd and out). saved = (i, f, g, o, tanh(n)).
+
+template <typename T>
+HOST_DEVICE inline void ln_lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T c_prev, T* h, T* c,
+                                    T* saved) {
+  saved[0] = fr_sigmoid(x[0] + hh[0]);
+  saved[1] = fr_sigmoid(x[1] + hh[1]);
+  saved[2] = fr_tanh(x[2] + hh[2]);
+  saved[3] = fr_sigmoid(x[3] + hh[3]);
+  saved[4] = T(0);  // tanh(n), set by out
+  *c = saved[1] * c_prev + saved[0] * saved[2];
+  *h = T(0);  // h needs the row's normalised c: out
+}
+
+template <typename T>
+HOST_DEVICE inline T ln_lstm_out(T* saved, T n) {
+  saved[4] = fr_tanh(n);
+  return saved[3] * saved[4];
+}
+
+template <typename T>
+HOST_DEVICE inline T ln_lstm_out_bwd(T dh, const T* saved) {  // dL/dn
+  return dh * saved[3] * (T(1) - saved[4] * saved[4]);
+}
+
+template <typename T>
+HOST_DEVICE inline void ln_lstm_bwd(T dh, T dc, const T* saved, T /*h*/, T /*h_prev*/, T c_prev,
+                                    T /*c*/, T* dx, T* dhh_last, T* dh_prev, T* dc_prev) {
+  lstm_gates_bwd(dc, dh * saved[4], saved, c_prev, dx, dhh_last, dh_prev, dc_prev);
+}
+
+// The cells without norm_state have no output stage.
+template <typename T>
+HOST_DEVICE inline T no_out(T* /*saved*/, T /*n*/) { return T(0); }
+template <typename T>
+HOST_DEVICE inline T no_out_bwd(T /*dh*/, const T* /*saved*/) { return T(0); }
+
+// ---------------------------------------------------------------------------------------------
 // Compile-time dispatch for loops written once for every cell (CPU time loop, CUDA launchers).
 
 template <Cell C>
 struct CellOps;
 
-#define FUSEDRNN_CELL_OPS(CELL, FWD, BWD)                                               \
+#define FUSEDRNN_CELL_OPS(CELL, FWD, BWD, OUT, OUT_BWD)                                 \
   template <>                                                                           \
   struct CellOps<Cell::CELL> {                                                          \
     static constexpr int G = num_gates(Cell::CELL);                                     \
@@ -257,6 +331,12 @@ struct CellOps;
     /* traits the shared loops read instead of testing the cell's name */               \
     static constexpr bool kHasC = has_cell_state(Cell::CELL);                           \
     static constexpr bool kSplitRec = recurrent_grad_differs(Cell::CELL);               \
+    static constexpr bool kNormRec = norm_recurrent(Cell::CELL);                        \
+    static constexpr bool kNormState = norm_state(Cell::CELL);                          \
+    template <typename T>                                                               \
+    HOST_DEVICE static T out(T* saved, T n) { return OUT(saved, n); }                   \
+    template <typename T>                                                               \
+    HOST_DEVICE static T out_bwd(T dh, const T* saved) { return OUT_BWD(dh, saved); }   \
     template <typename T>                                                               \
     HOST_DEVICE static void fwd(const T* x, const T* hh, T h_prev, T c_prev, T* h, T* c, \
                                 T* saved) {                                             \
@@ -269,10 +349,13 @@ struct CellOps;
     }                                                                                   \
   };
 
-FUSEDRNN_CELL_OPS(RNN_TANH, rnn_tanh_fwd, rnn_tanh_bwd)
-FUSEDRNN_CELL_OPS(RNN_RELU, rnn_relu_fwd, rnn_relu_bwd)
-FUSEDRNN_CELL_OPS(LSTM, lstm_fwd, lstm_bwd)
-FUSEDRNN_CELL_OPS(GRU, gru_fwd, gru_bwd)
+FUSEDRNN_CELL_OPS(RNN_TANH, rnn_tanh_fwd, rnn_tanh_bwd, no_out, no_out_bwd)
+FUSEDRNN_CELL_OPS(RNN_RELU, rnn_relu_fwd, rnn_relu_bwd, no_out, no_out_bwd)
+FUSEDRNN_CELL_OPS(LSTM, lstm_fwd, lstm_bwd, no_out, no_out_bwd)
+FUSEDRNN_CELL_OPS(GRU, gru_fwd, gru_bwd, no_out, no_out_bwd)
+// LN_GRU's per-unit body is the GRU's (its difference is the row-normalised hh)
+FUSEDRNN_CELL_OPS(LN_LSTM, ln_lstm_fwd, ln_lstm_bwd, ln_lstm_out, ln_lstm_out_bwd)
+FUSEDRNN_CELL_OPS(LN_GRU, gru_fwd, gru_bwd, no_out, no_out_bwd)
 #undef FUSEDRNN_CELL_OPS
 
 }  // namespace fusedrnn

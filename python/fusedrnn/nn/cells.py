@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import backends
+from ..ops.cells import CELL_STATE
 from . import _amp, _onnx
 
 _STEP_DTYPES = (torch.float32, torch.float64)
@@ -99,7 +100,7 @@ class _FusedCellMixin:
                 f"{type(self).__name__}: expected {name} dtype {w_dtype} "
                 f"(the weights' dtype), got {t.dtype}"
             )
-        h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
+        h0, c0 = states[0], (states[1] if CELL_STATE[mode] else None)
         if _onnx.exporting():  # a length-1 standard ONNX node instead of the custom op
             return _onnx.cell_step(mode, self, x, h0, c0)
         plan = _amp.plan(x, self.backend)

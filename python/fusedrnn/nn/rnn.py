@@ -103,6 +103,20 @@ class _FusedRNNMixin:
         ws = get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
         return ws if dtype is None else tuple(_amp.cast(w, dtype) for w in ws)
 
+    #: the op's cell mode when it differs from torch.nn's ``mode`` (the LayerNorm layers)
+    _OP_MODE: str | None = None
+
+    def _op_mode(self) -> str:
+        return self._OP_MODE or self.mode
+
+    def _input_side(self, x, w_ih, b_ih, b_hh, live, lin, layer, direction, dtype):
+        """(xw [T, B, G*H], the op's b_hh, extra op keywords) of one layer and direction."""
+        if b_ih is not None and self.mode != "GRU":
+            # both biases sit outside any gate product here, so b_ih joins b_hh and
+            # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
+            return _project(x, w_ih, None, live, lin), b_ih + b_hh, {}  # [T, B, G*H]
+        return _project(x, w_ih, b_ih, live, lin), b_hh, {}  # [T, B, G*H], one GEMM, all steps
+
     def _run(self, x: Tensor, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
              reset: Tensor | None = None):
         """x [T, B, I] time-major, h0 [L*D, B, H_out], c0 [L*D, B, H] | None, reset [T, B]
@@ -141,17 +155,13 @@ class _FusedRNNMixin:
                 idx = layer * num_dirs + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, d, dtype)
                 w_hh = _regularisers.drop_weight(w_hh, self.weight_drop, self.training)
-                if b_ih is not None and self.mode != "GRU":
-                    # both biases sit outside any gate product here, so b_ih joins b_hh and
-                    # the projection is a plain GEMM (no [T, B, G*H] bias broadcast-copy)
-                    xw, b_hh = _project(x, w_ih, None, live, lin), b_ih + b_hh  # [T, B, G*H]
-                else:
-                    xw = _project(x, w_ih, b_ih, live, lin)  # [T, B, G*H], one GEMM, all steps
+                xw, b_hh, extra = self._input_side(x, w_ih, b_ih, b_hh, live, lin, layer, d,
+                                                   dtype)
                 y, h, c = backends.recurrence(
-                    self.mode, xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
+                    self._op_mode(), xw, w_hh, b_hh, h0[idx], None if c0 is None else c0[idx],
                     lengths, d == 1, w_hr, backend=self.backend,
                     recurrent_grad_clip=self.recurrent_grad_clip, reset=reset,
-                    zoneout=None if zm is None else zm[idx],
+                    zoneout=None if zm is None else zm[idx], **extra,
                 )
                 outs.append(y)
                 h_n.append(h)

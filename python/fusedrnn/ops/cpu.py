@@ -34,7 +34,7 @@ def supports(device: torch.device) -> bool:
 
 
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, reset=None,
-              zoneout=None):
+              zoneout=None, cell_params=None):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = w_hr.shape[0] if w_hr is not None else H
@@ -50,7 +50,7 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save=True, r
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, y, ws,
-              clip=0.0, reset=None, zoneout=None):
+              clip=0.0, reset=None, zoneout=None, cell_params=None):
     T, B, H_out = y.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -62,18 +62,28 @@ def _bwd_fake(mode, dy, dh_T, dc_T, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_
         e(B, H_out),
         e(B, H) if c0 is not None else e(0),
         e(w_hr.shape) if w_hr is not None else e(0),
+        [e(p.shape) for p in cell_params or ()],
     )
+
+
+#: the defaults of recurrence_fwd's trailing arguments: save, reset, zoneout, cell_params
+_TAIL_DEFAULTS = (True, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):
     mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, *rest = inputs
-    rest = list(rest) + [True, None, None][len(rest):]  # save, reset, zoneout (defaults)
-    reset, zoneout = rest[1], rest[2]
+    rest = list(rest) + list(_TAIL_DEFAULTS[len(rest):])
+    reset, zoneout, cell_params = rest[1], rest[2], rest[3] or []
+    # one gradient per argument the dispatcher passed: it drops the trailing arguments equal to
+    # their defaults, and with a Tensor[] in the schema autograd checks the count
+    given = [i for i, (v, d) in enumerate(zip(rest, _TAIL_DEFAULTS)) if v is not d]
+    ctx.n_inputs = 9 + (given[-1] + 1 if given else 0)
     y, _, _, ws = output
     ctx.mode, ctx.reverse = mode, reverse
     # xw is saved (backward recomputes what ws does not hold from it): it is also what a
     # double backward needs
-    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout)
+    ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout,
+                          *cell_params)
     ctx.mark_non_differentiable(ws)
     # gradients of unused outputs stay None instead of zero tensors the kernel would read
     ctx.set_materialize_grads(False)
@@ -83,11 +93,11 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
     """First-order gradients as a differentiable graph (create_graph=True): the reference loop
     differentiated by autograd, so that double backward (gradgradcheck, gradient penalties) is
     exact. The fused kernels serve the ordinary first-order backward."""
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, reset, zoneout = ctx.saved_tensors
-    ins = (xw, w_hh, b_hh, h0, c0, w_hr)
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, _, _, reset, zoneout, *cp = ctx.saved_tensors
+    ins = (xw, w_hh, b_hh, h0, c0, w_hr, *cp)
     with torch.enable_grad():
         outs = recurrence_ref(ctx.mode, *ins[:5], lengths, ctx.reverse, ins[5], reset=reset,
-                              zoneout=zoneout)
+                              zoneout=zoneout, cell_params=cp or None)
     pairs = [(o, g) for o, g in zip(outs, (dy, dh_T, dc_T)) if o is not None and g is not None]
     wanted = [t for t in ins if t is not None and t.requires_grad]
     grads = iter(torch.autograd.grad(
@@ -98,16 +108,16 @@ def _double_backward_grads(ctx, dy, dh_T, dc_T):
 
 
 def _fused_grads(ctx, dy, dh_T, dc_T, clip: float = 0.0):
-    """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr), None where the
-    input was None."""
+    """The fused backward loop: gradients of (xw, w_hh, b_hh, h0, c0, w_hr, *cell_params), None
+    where the input was None."""
     mode = ctx.mode
-    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout = ctx.saved_tensors
-    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = torch.ops.fusedrnn.recurrence_bwd(
+    xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout, *cp = ctx.saved_tensors
+    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, d_cp = torch.ops.fusedrnn.recurrence_bwd(
         mode, dy, dh_T, dc_T if CELL_STATE[mode] else None, xw, w_hh, b_hh, h0, c0, lengths,
-        ctx.reverse, w_hr, y, ws, clip, reset, zoneout,
+        ctx.reverse, w_hr, y, ws, clip, reset, zoneout, cp or None,
     )
     return (d_xw, d_w_hh, d_b_hh if b_hh is not None else None, dh0,
-            dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None)
+            dc0 if c0 is not None else None, d_w_hr if w_hr is not None else None, *d_cp)
 
 
 def _workspace_missing(ctx) -> bool:
@@ -120,11 +130,12 @@ def _workspace_missing(ctx) -> bool:
 def _backward(ctx, dy, dh_T, dc_T, _dws):
     # create_graph (double backward), or a forward that kept nothing: the differentiable
     # reference recomputes everything
-    if torch.is_grad_enabled() or _workspace_missing(ctx):
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _double_backward_grads(ctx, dy, dh_T, dc_T)
-    else:
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T)
-    return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None
+    grads = (_double_backward_grads if torch.is_grad_enabled() or _workspace_missing(ctx)
+             else _fused_grads)
+    d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = grads(ctx, dy, dh_T, dc_T)
+    out = (None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None,
+           d_cp or None)
+    return out[: ctx.n_inputs]
 
 
 class _ClippedRecurrence(torch.autograd.Function):
@@ -134,20 +145,22 @@ class _ClippedRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, reset,
-                zoneout):
+                zoneout, *cp):
         y, h_T, c_T, ws = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, reset, zoneout
+            mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, True, reset, zoneout,
+            list(cp) or None
         )
         ctx.mode, ctx.reverse, ctx.clip = mode, reverse, clip
-        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout)
+        ctx.save_for_backward(xw, w_hh, b_hh, h0, c0, lengths, w_hr, y, ws, reset, zoneout, *cp)
         ctx.set_materialize_grads(False)
         return y, h_T, c_T
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = _fused_grads(ctx, dy, dh_T, dc_T, ctx.clip)
-        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, *d_cp = _fused_grads(ctx, dy, dh_T, dc_T,
+                                                                      ctx.clip)
+        return None, d_xw, d_w_hh, d_b_hh, dh0, dc0, None, None, d_w_hr, None, None, None, *d_cp
 
 
 def _linear_fake(a, w, b):
@@ -200,7 +213,7 @@ def _check(mode, tensors) -> None:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None, *, reset=None, zoneout=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None, cell_params=None):
     """The op contract of :func:`fusedrnn.ops.reference.recurrence_ref` on the fused CPU loop.
 
     Args:
@@ -218,10 +231,13 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             its input state (see ``recurrence_ref``).
         reset: [T, B] (xw's dtype, 1 = a segment starts) or None; zoneout: [T, B, Z] keep-old
             mask or None (see ``fusedrnn.ops.reference``). Both fused into the loops.
+        cell_params: the extra per-layer parameters of the cells that have some (the LayerNorm
+            cells: ``fusedrnn.ops.cells.CELLS[mode].cell_params``), else None; differentiable.
 
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] or None), differentiable with respect to
-        xw, w_hh, b_hh, h0, c0 and w_hr. float32, float64 and bfloat16 (computed in float32).
+        xw, w_hh, b_hh, h0, c0, w_hr and cell_params. float32, float64 and bfloat16 (computed
+        in float32).
 
     Example::
 
@@ -230,22 +246,25 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """
     if unavailable() is not None:
         raise RuntimeError(f"backend 'cpu' is not available: {unavailable()}")
-    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params)
+    cp = list(cell_params) if cell_params else []
     _check(mode, (("xw", xw), ("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
-                  ("lengths", lengths), ("w_hr", w_hr)))
+                  ("lengths", lengths), ("w_hr", w_hr),
+                  *((f"cell_params[{k}]", p) for k, p in enumerate(cp))))
     check_clip(recurrent_grad_clip)
     check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
     _check(mode, (("reset", reset), ("zoneout", zoneout)))
     if recurrent_grad_clip is not None:
         y, h_T, c_T = _ClippedRecurrence.apply(mode, xw, w_hh, b_hh, h0, c0, lengths,
                                                bool(reverse), w_hr, float(recurrent_grad_clip),
-                                               reset, zoneout)
+                                               reset, zoneout, *cp)
     else:
         # inference keeps nothing for backward (no cell states, no activations)
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr))
+            t is not None and t.requires_grad for t in (xw, w_hh, b_hh, h0, c0, w_hr, *cp))
         y, h_T, c_T, _ = torch.ops.fusedrnn.recurrence_fwd(
-            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, reset, zoneout
+            mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, save, reset, zoneout,
+            cp or None
         )
     return y, h_T, (c_T if CELL_STATE[mode] else None)
 

@@ -28,6 +28,9 @@ The op contract (one layer, one direction, one cell type)::
                 m[..., :H_out] mixes h, m[..., H_out:] mixes c. y_t is the mixed h_t. Training
                 passes a 0/1 Bernoulli(p) draw, eval the constant p (the expectation); no
                 gradient w.r.t. the mask. Padded steps ignore it (the state is kept).
+        cell_params list[Tensor] | None (keyword)  the extra per-layer parameters of the cells
+                that have some (``cells.CELLS[mode].cell_params``: the LayerNorm cells' gains
+                and bias), in that order; None for the others.
     -> (y [T, B, H_out], h_T [B, H_out], c_T [B, H] | None)
 
 Arithmetic runs in float32 for float32/bfloat16/float16 inputs (float64 stays float64) and
@@ -42,7 +45,27 @@ from torch import Tensor
 from .cells import CELL_STATE, CELLS, GATES, STEPS
 
 
-def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
+def check_cell_params(mode, H, cell_params, dtype) -> None:
+    """``cell_params``: the per-layer parameters ``CELLS[mode].cell_params`` describes, in order."""
+    want = CELLS[mode].cell_params
+    if not want:
+        if cell_params:
+            raise ValueError(f"cell_params must be None or empty for {mode}, got "
+                             f"{len(cell_params)} tensors")
+        return
+    names = ", ".join(n for n, _ in want)
+    if cell_params is None or len(cell_params) != len(want):
+        got = None if cell_params is None else f"{len(cell_params)} tensors"
+        raise ValueError(f"{mode} needs cell_params = [{names}], got {got}")
+    for (name, k), t in zip(want, cell_params):
+        if tuple(t.shape) != (k * H,):
+            raise ValueError(f"cell_params {name} must have shape ({k * H},), got "
+                             f"{tuple(t.shape)}")
+        if t.dtype != dtype:
+            raise ValueError(f"cell_params {name} must have dtype {dtype} like xw, got {t.dtype}")
+
+
+def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params=None) -> None:
     """Validate the arguments of the op contract; every backend calls this first."""
     if mode not in GATES:
         raise ValueError(f"mode must be one of {tuple(GATES)}, got {mode!r}")
@@ -79,6 +102,7 @@ def check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr) -> None:
     for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr)):
         if t is not None and t.dtype != xw.dtype:
             raise ValueError(f"{name} must have dtype {xw.dtype} like xw, got {t.dtype}")
+    check_cell_params(mode, H, cell_params, xw.dtype)
 
 
 def check_reset_zoneout(mode, xw, w_hh, reset, zoneout) -> None:
@@ -145,7 +169,7 @@ def check_clip(recurrent_grad_clip) -> None:
 
 
 def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-                   recurrent_grad_clip=None, *, reset=None, zoneout=None):
+                   recurrent_grad_clip=None, *, reset=None, zoneout=None, cell_params=None):
     """The op contract for any ``mode`` of ``cells.CELLS`` (see module doc).
 
     ``recurrent_grad_clip`` (None or > 0): in backward, the gradient a (live) step sends back to
@@ -154,13 +178,19 @@ def recurrence_ref(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=Fals
     None leaves autograd untouched.
 
     ``reset`` and ``zoneout``: see the module doc.
+
+    ``cell_params``: the extra per-layer parameters of the cells that have some (the LayerNorm
+    cells: ``cells.CELLS[mode].cell_params``), passed to each step; None for the others.
     """
-    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params)
     check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
     check_clip(recurrent_grad_clip)
     out_dtype = xw.dtype
     acc = compute_dtype(out_dtype)
     step = STEPS[mode]
+    if cell_params:
+        params = tuple(p.to(acc) for p in cell_params)
+        step = lambda *a, _s=step: _s(*a, cell_params=params)  # noqa: E731
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     xw, w_hh, h = xw.to(acc), w_hh.to(acc), h0.to(acc)
