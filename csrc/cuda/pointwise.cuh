@@ -72,7 +72,7 @@ HOST_DEVICE inline bool reset_after(const StateCarry<A>& k, const int64_t* lengt
   return tn >= 0 && tn < run_length(lengths, k.T, b) && carry_reset(k, B, b, tn, t);
 }
 
-// Zoneout's keep-old mask of element i of row (t, b), or nullptr without zoneout.
+// Zoneout's keep-old mask of row (t, b) (h part, then c part), or nullptr without zoneout.
 template <typename A>
 HOST_DEVICE inline const A* zoneout_row(const StateCarry<A>& k, int64_t B, int64_t t, int64_t b) {
   return k.zo != nullptr ? k.zo + (t * B + b) * k.Z : nullptr;
