@@ -626,6 +626,30 @@ def test_zoneout_multilayer_bidirectional_with_reset(backend):
     torch.testing.assert_close(got, inp, **TOL64)
 
 
+@pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
+@pytest.mark.parametrize("cls", ("LSTM", "GRU"))
+def test_triton_layer_zoneout_matches_hand_loop(cls):
+    """The drop-in layer on the Triton backend (interpreter, float32), training with zoneout:
+    the float64 hand loop of torch.nn cells with the same mask, outputs and gradients."""
+    T, B, I, H = 5, 3, 4, 5
+    _, ref = _pair(cls, I, H, zoneout=0.4)  # float64: its parameters drive the hand loop
+    ours = getattr(fusedrnn, cls)(I, H, zoneout=0.4, backend="triton")
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x = torch.randn(T, B, I, dtype=D64, requires_grad=True)
+    torch.manual_seed(11)
+    masks = ours.zoneout_mask(T, B)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    torch.manual_seed(11)
+    xf = x.detach().float().requires_grad_()
+    got_y, _ = ours(xf)
+    y, _, _ = zoneout_loop(cls, ref, x, masks[0].double())
+    torch.testing.assert_close(got_y.double(), y, **TOL[torch.float32])
+    g = torch.randn_like(y)
+    want = torch.autograd.grad((y * g).sum(), [x, *ref.parameters()])
+    got = torch.autograd.grad((got_y * g.float()).sum(), [xf, *ours.parameters()])
+    _close([t.double() for t in got], want, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("p", (0.1, 0.5, 0.9))
 def test_zoneout_keep_rate(p):
     m = fusedrnn.LSTM(3, 16, zoneout=(p, 1 - p), num_layers=2)
