@@ -65,7 +65,7 @@ def test_emulated_opcheck(emu, mode):
     for t in (xw, w, b, h0, c0, w_hr):
         if t is not None:
             t.requires_grad_()
-    args = (mode, xw, w, b, h0, c0, torch.tensor([3, 1]), True, w_hr, 0.0)
+    args = (mode, xw, w, b, h0, c0, torch.tensor([3, 1]), True, w_hr, 0.0, None, None)
     torch.library.opcheck(emu.cuda_recurrence_fwd.default, args)
 
 
@@ -78,8 +78,8 @@ def test_emulated_errors(emu):
     with pytest.raises(RuntimeError, match="saved must be"):
         y = torch.zeros(3, 2, 4)
         emu.cuda_recurrence_bwd("LSTM", y, None, None, w, b, h0, c0, None, False, None, 0.0,
-                                y, torch.zeros(3, 2, 5), torch.zeros(3, 2, 4), torch.zeros(0),
-                                torch.zeros(0))
+                                None, None, y, torch.zeros(3, 2, 5), torch.zeros(3, 2, 4),
+                                torch.zeros(0), torch.zeros(0), torch.zeros(0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_gpu_opcheck():
     xw, w, b, h0, c0, w_hr = make_inputs("LSTM", torch.float32, T=3, B=2, H=4, proj=True,
                                          device="cuda")
     args = ("LSTM", xw.requires_grad_(), w.requires_grad_(), b, h0, c0,
-            torch.tensor([3, 1], device="cuda"), True, w_hr, 0.0)
+            torch.tensor([3, 1], device="cuda"), True, w_hr, 0.0, None, None)
     torch.library.opcheck(torch.ops.fusedrnn.cuda_recurrence_fwd.default, args)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 import fusedrnn
 from conftest import TOL
+from cuda_utils import emu  # noqa: F401  (a fixture: the emulated CUDA ops)
 from fusedrnn import backends
 from fusedrnn.ops.cells import GATES
 from fusedrnn.ops.reference import recurrence_ref
@@ -285,10 +286,8 @@ OP_CASES = [  # mode, P, lengths, reverse, reset, zoneout ("train" | "eval" | No
 ]
 
 
-@pytest.mark.parametrize("backend", [b for b in FUSED if b != "reference"])
-@pytest.mark.parametrize("mode,P,lens,reverse,reset,zo,clip", OP_CASES)
-def test_op_matches_reference(backend, mode, P, lens, reverse, reset, zo, clip):
-    T, B, H = 5, 3, 4
+def _op_case(mode, P, lens, reset, zo, clip, T=5, B=3, H=4):
+    """(inputs, lengths, keywords) of one OP_CASES row."""
     ins = _op_inputs(mode, T, B, H, P)
     lengths = None if lens is None else torch.tensor(lens)
     kw = {}
@@ -300,6 +299,13 @@ def test_op_matches_reference(backend, mode, P, lens, reverse, reset, zo, clip):
         kw["zoneout"] = _zo_mask(mode, T, B, H, P, train=zo == "train")
     if clip:
         kw["recurrent_grad_clip"] = clip
+    return ins, lengths, kw
+
+
+@pytest.mark.parametrize("backend", [b for b in FUSED if b != "reference"])
+@pytest.mark.parametrize("mode,P,lens,reverse,reset,zo,clip", OP_CASES)
+def test_op_matches_reference(backend, mode, P, lens, reverse, reset, zo, clip):
+    ins, lengths, kw = _op_case(mode, P, lens, reset, zo, clip)
     want = _op_run("reference", mode, ins, lengths, reverse, **kw)
     got = _op_run(backend, mode, ins, lengths, reverse, **kw)
     _close(got, want)
@@ -322,6 +328,97 @@ def test_gradcheck(backend, mode):
 
     args = [ins[k].clone().requires_grad_() for k in keys]
     assert torch.autograd.gradcheck(f, args)
+
+
+# ---- the CUDA backend's loops, on the host emulation of its kernels (tests/cuda_emu) ------------
+
+#: more cases for the emulated CUDA loop: unsorted lengths with an empty row and one past T,
+#: resets with clipping and zoneout together, reverse projection with zoneout
+CUDA_CASES = OP_CASES + [
+    ("GRU", 0, [5, 0, 3], False, True, "train", 0.05),
+    ("LSTM", 0, [0, 6, 3], True, True, "train", 0.05),
+    ("LSTM", 3, [2, 5, 4], True, True, "train", None),
+    ("RNN_TANH", 0, [3, 0, 5], False, True, "eval", 0.05),
+    ("RNN_RELU", 0, None, False, True, "eval", None),
+]
+
+
+@pytest.mark.parametrize("dtype", (D64, torch.float32), ids=str)
+@pytest.mark.parametrize("mode,P,lens,reverse,reset,zo,clip", CUDA_CASES)
+def test_cuda_emulated_matches_reference(emu, nan_poison, mode, P, lens, reverse, reset, zo,
+                                         clip, dtype):
+    """The CUDA backend's time loops and kernel bodies (host emulation) against the float64
+    reference: outputs, final states and every input gradient."""
+    ins, lengths, kw = _op_case(mode, P, lens, reset, zo, clip)
+    want = _op_run("reference", mode, ins, lengths, reverse, **kw)
+    got = _op_run(_cuda_emu_op, mode, ins, lengths, reverse, dtype=dtype, **kw)
+    _close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("mode,P", (("LSTM", 3), ("GRU", 0), ("RNN_TANH", 0)))
+def test_cuda_emulated_16bit(emu, mode, P, dtype):
+    """16-bit storage (float32 arithmetic) with resets and zoneout: the reference on the same
+    rounded inputs, at the dtype's tolerance."""
+    T, B, H = 5, 3, 4
+    ins = {k: None if v is None else v.to(dtype).double() for k, v in
+           _op_inputs(mode, T, B, H, P).items()}
+    kw = dict(reset=_done("random", T, B, seed=2), zoneout=_zo_mask(mode, T, B, H, P))
+    want = _op_run("reference", mode, ins, torch.tensor([5, 2, 4]), True, **kw)
+    got = _op_run(_cuda_emu_op, mode, ins, torch.tensor([5, 2, 4]), True, dtype=dtype, **kw)
+    _close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"))
+def test_cuda_emulated_gradcheck(emu, mode):
+    T, B, H = 3, 2, 2
+    ins = _op_inputs(mode, T, B, H, P=1 if mode == "LSTM" else 0)
+    reset = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=D64)
+    zo = _zo_mask(mode, T, B, H, P=1 if mode == "LSTM" else 0, p=0.5)
+    keys = [k for k, v in ins.items() if v is not None]
+    for reverse in (False, True):
+        def f(*ts):
+            a = dict.fromkeys(("c0", "w_hr")) | dict(zip(keys, ts))
+            out = _cuda_emu_op(mode, a["xw"], a["w_hh"], a["b_hh"], a["h0"], a["c0"],
+                               torch.tensor([3, 2]), reverse, a["w_hr"], reset=reset,
+                               zoneout=zo)
+            return tuple(o for o in out if o is not None)
+
+        args = [ins[k].clone().requires_grad_() for k in keys]
+        assert torch.autograd.gradcheck(f, args)
+
+
+def test_cuda_emulated_opcheck(emu):
+    from cuda_utils import EMU
+    from fusedrnn.ops import cuda as cuda_backend
+
+    cuda_backend.register(EMU)
+    for mode, P in (("LSTM", 2), ("GRU", 0)):
+        ins = {k: None if v is None else v.float() for k, v in _op_inputs(mode, 3, 2, 4, P).items()}
+        reset = _done("random", 3, 2).float()
+        zo = _zo_mask(mode, 3, 2, 4, P).float()
+        args = (mode, ins["xw"].requires_grad_(), ins["w_hh"].requires_grad_(), ins["b_hh"],
+                ins["h0"], ins["c0"], torch.tensor([3, 1]), True, ins["w_hr"], 0.0, reset, zo)
+        torch.library.opcheck(emu.cuda_recurrence_fwd.default, args)
+
+
+def test_cuda_emulated_checks_reset_and_zoneout(emu):
+    ins = {k: None if v is None else v.float() for k, v in _op_inputs("LSTM", 3, 2, 4).items()}
+    args = ("LSTM", ins["xw"], ins["w_hh"], ins["b_hh"], ins["h0"], ins["c0"], None, False,
+            None, 0.0)
+    with pytest.raises(RuntimeError, match="reset must have shape"):
+        emu.cuda_recurrence_fwd(*args, torch.zeros(2, 3), None)
+    with pytest.raises(RuntimeError, match="zoneout must have shape"):
+        emu.cuda_recurrence_fwd(*args, None, torch.zeros(3, 2, 4))
+    with pytest.raises(RuntimeError, match="zoneout must have dtype"):
+        emu.cuda_recurrence_fwd(*args, None, torch.zeros(3, 2, 8, dtype=D64))
+
+
+def _cuda_emu_op(*args, **kw):
+    from cuda_utils import EMU
+    from fusedrnn.ops import cuda as cuda_backend
+
+    return cuda_backend._recurrence(EMU, *args[:9], kw.pop("recurrent_grad_clip", None), **kw)
 
 
 def _triton():
@@ -363,6 +460,42 @@ def test_triton_reset_matches_reference(mode, P, lens, reverse, tile):
     _close(got, want, **TOL[torch.float32])
 
 
+TRITON_ZO_CASES = [  # mode, P, lengths, reverse, tile_units, reset, zoneout, clip
+    ("LSTM", 0, None, False, None, False, "train", None),
+    ("LSTM", 0, [4, 2, 3], True, None, True, "train", 0.05),
+    ("LSTM", 3, [4, 2, 3], False, None, True, "train", None),
+    ("LSTM", 3, None, True, None, False, "eval", None),
+    ("GRU", 0, [4, 2, 3], False, None, True, "train", None),
+    ("GRU", 0, None, True, None, False, "eval", 0.05),
+    ("RNN_TANH", 0, [2, 4, 3], True, None, True, "train", None),
+    ("RNN_RELU", 0, None, False, None, True, "eval", None),
+    ("LSTM", 0, [4, 2, 3], False, 16, True, "train", None),
+    ("GRU", 0, None, True, 16, True, "train", None),
+]
+
+
+@pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
+@pytest.mark.parametrize("mode,P,lens,reverse,tile,reset,zo,clip", TRITON_ZO_CASES)
+def test_triton_zoneout_matches_reference(mode, P, lens, reverse, tile, reset, zo, clip):
+    """The Triton kernels (interpreter, float32) with zoneout (and resets, clipping) against the
+    float64 reference: outputs, final states and every input gradient."""
+    tri = _triton()
+    T, B, H = 4, 3, 20 if tile else 5
+    ins = _op_inputs(mode, T, B, H, P)
+    lengths = None if lens is None else torch.tensor(lens)
+    kw = dict(zoneout=_zo_mask(mode, T, B, H, P, train=zo == "train"))
+    if reset:
+        done = _done("random", T, B, seed=2)
+        done[3, 1] = 1.0  # at a padded step: changes nothing
+        kw["reset"] = done
+    if clip:
+        kw["recurrent_grad_clip"] = clip
+    want = _op_run("reference", mode, ins, lengths, reverse, **kw)
+    fn = lambda *a, **k: tri.recurrence(*a, tile_units=tile, **k)  # noqa: E731
+    got = _op_run(fn, mode, ins, lengths, reverse, dtype=torch.float32, **kw)
+    _close(got, want, **TOL[torch.float32])
+
+
 @pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
 def test_triton_layer_reset_matches_cleanrl_loop():
     T, B, I, H = 4, 3, 3, 4
@@ -380,15 +513,16 @@ def test_triton_layer_reset_matches_cleanrl_loop():
 
 
 @pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
-def test_triton_opcheck_with_reset():
+def test_triton_opcheck_with_reset_and_zoneout():
     ins = {k: None if v is None else v.float() for k, v in _op_inputs("LSTM", 3, 2, 4).items()}
     reset = _done("random", 3, 2).float()
+    zo = _zo_mask("LSTM", 3, 2, 4).float()
     args = ("LSTM", ins["xw"], ins["w_hh"], ins["b_hh"], ins["h0"], ins["c0"], torch.tensor([3, 2]),
-            True, None, True, 0.0, 0, reset)
+            True, None, True, 0.0, 0, reset, zo)
     torch.library.opcheck(torch.ops.fusedrnn.triton_recurrence_fwd.default, args)
     y, h, c, saved = torch.ops.fusedrnn.triton_recurrence_fwd(*args)
     bwd = ("LSTM", torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), saved,
-           ins["w_hh"], torch.tensor([3, 2]), True, None, torch.float32, 0.0, 0, reset)
+           ins["w_hh"], torch.tensor([3, 2]), True, None, torch.float32, 0.0, 0, reset, zo)
     torch.library.opcheck(torch.ops.fusedrnn.triton_recurrence_bwd.default, bwd)
 
 
@@ -492,6 +626,30 @@ def test_zoneout_multilayer_bidirectional_with_reset(backend):
     torch.testing.assert_close(got, inp, **TOL64)
 
 
+@pytest.mark.skipif(_triton() is None, reason="the Triton backend cannot run here")
+@pytest.mark.parametrize("cls", ("LSTM", "GRU"))
+def test_triton_layer_zoneout_matches_hand_loop(cls):
+    """The drop-in layer on the Triton backend (interpreter, float32), training with zoneout:
+    the float64 hand loop of torch.nn cells with the same mask, outputs and gradients."""
+    T, B, I, H = 5, 3, 4, 5
+    _, ref = _pair(cls, I, H, zoneout=0.4)  # float64: its parameters drive the hand loop
+    ours = getattr(fusedrnn, cls)(I, H, zoneout=0.4, backend="triton")
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x = torch.randn(T, B, I, dtype=D64, requires_grad=True)
+    torch.manual_seed(11)
+    masks = ours.zoneout_mask(T, B)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    torch.manual_seed(11)
+    xf = x.detach().float().requires_grad_()
+    got_y, _ = ours(xf)
+    y, _, _ = zoneout_loop(cls, ref, x, masks[0].double())
+    torch.testing.assert_close(got_y.double(), y, **TOL[torch.float32])
+    g = torch.randn_like(y)
+    want = torch.autograd.grad((y * g).sum(), [x, *ref.parameters()])
+    got = torch.autograd.grad((got_y * g.float()).sum(), [xf, *ours.parameters()])
+    _close([t.double() for t in got], want, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("p", (0.1, 0.5, 0.9))
 def test_zoneout_keep_rate(p):
     m = fusedrnn.LSTM(3, 16, zoneout=(p, 1 - p), num_layers=2)
@@ -554,11 +712,17 @@ def test_unsupported_backends_raise_or_fall_back_visibly(monkeypatch):
     _close(got[:2], want[:2])
     backends.recurrence(*args, backend="cpu")  # without the keyword: the backend's own op
     assert calls == [1]
-    if _triton() is not None:  # Triton fuses reset, not zoneout
-        monkeypatch.undo()
-        with pytest.raises(NotImplementedError, match="'triton' does not implement zoneout"):
-            backends.recurrence(*args, backend="triton",
-                                zoneout=_zo_mask("GRU", 3, 2, 4).float())
+
+
+def test_every_backend_fuses_reset_and_zoneout():
+    """Every backend's op takes both keywords, so "auto" never falls back for them (the
+    fallback rule of backends.recurrence reads the backend's signature)."""
+    import importlib
+    import inspect
+
+    for name, path in backends.RECURRENCE.modules.items():
+        params = inspect.signature(importlib.import_module(path).recurrence).parameters
+        assert {"reset", "zoneout"} <= set(params), name
 
 
 @pytest.mark.skipif("cpu" not in FUSED, reason="the C++ extension is not built")

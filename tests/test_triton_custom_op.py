@@ -67,9 +67,10 @@ def assert_matches_ref(got, ref):
         torch.testing.assert_close(got[k].cpu().double(), want, **F32, msg=lambda m: f"{k}: {m}")
 
 
-def fwd_args(mode, ins, lens, reverse, save=True, clip=0.0, tile_units=0, reset=None):
+def fwd_args(mode, ins, lens, reverse, save=True, clip=0.0, tile_units=0, reset=None,
+             zoneout=None):
     return (mode, *(ins[k] for k in NAMES[:5]), lens, reverse, ins["w_hr"], save, clip,
-            tile_units, reset)
+            tile_units, reset, zoneout)
 
 
 OP_CASES = ([(m, case) for m in MODES for case in ("plain", "len-rev")]
@@ -101,7 +102,7 @@ def test_opcheck_bwd(mode, case):
     dy, dh = (torch.randn(t.shape, generator=g).to(DEV) for t in (y, h))
     dc = torch.randn(ins["c0"].shape, generator=g).to(DEV) if mode == "LSTM" else None
     torch.library.opcheck(BWD, (mode, dy, dh, dc, saved, ins["w_hh"], lens, rev, ins["w_hr"],
-                                torch.float32, 0.0, 0, None))
+                                torch.float32, 0.0, 0, None, None))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -75,7 +75,8 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
     The plan is the one ``launch.plan`` makes on an H100 for B=16; every LSTM also with a
     projection (P = H/2). ``extra`` adds the published cuDNN comparison point (LSTM H=768 bf16)
     and, at B=256 where its grid exceeds the SMs, its per-step path (one launch per step, and
-    for the projected split one per half-step: PHASE 1 and 2).
+    for the projected split one per half-step: PHASE 1 and 2). At H <= 128 every kernel also
+    with ``reset=`` and zoneout on (``+rz``).
     """
     out = []
     todo = [(m, H, d, _BATCH) for m in modes for H in hidden for d in dtypes]
@@ -91,11 +92,13 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
             tag = f"P={P}" if proj else ""
             label = f"{mode:<8} H={H:<4}{tag:<6}{dname} {pl.path}" + (f" B={B}" if B != _BATCH else "")
             t = _PTR[dt]
-            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", reset=_F, y=t,
+            fwd_ptrs = dict(xw=t, w=t, b=t, w_hr=t, h0=t, c_in=t, lengths="*i64", reset=_F,
+                            zoh=t, zoc=t, y=t,
                             h_out=_F, c_out=_F, act=_F, hprev=_F, cprev=_F, hbuf=_F, mbuf=_F,
                             counter="*i32")
             bwd_ptrs = dict(w=t, w_hr=t, dy=t, act=_F, hprev=_F, cprev=_F,
-                            lengths="*i64", reset=_F, dxw=_F, drec=_F, dhtot=_F, r_state=_F,
+                            lengths="*i64", reset=_F, zoh=t, zoc=t, dxw=_F, drec=_F, dhtot=_F,
+                            r_state=_F,
                             dc_state=_F, dh0=_F, dc0=_F, counter="*i32", clip="fp32")
             kernels = []
             for phase in launch._phases(k) if pl.path == "per_step" else (0,):
@@ -104,6 +107,12 @@ def configs(modes=MODES, hidden=HIDDEN, dtypes=DTYPES, extra=True):
                              dict(k, HAS_BIAS=True, SAVE=True, PHASE=phase)),
                             (f"bwd{suffix}", rnn_bwd_kernel, bwd_ptrs,
                              dict(k, CLIP=False, PHASE=phase, **launch.bwd_traits(mode)))]
+                if H <= 128:  # with reset= and zoneout (the spill target's sizes)
+                    rz = dict(HAS_RESET=True, HAS_ZO=True, PHASE=phase)
+                    kernels += [(f"fwd+rz{suffix}", rnn_fwd_kernel, fwd_ptrs,
+                                 dict(k, HAS_BIAS=True, SAVE=True, **rz)),
+                                (f"bwd+rz{suffix}", rnn_bwd_kernel, bwd_ptrs,
+                                 dict(k, CLIP=False, **rz, **launch.bwd_traits(mode)))]
             if H == 64 and not proj:  # the recurrent_grad_clip variant, once per cell and dtype
                 kernels.append(("bwd+clip", rnn_bwd_kernel, bwd_ptrs,
                                 dict(k, CLIP=True, **launch.bwd_traits(mode))))

@@ -28,6 +28,20 @@ namespace cuda {
 template <typename S>
 using acc_t = typename std::conditional<std::is_same<S, double>::value, double, float>::type;
 
+// Per-step state resets and zoneout (python/fusedrnn/ops/reference.py), shared by the step
+// structs below. reset[t, b] != 0: a segment starts at step t of row b, so the state carried
+// across that boundary restarts from zeros (the kernel that writes the state zeroes it for the
+// next step; backward drops the gradient carried across it). zo: zoneout's keep-old mask m, the
+// carried state becomes m * old + (1 - m) * new (h part first, Ho columns, then c, H columns).
+template <typename A>
+struct StateCarry {
+  int64_t T = 0;                       // steps (reverse: a row's first step is run_length - 1)
+  bool reverse = false;
+  const A* reset = nullptr;            // [T, B] or nullptr
+  const A* zo = nullptr;               // [T, B, Z] or nullptr
+  int64_t Z = 0;                       // Ho (+ H with a cell state)
+};
+
 // One forward step t (a time index, not a loop counter: `reverse` is already folded into t).
 // Row b is live when lengths == nullptr or t < lengths[b]; a dead row keeps its state, writes
 // y = 0 and, for LSTM, cs[t] = c_prev so that backward reads a consistent c_prev.
@@ -36,6 +50,8 @@ struct FwdStep {
   using A = acc_t<S>;
   int64_t B = 0, H = 0, Ho = 0;        // batch, hidden size, output width (P if projected)
   int64_t t = 0;                       // time index of this step
+  bool proj = false;                   // the projection kernel commits h (y, h not written here)
+  StateCarry<A> k;
   const int64_t* lengths = nullptr;    // [B] or nullptr
   const S* xw = nullptr;               // [T, B, G*H]
   const A* hh = nullptr;               // [B, G*H]  W_hh h_prev + b_hh of this step
@@ -44,7 +60,10 @@ struct FwdStep {
   S* y = nullptr;                      // [T, B, Ho] (not written with projection)
   A* saved = nullptr;                  // [T, B, num_saved*H] or nullptr when the cell saves none
   A* cs = nullptr;                     // [T, B, H] LSTM cell state of every step
-  A* hr = nullptr;                     // [T, B, H] unprojected h (o * tanh c) when projecting
+  A* hr = nullptr;                     // [T, B, H] the cell's own h (unprojected, before
+                                       // zoneout) with a projection or zoneout, else nullptr
+  A* cr = nullptr;                     // [T, B, H] the cell's own c (before zoneout), LSTM
+                                       // with zoneout, else nullptr
   A* hs = nullptr;                     // [T, B, H] y in A when S is 16-bit (backward reads it)
 };
 
@@ -54,6 +73,7 @@ template <typename S>
 struct ProjFwdStep {
   using A = acc_t<S>;
   int64_t B = 0, P = 0, t = 0;
+  StateCarry<A> k;                     // zoneout mixes the projected h with the carried one
   const int64_t* lengths = nullptr;    // [B] or nullptr
   const A* hp = nullptr;               // [B, P]
   A* h = nullptr;                      // [B, P] state
@@ -66,8 +86,8 @@ struct ProjFwdStep {
 // through W_hh (the caller then adds dgh[t] @ W_hh with one GEMM).
 template <typename A>
 struct BwdStep {
-  int64_t T = 0, B = 0, H = 0, Ho = 0, t = 0;
-  bool reverse = false;
+  int64_t B = 0, H = 0, Ho = 0, t = 0;
+  StateCarry<A> k;
   A clip = A(0);                       // > 0: clamp dc_prev to [-clip, clip] (recurrent_grad_clip)
   const int64_t* lengths = nullptr;    // [B] or nullptr
   const A* dy = nullptr;               // [T, B, Ho] or nullptr (unused with projection)
@@ -79,6 +99,9 @@ struct BwdStep {
   const A* h0 = nullptr;               // [B, Ho]
   const A* cs = nullptr;               // [T, B, H] (LSTM)
   const A* c0 = nullptr;               // [B, H] or nullptr (zeros)
+  const A* hr = nullptr;               // [T, B, H] the cell's own h with zoneout (no
+                                       // projection), else nullptr: y is the cell's h
+  const A* cr = nullptr;               // [T, B, H] the cell's own c with zoneout, else nullptr
   A* dxw = nullptr;                    // [T, B, G*H] gradient of the input-side pre-activations
   A* dgh = nullptr;                    // [T, B, G*H] recurrent side (recurrent_grad_differs
                                        // cells); == dxw for the others
@@ -86,10 +109,12 @@ struct BwdStep {
 };
 
 // Projection, backward, before the pointwise step: dhp[t] = dh + dy[t] on live rows (0 on dead
-// rows), and the carry restarts at 0 on live rows.
+// rows), and the carry restarts at 0 on live rows (zoneout: dhp takes the (1 - m) share and the
+// carry keeps the m share).
 template <typename A>
 struct ProjBwdStep {
   int64_t B = 0, P = 0, t = 0;
+  StateCarry<A> k;
   const int64_t* lengths = nullptr;
   const A* dy = nullptr;               // [T, B, P] or nullptr
   A* dh = nullptr;                     // [B, P]

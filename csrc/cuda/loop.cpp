@@ -72,6 +72,39 @@ void check_tensor(const char* name, const Tensor& t, const Tensor& xw, at::IntAr
               ", got ", t.sizes());
 }
 
+// The reset and zoneout arguments in the arithmetic dtype, or undefined tensors.
+Tensor acc_or_undefined(const OptTensor& t, at::ScalarType acc) {
+  return given(t) ? t->to(acc).contiguous() : Tensor();
+}
+
+// [B, 1] true where the state a forward sequence starts from (h0/c0) is reset: reset[0, b] on
+// a row that runs at least one step. The reverse direction never resets its initial state.
+Tensor initial_reset(const Tensor& reset, const Tensor& len, bool reverse) {
+  if (!reset.defined() || reverse || reset.size(0) == 0) return Tensor();
+  Tensor cut = reset[0] != 0;
+  if (len.defined()) cut = cut.logical_and(len > 0);
+  return cut.unsqueeze(1);
+}
+
+template <typename A>
+StateCarry<A> state_carry(int64_t T, bool reverse, const Tensor& reset, const Tensor& zo) {
+  StateCarry<A> k;
+  k.T = T;
+  k.reverse = reverse;
+  k.reset = ptr<const A>(reset);
+  k.zo = ptr<const A>(zo);
+  k.Z = zo.defined() ? zo.size(2) : 0;
+  return k;
+}
+
+// reset [T, B] and zoneout [T, B, Ho (+ H with a cell state)], on `like`'s device and dtype.
+void check_reset_zoneout(Cell cell, const OptTensor& reset, const OptTensor& zoneout,
+                         const Tensor& like, int64_t T, int64_t B, int64_t H, int64_t Ho) {
+  if (given(reset)) check_tensor("reset", *reset, like, {T, B});
+  if (given(zoneout))
+    check_tensor("zoneout", *zoneout, like, {T, B, Ho + (has_cell_state(cell) ? H : 0)});
+}
+
 // Lengths on the tensors' device as int64, or an undefined tensor.
 Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
   if (!given(lengths)) return Tensor();
@@ -83,9 +116,10 @@ Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
 }
 
 template <typename S>
-Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
+Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
                       const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
-                      const OptTensor& w_hr, cudaStream_t stream) {
+                      const OptTensor& w_hr, const OptTensor& reset_in, const OptTensor& zo_in,
+                      cudaStream_t stream) {
   using A = acc_t<S>;
   const int G = num_gates(cell), NS = num_saved(cell);
   const bool lstm = has_cell_state(cell), proj = given(w_hr);
@@ -98,20 +132,31 @@ Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   const Tensor w_hh_t = w_hh.to(acc).t();                        // [H_out, G*H]
   const Tensor bias = given(b_hh) ? b_hh->to(acc) : Tensor();     // [G*H]
   const Tensor w_hr_t = proj ? w_hr->to(acc).t() : Tensor();      // [H, P]
+  const Tensor reset = acc_or_undefined(reset_in, acc);           // [T, B]
+  const Tensor zo = acc_or_undefined(zo_in, acc);                 // [T, B, Z]
+  const bool zoned = zo.defined();
   Tensor h = h0.to(acc, false, /*copy=*/true).contiguous();       // [B, H_out] state
   Tensor c = lstm ? (given(c0) ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
                   : at::empty({0}, opts);                         // [B, H]
+  // a segment starting at step 0: the state starts from zeros (later steps: the kernels)
+  const Tensor cut0 = initial_reset(reset, len, reverse);        // [B, 1]
+  if (cut0.defined()) {
+    h.masked_fill_(cut0, 0);
+    if (lstm) c.masked_fill_(cut0, 0);
+  }
   Tensor y = alloc({T, B, Ho}, xw.options());
   Tensor saved = alloc({NS ? T : 0, B, NS * H}, opts);
   Tensor cs = alloc({lstm ? T : 0, B, H}, opts);
-  Tensor hr = alloc({proj ? T : 0, B, H}, opts);
+  Tensor hr = alloc({proj || zoned ? T : 0, B, H}, opts);
+  Tensor cr = alloc({lstm && zoned ? T : 0, B, H}, opts);
   constexpr bool kKeepHs = !std::is_same<S, A>::value;            // 16-bit storage
   Tensor hs = alloc({kKeepHs ? T : 0, B, Ho}, opts);
   Tensor hh = alloc({B, GH}, opts);                               // W_hh h + b_hh of the step
   Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();             // projected h of the step
 
   FwdStep<S> a;
-  a.B = B; a.H = H; a.Ho = Ho;
+  a.B = B; a.H = H; a.Ho = Ho; a.proj = proj;
+  a.k = state_carry<A>(T, reverse, reset, zo);
   a.lengths = ptr<const int64_t>(len);
   a.xw = ptr<const S>(xw);
   a.hh = ptr<const A>(hh);
@@ -120,10 +165,11 @@ Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   a.y = proj ? nullptr : ptr<S>(y);
   a.saved = NS ? ptr<A>(saved) : nullptr;
   a.cs = lstm ? ptr<A>(cs) : nullptr;
-  a.hr = proj ? ptr<A>(hr) : nullptr;
+  a.hr = ptr<A>(hr);
+  a.cr = ptr<A>(cr);
   a.hs = proj ? nullptr : ptr<A>(hs);
   ProjFwdStep<S> p;
-  p.B = B; p.P = Ho; p.lengths = a.lengths;
+  p.B = B; p.P = Ho; p.lengths = a.lengths; p.k = a.k;
   p.hp = proj ? ptr<const A>(hp) : nullptr;
   p.h = ptr<A>(h);
   p.y = ptr<S>(y);
@@ -144,16 +190,17 @@ Tensors7 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
     }
   }
   const auto dt = xw.scalar_type();
-  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr, hs};
+  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr, hs, cr};
 }
 
 template <typename A>
 Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                        const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                        const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
-                       const OptTensor& w_hr, double clip, const Tensor& y_in,
-                       const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                       const Tensor& hs, cudaStream_t stream) {
+                       const OptTensor& w_hr, double clip, const OptTensor& reset_in,
+                       const OptTensor& zo_in, const Tensor& y_in, const Tensor& saved,
+                       const Tensor& cs, const Tensor& hr, const Tensor& hs, const Tensor& cr,
+                       cudaStream_t stream) {
   const int G = num_gates(cell);
   const bool lstm = has_cell_state(cell), proj = given(w_hr);
   const int64_t T = y_in.size(0), B = y_in.size(1), Ho = y_in.size(2), GH = w_hh.size(0);
@@ -169,6 +216,8 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   const Tensor h0a = prep(h0);                                    // [B, H_out]
   const Tensor c0a = given(c0) ? prep(*c0) : Tensor();            // [B, H]
   const Tensor w_hr_a = proj ? prep(*w_hr) : Tensor();            // [P, H]
+  const Tensor reset = acc_or_undefined(reset_in, acc);           // [T, B]
+  const Tensor zo = acc_or_undefined(zo_in, acc);                 // [T, B, Z]
   Tensor dh = given(dh_T) ? dh_T->to(acc, false, true).contiguous() : at::zeros({B, Ho}, opts);
   Tensor dc = lstm ? (given(dc_T) ? dc_T->to(acc, false, true).contiguous()
                                   : at::zeros({B, H}, opts))
@@ -180,7 +229,8 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   Tensor dr = proj ? alloc({B, H}, opts) : Tensor();              // dL/d(o * tanh c) of a step
 
   BwdStep<A> a;
-  a.T = T; a.B = B; a.H = H; a.Ho = Ho; a.reverse = reverse; a.clip = A(clip);
+  a.B = B; a.H = H; a.Ho = Ho; a.clip = A(clip);
+  a.k = state_carry<A>(T, reverse, reset, zo);
   a.lengths = ptr<const int64_t>(len);
   a.dy = proj ? nullptr : ptr<const A>(dy);
   a.dr = proj ? ptr<const A>(dr) : nullptr;
@@ -191,11 +241,13 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   a.h0 = ptr<const A>(h0a);
   a.cs = lstm ? ptr<const A>(cs) : nullptr;
   a.c0 = ptr<const A>(c0a);
+  a.hr = zo.defined() && !proj ? ptr<const A>(hr) : nullptr;
+  a.cr = zo.defined() && lstm ? ptr<const A>(cr) : nullptr;
   a.dxw = ptr<A>(dxw);
   a.dgh = ptr<A>(dgh);
   a.dg_first = ptr<A>(dg_first);
   ProjBwdStep<A> p;
-  p.B = B; p.P = Ho; p.lengths = a.lengths;
+  p.B = B; p.P = Ho; p.lengths = a.lengths; p.k = a.k;
   p.dy = ptr<const A>(dy);
   p.dh = ptr<A>(dh);
   p.dhp = ptr<A>(dhp);
@@ -218,13 +270,23 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
     }
   }
 
+  // the carry into a forward sequence's first step was reset: no gradient reaches h0/c0
+  const Tensor cut0 = initial_reset(reset, len, reverse);        // [B, 1]
+  if (cut0.defined()) {
+    dh.masked_fill_(cut0, 0);
+    if (lstm) dc.masked_fill_(cut0, 0);
+  }
+
   // dW_hh = sum over live (t, b) of dgh[t, b]^T h_prev(t, b): one GEMM over the rows whose
   // h_prev is a y row (dead rows have dgh = 0; a reversed sequence's first step meets the zero
   // y row of step len), plus one over the rows that started from h0.
   Tensor d_w_hh = at::zeros({GH, Ho}, opts);
   if (T > 1) {
     const Tensor g = reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
-    const Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    Tensor hp = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
+    // h_prev is zeros where the state was reset in between: reset[t] for the pair (t, t - 1)
+    // forward, reset[t + 1] for (t, t + 1) reverse; both are reset[1:] in this alignment
+    if (reset.defined()) hp = hp.masked_fill((reset.narrow(0, 1, T - 1) != 0).unsqueeze(2), 0);
     d_w_hh.addmm_(g.reshape({(T - 1) * B, GH}).t(), hp.reshape({(T - 1) * B, Ho}));
   }
   d_w_hh.addmm_(dg_first.t(), h0a);
@@ -240,10 +302,11 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
 
 void set_debug_poison(bool on) { g_poison.store(on); }
 
-Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors8 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                         const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                         const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-                        double grad_clip, cudaStream_t stream) {
+                        double grad_clip, const OptTensor& reset, const OptTensor& zoneout,
+                        cudaStream_t stream) {
   (void)grad_clip;  // a backward-only option; in the schema so that autograd sees it
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
@@ -271,27 +334,32 @@ Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w
                 std::string(mode));
     check_tensor("c0", *c0, xw, {B, H});
   }
+  check_reset_zoneout(cell, reset, zoneout, xw, xw.size(0), B, H, Ho);
   const c10::DeviceGuard guard(xw.device());
   const Tensor len = device_lengths(lengths, xw, B);
   switch (dt) {
     case at::kFloat:
-      return forward_loop<float>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+      return forward_loop<float>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
+                                 zoneout, stream);
     case at::kDouble:
-      return forward_loop<double>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+      return forward_loop<double>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
+                                  zoneout, stream);
     case at::kBFloat16:
       return forward_loop<__nv_bfloat16>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr,
-                                         stream);
+                                         reset, zoneout, stream);
     default:
-      return forward_loop<__half>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, stream);
+      return forward_loop<__half>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
+                                  zoneout, stream);
   }
 }
 
 Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
                         const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                         const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
-                        bool reverse, const OptTensor& w_hr, double grad_clip, const Tensor& y,
+                        bool reverse, const OptTensor& w_hr, double grad_clip,
+                        const OptTensor& reset, const OptTensor& zoneout, const Tensor& y,
                         const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                        const Tensor& hs, cudaStream_t stream) {
+                        const Tensor& hs, const Tensor& cr, cudaStream_t stream) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell), NS = num_saved(cell);
   TORCH_CHECK(y.dim() == 3, "fusedrnn (cuda): y must be 3-D [T, B, H_out], got ", y.sizes());
@@ -309,8 +377,13 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
               saved.scalar_type(), " ", saved.sizes());
   TORCH_CHECK(!has_cell_state(cell) || (cs.scalar_type() == acc && cs.numel() == T * B * H),
               "fusedrnn (cuda): cs must be ", acc, " [T, B, ", H, "], got ", cs.sizes());
-  TORCH_CHECK(!given(w_hr) || (hr.scalar_type() == acc && hr.numel() == T * B * H),
+  check_reset_zoneout(cell, reset, zoneout, y, T, B, H, Ho);
+  const bool zoned = given(zoneout);
+  TORCH_CHECK(!(given(w_hr) || zoned) || (hr.scalar_type() == acc && hr.numel() == T * B * H),
               "fusedrnn (cuda): hr must be ", acc, " [T, B, ", H, "], got ", hr.sizes());
+  TORCH_CHECK(!(zoned && has_cell_state(cell)) ||
+                  (cr.scalar_type() == acc && cr.numel() == T * B * H),
+              "fusedrnn (cuda): cr must be ", acc, " [T, B, ", H, "], got ", cr.sizes());
   TORCH_CHECK(hs.numel() == 0 || (hs.scalar_type() == acc && hs.sizes() == y.sizes()),
               "fusedrnn (cuda): hs must be empty or ", acc, " ", y.sizes(), ", got ", hs.sizes());
   const c10::DeviceGuard guard(y.device());
@@ -318,11 +391,12 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
   const OptTensor dc_lstm = has_cell_state(cell) ? dc_T : OptTensor();
   if (acc == at::kDouble)
     return backward_loop<double>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
-                                 grad_clip, y, saved.contiguous(), cs.contiguous(),
-                                 hr.contiguous(), hs.contiguous(), stream);
+                                 grad_clip, reset, zoneout, y, saved.contiguous(),
+                                 cs.contiguous(), hr.contiguous(), hs.contiguous(),
+                                 cr.contiguous(), stream);
   return backward_loop<float>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
-                              grad_clip, y, saved.contiguous(), cs.contiguous(), hr.contiguous(),
-                              hs.contiguous(), stream);
+                              grad_clip, reset, zoneout, y, saved.contiguous(), cs.contiguous(),
+                              hr.contiguous(), hs.contiguous(), cr.contiguous(), stream);
 }
 
 }  // namespace cuda

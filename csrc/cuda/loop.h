@@ -9,12 +9,16 @@
 // Op schemas (registered by glue.cpp as fusedrnn::cuda_recurrence_fwd/_bwd, and by the host
 // emulation under its own namespace). Absent optional results are empty tensors.
 //   fwd -> y [T, B, H_out], h_T [B, H_out], c_T [B, H] (LSTM), saved [T, B, S*H] (float32 or
-//          float64), cs [T, B, H] (LSTM cell states), hr [T, B, H] (unprojected h, projection),
-//          hs [T, B, H_out] (y in float32 for bfloat16/float16 storage: backward's derivatives
-//          use the states unrounded, e.g. RNN_TANH's 1 - h^2 near |h| = 1)
+//          float64), cs [T, B, H] (LSTM cell states), hr [T, B, H] (the cell's own h:
+//          unprojected, before zoneout; with a projection or zoneout), hs [T, B, H_out] (y in
+//          float32 for bfloat16/float16 storage: backward's derivatives use the states
+//          unrounded, e.g. RNN_TANH's 1 - h^2 near |h| = 1), cr [T, B, H] (the LSTM cell's own
+//          c before zoneout, with zoneout)
 //   bwd -> d_xw [T, B, G*H], d_w_hh [G*H, H_out], d_b_hh [G*H], dh0 [B, H_out], dc0 [B, H],
 //          d_w_hr [P, H]
 // grad_clip > 0 is recurrent_grad_clip (see python/fusedrnn/ops/reference.py); 0 means none.
+// reset [T, B] and zoneout [T, B, Z] (xw's dtype) are the op's per-step state resets and
+// zoneout keep-old mask (the reference's module doc); both fused in forward and backward.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,12 +29,14 @@
 
 #define FUSEDRNN_CUDA_FWD_SCHEMA                                                          \
   "cuda_recurrence_fwd(str mode, Tensor xw, Tensor w_hh, Tensor? b_hh, Tensor h0, "       \
-  "Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, float grad_clip) -> "          \
-  "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+  "Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, float grad_clip, "             \
+  "Tensor? reset, Tensor? zoneout) -> "                                                     \
+  "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 #define FUSEDRNN_CUDA_BWD_SCHEMA                                                          \
   "cuda_recurrence_bwd(str mode, Tensor? dy, Tensor? dh_T, Tensor? dc_T, Tensor w_hh, "    \
   "Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? lengths, bool reverse, Tensor? w_hr, "     \
-  "float grad_clip, Tensor y, Tensor saved, Tensor cs, Tensor hr, Tensor hs) -> "          \
+  "float grad_clip, Tensor? reset, Tensor? zoneout, Tensor y, Tensor saved, Tensor cs, "   \
+  "Tensor hr, Tensor hs, Tensor cr) -> "                                                    \
   "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 #define FUSEDRNN_CUDA_POISON_SCHEMA "cuda_set_debug_poison(bool on) -> ()"
 
@@ -40,19 +46,21 @@ namespace cuda {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-using Tensors7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensors8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-Tensors7 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors8 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                         const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                         const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-                        double grad_clip, cudaStream_t stream);
+                        double grad_clip, const OptTensor& reset, const OptTensor& zoneout,
+                        cudaStream_t stream);
 
 Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
                         const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                         const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
-                        bool reverse, const OptTensor& w_hr, double grad_clip, const Tensor& y,
+                        bool reverse, const OptTensor& w_hr, double grad_clip,
+                        const OptTensor& reset, const OptTensor& zoneout, const Tensor& y,
                         const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                        const Tensor& hs, cudaStream_t stream);
+                        const Tensor& hs, const Tensor& cr, cudaStream_t stream);
 
 // Test hook (registered as cuda_set_debug_poison): while on, every buffer and output the loops
 // allocate starts as NaN.

@@ -45,6 +45,39 @@ HOST_DEVICE inline A clamp_abs(A v, A clip) {
   return v > clip ? clip : (v < -clip ? -clip : v);
 }
 
+// The step row b processes before t, or -1 where its state comes from h0/c0.
+HOST_DEVICE inline int64_t prev_step(const int64_t* lengths, int64_t T, bool reverse, int64_t t,
+                                     int64_t b) {
+  if (reverse) return t + 1 < run_length(lengths, T, b) ? t + 1 : -1;
+  return t - 1;
+}
+
+// Whether the state row b carries into step t (tp: the step processed before it, -1 = h0/c0)
+// restarts from zeros: a segment starts at t (forward) or at tp (reverse: the state passes from
+// tp = t + 1 down to t; a reversed sequence's first step starts from h0, never reset).
+template <typename A>
+HOST_DEVICE inline bool carry_reset(const StateCarry<A>& k, int64_t B, int64_t b, int64_t t,
+                                    int64_t tp) {
+  const int64_t at = k.reverse ? tp : t;
+  return k.reset != nullptr && at >= 0 && k.reset[at * B + b] != A(0);
+}
+
+// Whether the state row b carries out of its live step t is zeroed before its next step: the
+// forward writes zeros as the state, the backward ignores the gradient carried across.
+template <typename A>
+HOST_DEVICE inline bool reset_after(const StateCarry<A>& k, const int64_t* lengths, int64_t B,
+                                    int64_t b, int64_t t) {
+  if (k.reset == nullptr) return false;
+  const int64_t tn = k.reverse ? t - 1 : t + 1;  // the next step in processing order
+  return tn >= 0 && tn < run_length(lengths, k.T, b) && carry_reset(k, B, b, tn, t);
+}
+
+// Zoneout's keep-old mask of row (t, b) (h part, then c part), or nullptr without zoneout.
+template <typename A>
+HOST_DEVICE inline const A* zoneout_row(const StateCarry<A>& k, int64_t B, int64_t t, int64_t b) {
+  return k.zo != nullptr ? k.zo + (t * B + b) * k.Z : nullptr;
+}
+
 // Forward, unit j of row b at step a.t.
 template <Cell C, typename S>
 HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
@@ -55,28 +88,37 @@ HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
   const int64_t H = a.H, GH = G * a.H;
   const int64_t row = a.t * a.B + b;  // row of the [T, B, ...] tensors
   const bool live = is_live(a.lengths, a.t, b);
-  const bool proj = a.hr != nullptr;
+  const bool proj = a.proj;
 
   A x[G], g[G], out[NS > 0 ? NS : 1];
   for (int k = 0; k < G; ++k) {
     x[k] = to_acc(a.xw[row * GH + k * H + j]);
     g[k] = a.hh[b * GH + k * H + j];
   }
+  // the carried state (already zero where a segment starts at this step)
   const A h_prev = proj ? A(0) : a.h[b * H + j];
   const A c_prev = kHasC ? a.c[b * H + j] : A(0);
   A h_new, c_new = c_prev;
   Ops::fwd(x, g, h_prev, c_prev, &h_new, &c_new, out);
   // saved is written on dead rows too: finite values, never read, no uninitialized memory
   for (int k = 0; k < NS; ++k) a.saved[row * NS * H + k * H + j] = out[k];
-  if (kHasC) {
-    a.cs[row * H + j] = live ? c_new : c_prev;
-    if (live) a.c[b * H + j] = c_new;
+  // zoneout: the state keeps the old value with weight m (the projection mixes its own h)
+  A h_st = h_new, c_st = c_new;
+  if (const A* m = zoneout_row(a.k, a.B, a.t, b)) {
+    if (!proj) h_st = m[j] * h_prev + (A(1) - m[j]) * h_new;
+    if (kHasC) c_st = m[a.Ho + j] * c_prev + (A(1) - m[a.Ho + j]) * c_new;
   }
-  if (proj) {
-    a.hr[row * H + j] = live ? h_new : A(0);
-  } else {
-    const A out_h = live ? h_new : A(0);
-    if (live) a.h[b * H + j] = h_new;
+  // the next step starts a segment: the state it reads is zeros (y keeps this step's h)
+  const bool cut = live && reset_after(a.k, a.lengths, a.B, b, a.t);
+  if (kHasC) {
+    a.cs[row * H + j] = live ? c_st : c_prev;
+    if (a.cr != nullptr) a.cr[row * H + j] = c_new;
+    if (live) a.c[b * H + j] = cut ? A(0) : c_st;
+  }
+  if (a.hr != nullptr) a.hr[row * H + j] = live ? h_new : A(0);
+  if (!proj) {
+    const A out_h = live ? h_st : A(0);
+    if (live) a.h[b * H + j] = cut ? A(0) : h_st;
     a.y[row * H + j] = from_acc<S>(out_h);
     if (a.hs != nullptr) a.hs[row * H + j] = out_h;
   }
@@ -88,8 +130,10 @@ HOST_DEVICE inline void proj_fwd_element(const ProjFwdStep<S>& a, int64_t b, int
   using A = acc_t<S>;
   const bool live = is_live(a.lengths, a.t, b);
   const int64_t i = (a.t * a.B + b) * a.P + k;
-  const A v = live ? a.hp[b * a.P + k] : A(0);
-  if (live) a.h[b * a.P + k] = v;
+  A v = live ? a.hp[b * a.P + k] : A(0);
+  const A* m = zoneout_row(a.k, a.B, a.t, b);
+  if (live && m != nullptr) v = m[k] * a.h[b * a.P + k] + (A(1) - m[k]) * v;
+  if (live) a.h[b * a.P + k] = reset_after(a.k, a.lengths, a.B, b, a.t) ? A(0) : v;
   a.y[i] = from_acc<S>(v);
   if (a.hs != nullptr) a.hs[i] = v;
 }
@@ -112,27 +156,43 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
       for (int k = 0; k < G; ++k) dg_out[k * H + j] = A(0);
     return;
   }
-  // the previous step in processing order, or -1 where the state came from h0/c0
-  int64_t tp;
-  if (a.reverse)
-    tp = t + 1 < run_length(a.lengths, a.T, b) ? t + 1 : -1;
-  else
-    tp = t - 1;
-  const A h_prev = proj ? A(0) : (tp >= 0 ? a.y[(tp * a.B + b) * Ho + j] : a.h0[b * Ho + j]);
+  // the previous step in processing order (-1: the state came from h0/c0); cut: the state
+  // entering t restarted from zeros; drop: the state leaving t did, so no gradient came back
+  const int64_t tp = prev_step(a.lengths, a.k.T, a.k.reverse, t, b);
+  const bool cut = carry_reset(a.k, a.B, b, t, tp);
+  const bool drop = reset_after(a.k, a.lengths, a.B, b, t);
+  A h_prev = A(0);
+  if (!proj && !cut) h_prev = tp >= 0 ? a.y[(tp * a.B + b) * Ho + j] : a.h0[b * Ho + j];
   A c_prev = A(0), c = A(0), dc = A(0);
   if (kHasC) {
-    if (tp >= 0) c_prev = a.cs[(tp * a.B + b) * H + j];
+    if (cut) c_prev = A(0);
+    else if (tp >= 0) c_prev = a.cs[(tp * a.B + b) * H + j];
     else if (a.c0 != nullptr) c_prev = a.c0[b * H + j];
-    c = a.cs[row * H + j];
-    dc = a.dc[b * H + j];
+    c = a.cr != nullptr ? a.cr[row * H + j] : a.cs[row * H + j];
+    dc = drop ? A(0) : a.dc[b * H + j];
   }
-  const A dh_in = proj ? a.dr[b * H + j]
-                       : a.dh[b * Ho + j] + (a.dy != nullptr ? a.dy[row * Ho + j] : A(0));
-  const A h = proj ? A(0) : a.y[row * Ho + j];
+  const A dh_carry = proj || drop ? A(0) : a.dh[b * Ho + j];
+  A dh_in = proj ? a.dr[b * H + j] : dh_carry + (a.dy != nullptr ? a.dy[row * Ho + j] : A(0));
+  const A h = proj ? A(0) : (a.hr != nullptr ? a.hr[row * H + j] : a.y[row * Ho + j]);
+  // zoneout: the mask's kept share of dL/dh (dL/dc) goes to h_prev (c_prev) directly, the rest
+  // into the cell (with a projection the h part was split by proj_bwd_element)
+  A dh_keep = A(0), dc_keep = A(0);
+  if (const A* m = zoneout_row(a.k, a.B, t, b)) {
+    if (!proj) {
+      dh_keep = m[j] * dh_in;
+      dh_in = (A(1) - m[j]) * dh_in;
+    }
+    if (kHasC) {
+      dc_keep = m[Ho + j] * dc;
+      dc = (A(1) - m[Ho + j]) * dc;
+    }
+  }
 
   A saved[NS > 0 ? NS : 1], dx[G], dhh_last, dh_direct = A(0), dc_prev = A(0);
   for (int k = 0; k < NS; ++k) saved[k] = a.saved[row * NS * H + k * H + j];
   Ops::bwd(dh_in, dc, saved, h, h_prev, c_prev, c, dx, &dhh_last, &dh_direct, &dc_prev);
+  dh_direct += dh_keep;
+  dc_prev += dc_keep;
 
   for (int k = 0; k < G; ++k) dx_out[k * H + j] = dx[k];
   // recurrent-side gradient (its own buffer where the cell's differs): equal to dx except in
@@ -141,7 +201,7 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
     for (int k = 0; k < G - 1; ++k) dg_out[k * H + j] = dx[k];
     dg_out[(G - 1) * H + j] = dhh_last;
   }
-  if (tp < 0) {
+  if (tp < 0 && !cut) {  // h_prev was h0 (a reset one is zero: no weight gradient)
     for (int k = 0; k < G - 1; ++k) a.dg_first[b * GH + k * H + j] = dx[k];
     a.dg_first[b * GH + (G - 1) * H + j] = dhh_last;
   }
@@ -156,8 +216,15 @@ HOST_DEVICE inline void proj_bwd_element(const ProjBwdStep<A>& a, int64_t b, int
     a.dhp[row] = A(0);
     return;
   }
-  a.dhp[row] = a.dh[i] + (a.dy != nullptr ? a.dy[row] : A(0));
-  a.dh[i] = A(0);
+  const A carried = reset_after(a.k, a.lengths, a.B, b, a.t) ? A(0) : a.dh[i];
+  const A d = carried + (a.dy != nullptr ? a.dy[row] : A(0));
+  if (const A* m = zoneout_row(a.k, a.B, a.t, b)) {
+    a.dhp[row] = (A(1) - m[k]) * d;
+    a.dh[i] = m[k] * d;
+  } else {
+    a.dhp[row] = d;
+    a.dh[i] = A(0);
+  }
 }
 
 template <typename A>

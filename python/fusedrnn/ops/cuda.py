@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .cells import CELL_STATE, CELLS, GATES
-from .reference import check_clip, check_contract, compute_dtype
+from .reference import check_clip, check_contract, check_reset_zoneout, compute_dtype
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -46,7 +46,7 @@ def supports(device: torch.device) -> bool:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the CUDA C++ kernels.
 
     Args:
@@ -58,6 +58,10 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         w_hr: [P, H] | None, LSTM projection (H_out = P).
         recurrent_grad_clip: None or > 0, clamps the gradient each live step sends back to its
             input state (see ``recurrence_ref``).
+        reset: [T, B] (xw's dtype, 1 = a segment starts at that step) or None; zoneout:
+            [T, B, H_out (+ H for LSTM)] keep-old mask (xw's dtype) or None. Both are fused
+            into the forward and backward kernels (see ``recurrence_ref`` and docs/rl.md); no
+            gradient w.r.t. either.
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] | None), differentiable in every tensor
         input.
@@ -71,16 +75,19 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     if why is not None:
         raise RuntimeError(f"cuda backend is not available: {why}")
     return _recurrence("fusedrnn", mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                       recurrent_grad_clip)
+                       recurrent_grad_clip, reset=reset, zoneout=zoneout)
 
 
-def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip):
+def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, *,
+                reset=None, zoneout=None):
     """``recurrence`` on the ops of ``namespace`` (the host emulation's in the CPU tests)."""
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
     check_clip(clip)
     if xw.dtype not in _DTYPES:
         raise TypeError(f"cuda backend: xw dtype must be one of {_DTYPES}, got {xw.dtype}")
-    for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr)):
+    for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr),
+                    ("reset", reset), ("zoneout", zoneout)):
         if t is not None and t.device != xw.device:
             raise ValueError(f"cuda backend: {name} must be on {xw.device} like xw, got {t.device}")
     register(namespace)
@@ -88,30 +95,35 @@ def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
         lengths = lengths.to(xw.device)
     op = getattr(torch.ops, namespace).cuda_recurrence_fwd
     y, h_T, c_T, *_ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
-                              float(clip or 0.0))
+                         float(clip or 0.0), _contig(reset), _contig(zoneout))
     return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip):
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = h0.shape[1]
     acc = compute_dtype(xw.dtype)
     S = CELLS[mode].saved
-    lstm, proj = CELL_STATE[mode], w_hr is not None
+    lstm, proj, zoned = CELL_STATE[mode], w_hr is not None, zoneout is not None
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
         xw.new_empty(B, H) if lstm else xw.new_empty(0),
         xw.new_empty(T if S else 0, B, S * H, dtype=acc),
         xw.new_empty(T if lstm else 0, B, H, dtype=acc),
-        xw.new_empty(T if proj else 0, B, H, dtype=acc),
+        xw.new_empty(T if proj or zoned else 0, B, H, dtype=acc),
         xw.new_empty(T if xw.dtype in (torch.bfloat16, torch.float16) else 0, B, H_out, dtype=acc),
+        xw.new_empty(T if lstm and zoned else 0, B, H, dtype=acc),
     )
 
 
-def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, y,
-              saved, cs, hr, hs):
+def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset,
+              zoneout, y, saved, cs, hr, hs, cr):
     T, B, _ = y.shape
     GH = w_hh.shape[0]
     empty = y.new_empty(0)
@@ -126,21 +138,24 @@ def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, 
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip = inputs
-    y, _, _, saved, cs, hr, hs = output
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout = inputs
+    y, _, _, saved, cs, hr, hs, cr = output
     ctx.mode, ctx.reverse, ctx.grad_clip = mode, reverse, grad_clip
-    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr, hs)
+    ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, reset, zoneout, y, saved, cs, hr, hs,
+                          cr)
 
 
 def _backward_for(namespace):
     def backward(ctx, dy, dh_T, dc_T, *_internal):
-        w_hh, b_hh, h0, c0, lengths, w_hr, y, saved, cs, hr, hs = ctx.saved_tensors
+        w_hh, b_hh, h0, c0, lengths, w_hr, reset, zoneout, y, saved, cs, hr, hs, cr = \
+            ctx.saved_tensors
         op = getattr(torch.ops, namespace).cuda_recurrence_bwd
         d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = op(
             ctx.mode, dy, dh_T, dc_T if CELL_STATE[ctx.mode] else None, w_hh, b_hh, h0, c0,
-            lengths, ctx.reverse, w_hr, ctx.grad_clip, y, saved, cs, hr, hs)
+            lengths, ctx.reverse, w_hr, ctx.grad_clip, reset, zoneout, y, saved, cs, hr, hs, cr)
         return (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
-                None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None)
+                None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None,
+                None, None)
 
     return backward
 

@@ -48,7 +48,7 @@ def supports(device: torch.device) -> bool:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None, *, reset=None, tile_units=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None, tile_units=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the fused Triton kernels.
 
     Args:
@@ -60,7 +60,9 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         recurrent_grad_clip: None | > 0, clamps the gradient carried back through the
             recurrence at every step (see ``recurrence_ref``).
         reset: [T, B] (xw's dtype, 1 = a segment starts) or None, fused into both loops (see
-            ``fusedrnn.ops.reference``). Zoneout is not fused here (backends says so).
+            ``fusedrnn.ops.reference``).
+        zoneout: [T, B, P (+ H for LSTM)] keep-old mask (xw's dtype) or None, fused into both
+            loops (the carried state mixes old and new per unit; no gradient w.r.t. the mask).
         tile_units: None, or a power of two >= 16 forcing the split path with tiles of that
             many units (a test knob; the backward recomputes the same plan).
     Returns:
@@ -73,7 +75,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     """
     check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
     check_clip(recurrent_grad_clip)
-    check_reset_zoneout(mode, xw, w_hh, reset, None)
+    check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
     if xw.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"triton backend: xw dtype must be float32, bfloat16 or float16, got {xw.dtype}")
     if not supports(xw.device):
@@ -87,7 +89,7 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     clip = 0.0 if recurrent_grad_clip is None else float(recurrent_grad_clip)
     y, h_T, c_T, _ = torch.ops.fusedrnn.triton_recurrence_fwd(
         mode, *(_contig(t) for t in ins[:5]), lengths, bool(reverse), _contig(w_hr), save, clip,
-        tile_units or 0, _contig(reset))
+        tile_units or 0, _contig(reset), _contig(zoneout))
     return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 

@@ -68,14 +68,15 @@ def _pack(mode: str, saved: dict | None, xw: Tensor, h0: Tensor, save: bool) -> 
 def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], h0: Tensor,
                    c0: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
                    w_hr: Optional[Tensor], save: bool, clip: float, tile_units: int,
-                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+                   reset: Optional[Tensor], zoneout: Optional[Tensor],
+                   ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """The fused forward of one layer and direction (inputs contiguous, on one device).
 
     Args: the op contract (see ``fusedrnn.ops.reference``); ``save``: keep what backward needs;
     ``clip``: ``recurrent_grad_clip`` of the backward, 0.0 = off (unused here: an argument only
     so that the autograd formula receives it); ``tile_units``: force the split path with tiles
-    of that many units (tests), 0 = the plan's own choice; ``reset`` [T, B] or None (the op
-    contract's per-step state reset).
+    of that many units (tests), 0 = the plan's own choice; ``reset`` [T, B] and ``zoneout``
+    [T, B, Z] or None (the op contract's per-step state reset and zoneout mask).
     Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] (empty unless LSTM), saved)``, the first
     three in ``xw``'s dtype, ``saved`` the fp32 tensors of ``SAVED_KEYS`` (empty when absent
     or not ``save``).
@@ -86,7 +87,7 @@ def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
         # checked here rather than in recurrence(): reading a value graph-breaks torch.compile
         raise ValueError(f"lengths must be <= T={T}, got max {int(lengths.max())}")
     y, h_T, c_T, saved = rnn_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save,
-                                 tile_units or None, reset)
+                                 tile_units or None, reset, zoneout)
     # T == 0 returns (copies of) the initial states: their dtype, not xw's
     c_T = xw.new_empty(0) if c_T is None else c_T.to(xw.dtype)
     return y, h_T.to(xw.dtype), c_T, _pack(mode, saved, xw, h0, save)
@@ -94,7 +95,7 @@ def recurrence_fwd(mode: str, xw: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
 
 @recurrence_fwd.register_fake
 def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units,
-              reset):
+              reset, zoneout):
     T, B, H, P = _sizes(mode, xw, h0)
     saved = [xw.new_empty(0, dtype=_F32) if s is None or not save else xw.new_empty(s, dtype=_F32)
              for s in _saved_shapes(mode, T, B, H, P).values()]
@@ -106,12 +107,14 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, 
 def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
                    saved: list[Tensor], w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,
                    w_hr: Optional[Tensor], dtype: torch.dtype, clip: float, tile_units: int,
-                   reset: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   reset: Optional[Tensor], zoneout: Optional[Tensor],
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused backward loop of one layer and direction (no weight GEMMs).
 
     Args: ``dy [T, B, P]`` (contiguous), ``dh_T [B, P]``, ``dc_T [B, H]`` (LSTM, else None),
     ``saved`` the fwd op's list, ``dtype`` the forward's input dtype and ``tile_units`` its
-    knob (together they recompute the forward's plan), ``clip`` as in the fwd op.
+    knob (together they recompute the forward's plan), ``clip``, ``reset`` and ``zoneout`` as
+    in the fwd op.
     Returns fp32 ``(d_xw [T, B, G*H], d_rec [T, B, G*H] (GRU; empty otherwise, where it equals
     d_xw), dh0 [B, P], dc0 [B, H] (LSTM, else empty), dh_tot [T, B, P] (projection, else
     empty))`` as ``launch.rnn_bwd`` describes them.
@@ -135,14 +138,14 @@ def recurrence_bwd(mode: str, dy: Tensor, dh_T: Tensor, dc_T: Optional[Tensor],
     state["plan"] = layer_plan(mode, H, P, B, dtype, w_hr is not None, w_hh.device,
                                tile_units or None)
     dxw, drec, dh0, dc0, dhtot = rnn_bwd(mode, state, w_hh, dy, dh_T, dc_T, lengths, reverse,
-                                         w_hr, clip or None, reset)
+                                         w_hr, clip or None, reset, zoneout)
     return (dxw, drec if SPLIT_REC[mode] else absent(), dh0, absent() if dc0 is None else dc0,
             absent() if dhtot is None else dhtot)
 
 
 @recurrence_bwd.register_fake
 def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, clip,
-              tile_units, reset):
+              tile_units, reset, zoneout):
     T, B, P = dy.shape
     GH = w_hh.shape[0]
     H = GH // GATES[mode]
@@ -155,13 +158,14 @@ def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, 
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, reset = inputs
+    (mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, reset,
+     zoneout) = inputs
     saved = output[3]
     ctx.mode, ctx.reverse, ctx.save, ctx.clip, ctx.tile_units = mode, reverse, save, clip, tile_units
     ctx.xw_dtype = xw.dtype
     # dtype of each differentiable input's gradient, None where the input is absent
     ctx.dtypes = [None if t is None else t.dtype for t in (b_hh, h0, c0)]
-    ctx.save_for_backward(w_hh, w_hr, lengths, reset, *saved)
+    ctx.save_for_backward(w_hh, w_hr, lengths, reset, zoneout, *saved)
     ctx.mark_non_differentiable(*saved)
 
 
@@ -175,11 +179,11 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
         raise RuntimeError("fusedrnn::triton_recurrence_fwd ran with save=False, so it kept "
                            "nothing for backward; call it with save=True when gradients are needed")
     mode = ctx.mode
-    w_hh, w_hr, lengths, reset, *saved = ctx.saved_tensors
+    w_hh, w_hr, lengths, reset, zoneout, *saved = ctx.saved_tensors
     b_dt, h_dt, c_dt = ctx.dtypes
     dxw, drec, dh0, dc0, dhtot = torch.ops.fusedrnn.triton_recurrence_bwd(
         mode, dy.contiguous(), dh_T, dc_T if CELL_STATE[mode] else None, saved, w_hh, lengths,
-        ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units, reset)
+        ctx.reverse, w_hr, ctx.xw_dtype, ctx.clip, ctx.tile_units, reset, zoneout)
     st = dict(zip(SAVED_KEYS, saved))
     act, hprev, cprev = st["act"], st["hprev"], st["cprev"]
     T, B, P = hprev.shape
@@ -195,7 +199,7 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
         d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
     d_c0 = None if c_dt is None else dc0.to(c_dt)
     return (None, dxw.to(ctx.xw_dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(h_dt), d_c0, None,
-            None, d_w_hr, None, None, None, None)
+            None, d_w_hr, None, None, None, None, None)
 
 
 recurrence_fwd.register_autograd(_backward, setup_context=_setup_context)

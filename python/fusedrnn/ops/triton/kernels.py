@@ -50,7 +50,9 @@ def _carry_keep(reset, bt, B, T, offs_b, mb, lens, on):
 
 @triton.jit
 def rnn_fwd_kernel(
-    xw, w, b, w_hr, h0, c_in, lengths, reset,  # inputs (c_in may alias c_out); reset [T, B]
+    xw, w, b, w_hr, h0, c_in, lengths, reset, zoh, zoc,  # inputs (c_in may alias c_out);
+    # reset [T, B]; zoneout's keep-old mask: h part zoh [T, B, P], c part zoc [T, B, H] (apart,
+    # so that their tiles share the offsets of h and c: a stride of their own costs registers)
     y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
     act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
     hbuf, mbuf, counter,  # SPLIT: h ping-pong [2, B, P] fp32; projected split: cell output
@@ -62,7 +64,7 @@ def rnn_fwd_kernel(
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr, SPIN: tl.constexpr,
-    HAS_RESET: tl.constexpr,
+    HAS_RESET: tl.constexpr, HAS_ZO: tl.constexpr,
 ):
     # A projected split layer exchanges twice per step: h (all programs' outputs) before the
     # gates, the cell output m before the projection h = W_hr m. PHASE 1 / 2 run only the first
@@ -170,6 +172,9 @@ def rnn_fwd_kernel(
                 _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3))
                 if HAS_C:
                     _st(cprev + t * B * H, oc, mx, c)
+            if HAS_ZO and HAS_C:  # zoneout: the carried c keeps its old value with weight m
+                mz = _ld(zoc + t * B * H, oc, mx)  # [BU, BB]
+                c_new = mz * c + (1.0 - mz) * c_new
             c = tl.where(live, c_new, c)
             if PSPLIT:
                 _st(mbuf, oc, mx, out)  # [BU, BB] own units of m, for every program's projection
@@ -184,6 +189,9 @@ def rnn_fwd_kernel(
                 h_new = _mm(whr, vhr, out, DOT_T, PREC, X3)  # [PP, BB]
             else:
                 h_new = out
+            if HAS_ZO:  # zoneout: the carried h keeps its old value with weight m
+                mz = _ld(zoh + t * B * P, oh, mh)  # [BO, BB]
+                h_new = mz * h_own + (1.0 - mz) * h_new
             if SAVE:
                 _st(hprev + t * B * P, oh, mh, h_own)
             h = tl.where(live, h_new, h_own)
@@ -199,7 +207,8 @@ def rnn_fwd_kernel(
 
 @triton.jit
 def rnn_bwd_kernel(
-    w, w_hr, dy, act, hprev, cprev, lengths, reset,  # dy [T, B, P]; saved as in the forward
+    w, w_hr, dy, act, hprev, cprev, lengths, reset, zoh, zoc,  # dy [T, B, P]; saved,
+    # reset [T, B] and zoneout's masks zoh [T, B, P], zoc [T, B, H] as in the forward
     dxw, drec, dhtot,  # fp32 out: [T, B, G*H] grads of xw and (GRU only) of W_hh h + b_hh; [T, B, P]
     r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
     counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
@@ -212,6 +221,7 @@ def rnn_bwd_kernel(
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
     X3: tl.constexpr, CLIP: tl.constexpr, SPIN: tl.constexpr, HAS_RESET: tl.constexpr,
+    HAS_ZO: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -302,10 +312,18 @@ def rnn_bwd_kernel(
             if HAS_RESET:
                 dh = tl.where(cut, 0.0, dh)
             dh_tot = dh + tl.where(live, _ld(dy + t * B * P, oh, mh), 0.0)  # [BO, BB] grad of h_t
+            dh_cell = dh_tot
+            if HAS_ZO:  # zoneout: the mask's kept share goes straight to h_{t-1}, the rest
+                mz = _ld(zoh + t * B * P, oh, mh)  # [BO, BB]              into the cell
+                dh_keep = mz * dh_tot  # [BO, BB]
+                dh_cell = (1.0 - mz) * dh_tot
             if HAS_PROJ:
-                _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_tot, 0.0))
+                _st(dhtot + t * B * P, oh, sh, tl.where(live, dh_cell, 0.0))
             if not DIRECT:
-                R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
+                if HAS_ZO:
+                    R = tl.where(live, dh_keep, dh_tot)
+                else:
+                    R = tl.where(live, 0.0, dh_tot)  # only a finished sequence passes dh on
         if PSPLIT:
             if SYNC:
                 _step_barrier(counter + pid_b, (s * NBAR + 1) * tl.num_programs(1), SOLO, SPIN)
@@ -314,20 +332,26 @@ def rnn_bwd_kernel(
                 dm = _stream_mm(w_hr, 0, 1, H, dhtot + t * B * P, P, offs_u, mu, offs_b, mb, P, 1,
                                 BU, BB, BK, DOT_T, PREC, X3)[0]  # [BU, BB]
             elif HAS_PROJ:
-                dm = _mm(whrt, vhrt, dh_tot, DOT_T, PREC, X3)  # [HP, BB]
+                dm = _mm(whrt, vhrt, dh_cell, DOT_T, PREC, X3)  # [HP, BB]
             else:
-                dm = dh_tot
+                dm = dh_cell
             e0, e1, e2, e3 = _ld_gates(act + t * B * (NA * H), oa, mx, H, NA)  # [BU, BB] each
             if HAS_RESET:
                 dc = tl.where(cut, 0.0, dc)
+            dc_cell = dc
+            if HAS_ZO and HAS_C:  # zoneout: the mask's share of dc goes into the cell, the rest
+                dc_cell = (1.0 - _ld(zoc + t * B * H, oc, mx)) * dc
             cp = dc
             if HAS_C:
                 cp = _ld(cprev + t * B * H, oc, mx)
             hp = dm
             if DIRECT:
                 hp = _ld(hprev + t * B * P, oh, mh)
-            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc, e0, e1, e2, e3, cp,
-                                                                hp)
+            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc_cell, e0, e1, e2, e3,
+                                                                cp, hp)
+            if HAS_ZO and HAS_C:  # ... straight to c_{t-1} (the mask is re-read: a tile kept
+                # live across the cell's backward spills on sm_90)
+                dcp += _ld(zoc + t * B * H, oc, mx) * dc
             # gate g's gradients, each stored as soon as it is made (slots past G stay
             # loop-invariant zeros)
             xt = dxw + t * B * GH
@@ -345,6 +369,8 @@ def rnn_bwd_kernel(
             if REC:
                 _st_gates(drec + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
             if DIRECT:
+                if HAS_ZO:
+                    dhd += dh_keep
                 R = tl.where(live, dhd, dh_tot)
             if CLIP:
                 dcp = tl.minimum(tl.maximum(dcp, -clip), clip)

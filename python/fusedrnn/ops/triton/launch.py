@@ -270,7 +270,7 @@ def _dot_config(dtype: torch.dtype):
     return _TL_DTYPE[dtype], "tf32", False
 
 
-def _consts(mode, pl: Plan, dtype, proj, lengths, reverse, reset=None):
+def _consts(mode, pl: Plan, dtype, proj, lengths, reverse, reset=None, zoneout=None):
     G = GATES[mode]
     dot_t, prec, x3 = _dot_config(dtype)
     split = pl.path != "resident"
@@ -281,6 +281,7 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse, reset=None):
         BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
         HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELL_STATE[mode], REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3, HAS_RESET=reset is not None,
+        HAS_ZO=zoneout is not None,
     )
 
 
@@ -314,23 +315,35 @@ def _reset(reset, device):
     return None if reset is None else reset.to(device, torch.float32).contiguous()
 
 
+def _zoneout_parts(zoneout, P, device):
+    """Zoneout's mask [T, B, P (+ H)] as the kernels read it: its h part [T, B, P] and its c
+    part [T, B, H] (None without a cell state), each contiguous on ``device``, in its own dtype
+    (xw's: a 16-bit mask tile holds half the registers of a float32 one)."""
+    if zoneout is None:
+        return None, None
+    z = zoneout.to(device)
+    return z[..., :P].contiguous(), (z[..., P:].contiguous() if z.shape[2] > P else None)
+
+
 def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-            save=True, tile_units=None, reset=None):
+            save=True, tile_units=None, reset=None, zoneout=None):
     """Run the fused forward kernel(s) of one layer and direction.
 
     Args: the op contract of ``fusedrnn.ops.reference`` (inputs already validated and
     contiguous); ``save`` keeps what backward needs; ``tile_units`` forces the split path.
     Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] | None, saved)`` with ``saved`` a dict of
     fp32 tensors ``act [T, B, NA*H]``, ``hprev [T, B, P]``, ``cprev [T, B, H]`` (LSTM) and the
-    ``plan`` used, or None when ``save`` is False. ``reset`` [T, B] or None: see the op contract.
+    ``plan`` used, or None when ``save`` is False. ``reset`` [T, B] and ``zoneout`` [T, B, Z]
+    or None: see the op contract.
     """
     T, B, GH = xw.shape
     G = GATES[mode]
     H, P = GH // G, h0.shape[1]
     dev, f32 = xw.device, torch.float32
     pl = layer_plan(mode, H, P, B, xw.dtype, w_hr is not None, dev, tile_units)
-    k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse, reset)
+    k = _consts(mode, pl, xw.dtype, w_hr is not None, lengths, reverse, reset, zoneout)
     lengths, reset = _lengths(lengths, dev), _reset(reset, dev)
+    zoh, zoc = _zoneout_parts(zoneout, P, dev)
     if k["HAS_C"] and c0 is None:
         c0 = torch.zeros(B, H, device=dev, dtype=xw.dtype)
     y = torch.empty(T, B, P, device=dev, dtype=xw.dtype)
@@ -363,7 +376,8 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     with _on(dev):
         for c_in, s0, s1, phase in launches:
             run["PHASE"] = phase
-            rnn_fwd_kernel[grid](*args, c_in, lengths, reset, *tail, T, B, H, P, s0, s1, **run)
+            rnn_fwd_kernel[grid](*args, c_in, lengths, reset, zoh, zoc, *tail, T, B, H, P, s0,
+                                 s1, **run)
     _check_barrier(counter, k, "forward")
     saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
     c_T = None if c_out is None else c_out.to(xw.dtype)
@@ -371,7 +385,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
 
 
 def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr=None,
-            recurrent_grad_clip=None, reset=None):
+            recurrent_grad_clip=None, reset=None, zoneout=None):
     """Run the fused backward kernel(s) of one layer and direction.
 
     Args: ``saved`` from ``rnn_fwd``; ``dy [T, B, P]``, ``dh_T [B, P]``, ``dc_T [B, H] | None``
@@ -387,8 +401,9 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     H = w_hh.shape[0] // G
     dev, f32 = dy.device, torch.float32
     proj = w_hr is not None
-    k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse, reset)
+    k = _consts(mode, pl, w_hh.dtype, proj, lengths, reverse, reset, zoneout)
     lengths, reset = _lengths(lengths, dev), _reset(reset, dev)
+    zoh, zoc = _zoneout_parts(zoneout, P, dev)
     k.pop("SAVE", None)
     k["CLIP"] = recurrent_grad_clip is not None
     k.update(bwd_traits(mode))
@@ -403,7 +418,7 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
     counter = _counter(grid[0], dev) if k["SYNC"] else None
     args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths, reset,
-            dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
+            zoh, zoc, dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     if pl.path == "per_step":
         steps = [(s, s + 1, phase) for s in range(T + 1) for phase in _phases(k)]
     else:
