@@ -69,6 +69,16 @@ def test_emulated_opcheck(emu, mode):
     torch.library.opcheck(emu.cuda_recurrence_fwd.default, args)
 
 
+@pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
+def test_emulated_loop_refuses_layernorm_cells(emu, mode):
+    """The CUDA loop has no per-row reduction: a LayerNorm mode must fail, not run the plain
+    cell without its normalisation."""
+    base = mode[3:]
+    xw, w, b, h0, c0, _ = make_inputs(base, torch.float32, T=3, B=2, H=4)
+    with pytest.raises(RuntimeError, match="LayerNorm cell"):
+        emu.cuda_recurrence_fwd(mode, xw, w, b, h0, c0, None, False, None, 0.0, None, None)
+
+
 def test_emulated_errors(emu):
     xw, w, b, h0, c0, _ = make_inputs("LSTM", torch.float32, T=3, B=2, H=4)
     with pytest.raises(TypeError, match="dtype"):

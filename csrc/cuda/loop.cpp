@@ -34,6 +34,11 @@ Cell parse_mode(c10::string_view mode) {
   TORCH_CHECK(cell_from_name(mode.data(), mode.size(), &cell),
               "fusedrnn (cuda): mode must be one of ", cell_name_list(), ", got '",
               std::string(mode), "'");
+  // the row-normalised cells (cells.h norm_recurrent / norm_state) need a per-row reduction this
+  // loop does not have: refuse them rather than run the plain cell without its LayerNorm
+  TORCH_CHECK(num_cell_params(cell) == 0, "fusedrnn (cuda): mode '", std::string(mode),
+              "' (a LayerNorm cell) is not implemented by the cuda backend; use the cpu or "
+              "reference backend");
   return cell;
 }
 
