@@ -7,6 +7,7 @@ so an element a loop forgets to write fails the comparison.
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -284,6 +285,25 @@ def test_isa_paths_float32(monkeypatch, isa, mode, T, B, H, proj, lengths_kind, 
     assert fusedrnn._ext._C._cpu_isa() == isa
     compare(mode, T, B, H, lengths_kind, reverse, proj=proj, c0=True, bias=True,
             dtype=torch.float32)
+
+
+def test_cell_math_is_inlined_into_the_loops():
+    """Every call in the unit loops must inline for them to vectorise: an out-of-line copy of a
+    cell function (cells.h: fr_fast_expf, CellOps<...>::fwd, lstm_fwd, ...) in the library means a
+    loop calls it per unit (that made the LSTM forward 4-15x slower once). cells.h forces them
+    inline (FR_INLINE); this reads the library's symbol table."""
+    import shutil
+    import subprocess
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not found")
+    out = subprocess.run([nm, "-C", fusedrnn._ext._C.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    pattern = re.compile(r"fusedrnn::(fr_\w+|CellOps<[^>]*>::\w+|\w+_(fwd|bwd|out|out_bwd))\b(<|\()")
+    leaked = sorted({m.group(0) for m in pattern.finditer(out)
+                     if "::cpu::" not in m.group(0) and "::minrnn::" not in m.group(0)})
+    assert not leaked, f"out-of-line cell math in {fusedrnn._ext._C.__file__}: {leaked[:8]}"
 
 
 def test_isa_env_error(monkeypatch):
