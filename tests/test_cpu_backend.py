@@ -324,6 +324,18 @@ def _upstream(T, B, H, Ho, seed=1):
             torch.randn(B, H, generator=g, dtype=torch.float64))
 
 
+def _on_1_and_2_threads(fn):
+    """fn() with 1 thread, then with 2 (the previous count restored)."""
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fn()
+        torch.set_num_threads(2)
+        return one, fn()
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _assert_bitwise(a, b, what):
     for k in a:
         assert torch.equal(a[k], b[k]), f"{what}: {k} differs (max {(a[k] - b[k]).abs().max()})"
@@ -339,14 +351,7 @@ def test_bitwise_across_thread_counts(monkeypatch, isa, mode, proj):
     inp = make_inputs(mode, T, B, H, proj=proj, seed=3)
     lengths = make_lengths("unsorted", T, B)
     up = _upstream(T, B, H, proj or H)
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _grads_f32(mode, inp, lengths, True, up)
-        torch.set_num_threads(2)
-        two = _grads_f32(mode, inp, lengths, True, up)
-    finally:
-        torch.set_num_threads(prev)
+    one, two = _on_1_and_2_threads(lambda: _grads_f32(mode, inp, lengths, True, up))
     _assert_bitwise(one[0], two[0], "outputs")
     _assert_bitwise(one[1], two[1], "gradients")
 
@@ -364,14 +369,7 @@ def test_unit_split_bitwise(monkeypatch, isa, mode, lengths_kind, reverse):
     inp = make_inputs(mode, T, B, H, seed=7)
     lengths = None if lengths_kind == "none" else torch.tensor([T - 4])
     up = _upstream(T, B, H, H)
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _grads_f32(mode, inp, lengths, reverse, up)
-        torch.set_num_threads(2)
-        two = _grads_f32(mode, inp, lengths, reverse, up)
-    finally:
-        torch.set_num_threads(prev)
+    one, two = _on_1_and_2_threads(lambda: _grads_f32(mode, inp, lengths, reverse, up))
     _assert_bitwise(one[0], two[0], "outputs")
     _assert_bitwise(one[1], two[1], "gradients")
 
@@ -390,14 +388,7 @@ def test_unit_split_reset_zoneout_saved(mode, dtype):
             else None, None, False, None, True,
             (torch.arange(T) % 4 == 2).to(dtype)[:, None].contiguous(),
             (torch.rand(T, B, zw, generator=g) < 0.3).to(dtype))
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = torch.ops.fusedrnn.recurrence_fwd(*args)
-        torch.set_num_threads(2)
-        two = torch.ops.fusedrnn.recurrence_fwd(*args)
-    finally:
-        torch.set_num_threads(prev)
+    one, two = _on_1_and_2_threads(lambda: torch.ops.fusedrnn.recurrence_fwd(*args))
     for name, a, b in zip(("y", "h_T", "c_T", "ws"), one, two):
         assert torch.equal(a, b), f"{name} differs"
 
