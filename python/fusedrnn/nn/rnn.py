@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends
 from . import _amp, _onnx, _regularisers
+from ..ops.cells import CELL_STATE
 from ..ops.reference import check_clip
 
 
@@ -58,7 +59,8 @@ class _FusedRNNMixin:
         if p_h == 0 and p_c == 0:
             return None
         h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
-        sizes = [(h_out, p_h)] + ([(self.hidden_size, p_c)] if self.mode == "LSTM" else [])
+        sizes = [(h_out, p_h)] + ([(self.hidden_size, p_c)] if CELL_STATE[self._op_mode()]
+                                  else [])
         dtype = dtype if dtype is not None else self.weight_hh_l0.dtype
         device = device if device is not None else self.weight_hh_l0.device
         p = torch.cat([torch.full((n,), q, dtype=dtype, device=device) for n, q in sizes])
