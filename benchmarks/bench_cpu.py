@@ -53,7 +53,10 @@ def machine() -> str:
 def median_s(fn, min_run_time: float) -> float:
     fn()  # warm-up (allocator, MKL/oneDNN primitive caches)
     fn()
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(
+    # Timer runs its statement on num_threads threads, 1 unless told (it sets torch's count for
+    # the measurement): ask for the process's count, the one the table names
+    return tb.Timer(stmt="fn()", globals={"fn": fn},
+                    num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_run_time).median
 
 

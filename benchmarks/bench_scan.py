@@ -50,7 +50,8 @@ TIMERS = {"wall": time.perf_counter, "process": time.process_time}
 
 def median_s(fn, min_run_time: float, timer: str) -> float:
     fn()  # warm-up: first-call allocations, lazy registration
-    t = tb.Timer(stmt="fn()", globals={"fn": fn}, timer=TIMERS[timer])
+    t = tb.Timer(stmt="fn()", globals={"fn": fn}, timer=TIMERS[timer],
+                 num_threads=torch.get_num_threads())  # Timer's own default is 1 thread
     return t.blocked_autorange(min_run_time=min_run_time).median
 
 
