@@ -18,7 +18,6 @@ void rows_mm_t(bool a_trans, const T* a, int64_t lda, int64_t i0, int64_t i1, in
   constexpr int64_t kKc = 256;
   const int64_t np = num_panels(N, UW);
   alignas(64) T tile[MR * NB * W];
-  std::vector<T> abuf(a_trans ? MR * kKc : 0);  // a transposed block: MR rows of one k chunk
   const T* arow[MR];
   // k chunks outside, rows inside: a chunk of every panel stays in cache for all the rows
   for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += kKc) {
@@ -26,17 +25,16 @@ void rows_mm_t(bool a_trans, const T* a, int64_t lda, int64_t i0, int64_t i1, in
     const bool add = accumulate || k0 > 0;
     for (int64_t r0 = i0; r0 < i1; r0 += MR) {
       const int m = int(std::min<int64_t>(MR, i1 - r0));
-      for (int r = 0; r < m; ++r) {
-        if (a_trans) {
-          T* dst = abuf.data() + r * kKc;
-          for (int64_t k = 0; k < kc; ++k) dst[k] = a[(k0 + k) * lda + r0 + r];
-          arow[r] = dst;
-        } else {
-          arow[r] = a + (r0 + r) * lda + k0;
-        }
-      }
+      if (!a_trans)
+        for (int r = 0; r < m; ++r) arow[r] = a + (r0 + r) * lda + k0;
+      // a transposed A is read in place: the MR values of one k are adjacent
+      const ColsA<T> acol{a + k0 * lda + r0, lda};
       for (int64_t p = 0; p < np; ++p) {
-        mk_rows_tile<T, NB, Bk::U, MR>(m, arow, kc, packed + (p * K + k0) * NB * W, tile);
+        const T* panel = packed + (p * K + k0) * NB * W;
+        if (a_trans)
+          mk_rows_tile<T, NB, Bk::U, MR>(m, acol, kc, panel, tile);
+        else
+          mk_rows_tile<T, NB, Bk::U, MR>(m, arow, kc, panel, tile);
         const int64_t q0 = p * UW;
         const int nq = int(std::min<int64_t>(UW, N - q0));
         for (int r = 0; r < m; ++r) {

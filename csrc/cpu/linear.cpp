@@ -53,12 +53,17 @@ void matmul_rows_t(const IsaKernels<T>& K, const Tensor& a_in, const Tensor& w_i
   const int64_t grain = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(1, N * Kd));
   for (int64_t k0 = 0; k0 < std::max<int64_t>(Kd, 1); k0 += kKc) {
     const int64_t kc = std::min(kKc, Kd - k0);
-    // B(k, n) = w[n, k]: pack_t's `trans` is the opposite of how w is stored; panel by panel
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
+    // B(k, n) = w[n, k]: pack_t's `trans` is the opposite of how w is stored; in pieces of
+    // (panel, kPk values of k), so that a narrow B (one panel: a weight gradient's) is packed by
+    // every thread too. A panel's chunk is [kc][uw], so a k piece is a contiguous part of it.
+    constexpr int64_t kPk = 32;
+    const int64_t kpieces = (kc + kPk - 1) / kPk;
+    at::parallel_for(0, panels * kpieces, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t p = q / kpieces, ks = (q % kpieces) * kPk, kn = std::min(kPk, kc - ks);
         const int64_t n0 = p * uw, nu = std::min(uw, N - n0);
-        const T* src = wo.trans ? wp + k0 * wo.ld + n0 : wp + n0 * wo.ld + k0;
-        K.pack(1, src, wo.ld, !wo.trans, nu, kc, pk + p * kc * uw);
+        const T* src = wo.trans ? wp + (k0 + ks) * wo.ld + n0 : wp + n0 * wo.ld + k0 + ks;
+        K.pack(1, src, wo.ld, !wo.trans, nu, kn, pk + p * kc * uw + ks * uw);
       }
     });
     const T* ak = ao.trans ? ap + k0 * ao.ld : ap + k0;

@@ -55,12 +55,29 @@ void pack_t(int G, const T* src, int64_t ld, bool trans, int64_t Nu, int64_t K, 
         }
 }
 
-// For MR rows r: sum_k a[r][k] * panel(k, .), the NB = G * U vectors stored at
+// How the micro-kernel reads its left operand: element (r, k) of MR rows. Either one pointer per
+// row (a[r][k], rows contiguous in k: the recurrences, the input projections) or a column-major
+// block (p[k * ld + r]: a transposed operand such as dy^T in a weight gradient, read in place).
+template <typename T>
+struct ColsA {
+  const T* p;
+  int64_t ld;
+};
+template <typename T>
+inline __attribute__((always_inline)) T a_at(const T* const* a, int r, int64_t k) {
+  return a[r][k];
+}
+template <typename T>
+inline __attribute__((always_inline)) T a_at(const ColsA<T>& a, int r, int64_t k) {
+  return a.p[k * a.ld + r];
+}
+
+// For MR rows r: sum_k a(r, k) * panel(k, .), the NB = G * U vectors stored at
 // out[r] + g * gstride + u * W (gate g, unit vector u): the register-blocked micro-kernel. Every
-// row is accumulated the same way (k in order, one FMA per k) whatever MR is, which is what makes
-// the results batch-invariant.
-template <typename T, int NB, int U, int MR>
-inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K, const T* panel,
+// row is accumulated the same way (k in order, one FMA per k) whatever MR is and however `a` is
+// laid out, which is what makes the results batch-invariant.
+template <typename T, int NB, int U, int MR, typename A>
+inline __attribute__((always_inline)) void mk_tile(const A& a, int64_t K, const T* panel,
                                                    T* const* out, int64_t gstride) {
   using V = Vec<T>;
   using R = typename V::R;
@@ -73,7 +90,7 @@ inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K,
     R b[NB];
     for (int n = 0; n < NB; ++n) b[n] = V::load(pk + n * W);
     for (int r = 0; r < MR; ++r) {
-      const R ar = V::bcast(a[r][k]);
+      const R ar = V::bcast(a_at<T>(a, r, k));
       for (int n = 0; n < NB; ++n) acc[r][n] = V::fma(ar, b[n], acc[r][n]);
     }
   }
@@ -82,8 +99,8 @@ inline __attribute__((always_inline)) void mk_tile(const T* const* a, int64_t K,
 }
 
 // mk_tile for m <= MR rows (the remainder of a thread's rows).
-template <typename T, int NB, int U, int MR>
-inline void mk_rows(int m, const T* const* a, int64_t K, const T* panel, T* const* out,
+template <typename T, int NB, int U, int MR, typename A>
+inline void mk_rows(int m, const A& a, int64_t K, const T* panel, T* const* out,
                     int64_t gstride) {
   if constexpr (MR == 1) {
     mk_tile<T, NB, U, 1>(a, K, panel, out, gstride);
@@ -97,8 +114,8 @@ inline void mk_rows(int m, const T* const* a, int64_t K, const T* panel, T* cons
 
 // mk_rows into a contiguous tile [m][NB * W] (for products whose outputs need an epilogue that
 // must not write past the last unit).
-template <typename T, int NB, int U, int MR>
-inline void mk_rows_tile(int m, const T* const* a, int64_t K, const T* panel, T* tile) {
+template <typename T, int NB, int U, int MR, typename A>
+inline void mk_rows_tile(int m, const A& a, int64_t K, const T* panel, T* tile) {
   T* out[MR];
   for (int r = 0; r < MR; ++r) out[r] = tile + r * NB * Vec<T>::W;
   mk_rows<T, NB, U, MR>(m, a, K, panel, out, int64_t(U) * Vec<T>::W);
