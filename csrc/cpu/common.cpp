@@ -83,14 +83,16 @@ std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, 
   return out;
 }
 
-WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool zoneout) {
+// (zoneout no longer changes the layout: the LSTM saves its activations with it too, and
+// backward rebuilds the cell's own c from them; the argument stays for _ws_units' callers)
+WsLayout ws_layout(Cell cell, int64_t H, bool save, bool proj, bool /*zoneout*/) {
   WsLayout l;
   if (!save) return l;
   if (has_cell_state(cell)) {
     l.cs_off = l.width;
     l.width += H;
   }
-  if (saves_activations(cell) && !proj && !zoneout) {
+  if (saves_activations(cell) && !proj) {
     l.act_off = l.width;
     l.width += num_saved(cell) * H;
   }

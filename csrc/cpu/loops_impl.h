@@ -509,7 +509,7 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
         hprev[r] = cut[r] ? zeros.data() : tp >= 0 ? a.y + (tp * B + b) * Ho : a.h0 + b * Ho;
       }
       // 1. the gate pre-activations W_hh h_prev, recomputed exactly as the forward did (with
-      //    zoneout every cell recomputes: y holds the mixed h, not the cell's output)
+      //    zoneout every cell that saved no activations recomputes: y holds the mixed h)
       if ((kRecompute || a.zo) && !a.act) {
         T* orow[MB];
         for (int64_t p = 0; p < np; ++p) {
@@ -626,7 +626,8 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             T h = h_src[j], c = c_prev[j];
             if constexpr (decltype(from_saved)::value) {
               for (int k = 0; k < S; ++k) saved[k] = actb[k * H + j];
-              c = c_now[j];
+              // with zoneout the saved c is the mixed carry: the cell's own is rebuilt
+              c = decltype(zoned)::value ? Ops::own_c(saved, c_prev[j]) : c_now[j];
             } else if constexpr (decltype(recompute)::value) {
               refwd(j, saved, h, c);
             }
@@ -681,7 +682,9 @@ void bwd_loop(const BwdLoop<T>& a, RowSet rs) {
             ns_units(Yes{});
           else
             ns_units(No{});
-        } else if (zrow) {  // the forward saved no activations (ws_layout)
+        } else if (zrow && actb) {
+          units(Yes{}, No{}, Yes{});
+        } else if (zrow) {
           units(No{}, Yes{}, Yes{});
         } else if (actb) {
           units(Yes{}, No{}, No{});

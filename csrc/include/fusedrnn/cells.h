@@ -218,6 +218,13 @@ HOST_DEVICE FR_INLINE void rnn_relu_bwd(T dh, T /*dc*/, const T* /*saved*/, T h,
 // saved = the activated gates (i, f, g, o); backward also needs c_prev and c (the caller keeps
 // the cell states of every step).
 
+// The cell's own new c from its saved gates (i, f, g, ...) and c_prev: what backward needs when
+// the carried c is not the cell's (zoneout mixes it with the old one).
+template <typename T>
+HOST_DEVICE FR_INLINE T lstm_own_c(const T* saved, T c_prev) {
+  return saved[1] * c_prev + saved[0] * saved[2];
+}
+
 template <typename T>
 HOST_DEVICE FR_INLINE void lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T c_prev, T* h, T* c,
                                  T* saved) {
@@ -225,13 +232,13 @@ HOST_DEVICE FR_INLINE void lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T c_p
   const T f = fr_sigmoid(x[1] + hh[1]);
   const T g = fr_tanh(x[2] + hh[2]);
   const T o = fr_sigmoid(x[3] + hh[3]);
-  const T c_new = f * c_prev + i * g;
-  *c = c_new;
-  *h = o * fr_tanh(c_new);
   saved[0] = i;
   saved[1] = f;
   saved[2] = g;
   saved[3] = o;
+  const T c_new = lstm_own_c(saved, c_prev);
+  *c = c_new;
+  *h = o * fr_tanh(c_new);
 }
 
 // The LSTM's gate gradients from dct = dL/dc (every path) and d_o = dL/d(sigmoid(o)).
@@ -301,7 +308,7 @@ HOST_DEVICE FR_INLINE void ln_lstm_fwd(const T* x, const T* hh, T /*h_prev*/, T 
   saved[2] = fr_tanh(x[2] + hh[2]);
   saved[3] = fr_sigmoid(x[3] + hh[3]);
   saved[4] = T(0);  // tanh(n), set by out
-  *c = saved[1] * c_prev + saved[0] * saved[2];
+  *c = lstm_own_c(saved, c_prev);
   *h = T(0);  // h needs the row's normalised c: out
 }
 
@@ -322,9 +329,11 @@ HOST_DEVICE FR_INLINE void ln_lstm_bwd(T dh, T dc, const T* saved, T /*h*/, T /*
   lstm_gates_bwd(dc, dh * saved[4], saved, c_prev, dx, dhh_last, dh_prev, dc_prev);
 }
 
-// The cells without norm_state have no output stage.
+// The cells without norm_state have no output stage; those without a cell state no own c.
 template <typename T>
 HOST_DEVICE FR_INLINE T no_out(T* /*saved*/, T /*n*/) { return T(0); }
+template <typename T>
+HOST_DEVICE FR_INLINE T no_own_c(const T* /*saved*/, T c_prev) { return c_prev; }
 template <typename T>
 HOST_DEVICE FR_INLINE T no_out_bwd(T /*dh*/, const T* /*saved*/) { return T(0); }
 
@@ -334,7 +343,7 @@ HOST_DEVICE FR_INLINE T no_out_bwd(T /*dh*/, const T* /*saved*/) { return T(0); 
 template <Cell C>
 struct CellOps;
 
-#define FUSEDRNN_CELL_OPS(CELL, FWD, BWD, OUT, OUT_BWD)                                 \
+#define FUSEDRNN_CELL_OPS(CELL, FWD, BWD, OUT, OUT_BWD, OWN_C)                          \
   template <>                                                                           \
   struct CellOps<Cell::CELL> {                                                          \
     static constexpr int G = num_gates(Cell::CELL);                                     \
@@ -351,6 +360,10 @@ struct CellOps;
       return OUT_BWD(dh, saved);                                                        \
     }                                                                                   \
     template <typename T>                                                               \
+    HOST_DEVICE FR_INLINE static T own_c(const T* saved, T c_prev) {                    \
+      return OWN_C(saved, c_prev);                                                      \
+    }                                                                                   \
+    template <typename T>                                                               \
     HOST_DEVICE FR_INLINE static void fwd(const T* x, const T* hh, T h_prev, T c_prev, T* h, \
                                           T* c, T* saved) {                             \
       FWD(x, hh, h_prev, c_prev, h, c, saved);                                          \
@@ -362,13 +375,14 @@ struct CellOps;
     }                                                                                   \
   };
 
-FUSEDRNN_CELL_OPS(RNN_TANH, rnn_tanh_fwd, rnn_tanh_bwd, no_out, no_out_bwd)
-FUSEDRNN_CELL_OPS(RNN_RELU, rnn_relu_fwd, rnn_relu_bwd, no_out, no_out_bwd)
-FUSEDRNN_CELL_OPS(LSTM, lstm_fwd, lstm_bwd, no_out, no_out_bwd)
-FUSEDRNN_CELL_OPS(GRU, gru_fwd, gru_bwd, no_out, no_out_bwd)
+FUSEDRNN_CELL_OPS(RNN_TANH, rnn_tanh_fwd, rnn_tanh_bwd, no_out, no_out_bwd, no_own_c)
+FUSEDRNN_CELL_OPS(RNN_RELU, rnn_relu_fwd, rnn_relu_bwd, no_out, no_out_bwd, no_own_c)
+FUSEDRNN_CELL_OPS(LSTM, lstm_fwd, lstm_bwd, no_out, no_out_bwd, lstm_own_c)
+FUSEDRNN_CELL_OPS(GRU, gru_fwd, gru_bwd, no_out, no_out_bwd, no_own_c)
 // LN_GRU's per-unit body is the GRU's (its difference is the row-normalised hh)
-FUSEDRNN_CELL_OPS(LN_LSTM, ln_lstm_fwd, ln_lstm_bwd, ln_lstm_out, ln_lstm_out_bwd)
-FUSEDRNN_CELL_OPS(LN_GRU, gru_fwd, gru_bwd, no_out, no_out_bwd)
+FUSEDRNN_CELL_OPS(LN_LSTM, ln_lstm_fwd, ln_lstm_bwd, ln_lstm_out, ln_lstm_out_bwd,
+                  lstm_own_c)
+FUSEDRNN_CELL_OPS(LN_GRU, gru_fwd, gru_bwd, no_out, no_out_bwd, no_own_c)
 #undef FUSEDRNN_CELL_OPS
 
 }  // namespace fusedrnn
