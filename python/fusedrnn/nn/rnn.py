@@ -50,8 +50,9 @@ class _FusedRNNMixin:
         the LSTM's cell state: the op's layout, ``fusedrnn.ops.reference``), or None when
         zoneout is off.
 
-        Training: one ``torch.bernoulli`` draw of the whole tensor (probability p_h on the h
-        part, p_c on the c part), taken by ``forward`` before anything else random in the call
+        Training: one ``torch.rand`` draw of the whole tensor, kept where below p (p_h on the
+        h part, p_c on the c part; half the time of ``torch.bernoulli`` with a tensor of
+        probabilities on CPU), taken by ``forward`` before anything else random in the call
         (dropout between layers comes after), so that under ``torch.manual_seed(s)`` this
         method called with the same seed returns the mask that the forward uses. Eval: the
         expectation, p itself (an expanded view, nothing drawn)."""
@@ -65,7 +66,9 @@ class _FusedRNNMixin:
         device = device if device is not None else self.weight_hh_l0.device
         p = torch.cat([torch.full((n,), q, dtype=dtype, device=device) for n, q in sizes])
         shape = (self.num_layers * (2 if self.bidirectional else 1), seq_len, batch, p.numel())
-        return torch.bernoulli(p.expand(shape)) if self.training else p.expand(shape)
+        if not self.training:
+            return p.expand(shape)
+        return torch.rand(shape, dtype=dtype, device=device).lt_(p)  # 1.0 where kept
 
     def _set_regularisers(self, weight_drop=0.0, dropout_mode="standard") -> None:
         self.weight_drop = _regularisers.check_weight_drop(weight_drop)
