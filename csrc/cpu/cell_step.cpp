@@ -14,7 +14,10 @@
 // does not inline across a mismatch).
 #pragma GCC optimize("no-trapping-math", "fp-contract=fast")
 
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernel.h"
@@ -48,12 +51,24 @@ template <typename T, int VB>
 struct Vec {
   typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));
   static constexpr int W = VB / int(sizeof(T));
-  static inline __attribute__((always_inline)) T sum(const V& v) {  // a fixed tree over the lanes
-    T l[W];
-    __builtin_memcpy(l, &v, sizeof(v));
-    for (int w = W / 2; w >= 1; w /= 2)
-      for (int i = 0; i < w; ++i) l[i] += l[i + w];
-    return l[0];
+  // integer lanes of T's width, for shuffle masks
+  using I_ = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
+  typedef I_ M __attribute__((vector_size(VB)));
+  // A fixed tree over the lanes: lane i += lane i + w for w = W/2, ..., 1. In registers (a
+  // rotation by a constant mask and an add per level): the scalar version went through the
+  // stack, a chain of store-to-load forwards per row that was most of a B = 1 step (Zen 5, perf).
+  template <int w, int... L>
+  static constexpr M rotation(std::integer_sequence<int, L...>) {
+    return M{I_((L + w) & (W - 1))...};
+  }
+  template <int w = W / 2>
+  static inline __attribute__((always_inline)) T sum(V v) {
+    if constexpr (w >= 1) {
+      constexpr M m = rotation<w>(std::make_integer_sequence<int, W>{});
+      return sum<w / 2>(v + __builtin_shuffle(v, m));
+    } else {
+      return v[0];
+    }
   }
 };
 
