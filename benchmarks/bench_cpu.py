@@ -268,6 +268,9 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+PARTS = ("layers", "ort", "padding", "cells", "memory")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -275,7 +278,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     ap.add_argument("--quick", action="store_true", help="small shapes, 1 round (smoke test)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated parts to run: " + ",".join(PARTS) + " (default: all)")
     args = ap.parse_args()
+    only = set(PARTS) if args.only is None else set(args.only.split(","))
+    if not only <= set(PARTS):
+        ap.error(f"--only: unknown part(s) {sorted(only - set(PARTS))}; choose from {PARTS}")
     if cpu_ops.unavailable():
         raise SystemExit(f"backend 'cpu' unavailable: {cpu_ops.unavailable()}")
     torch.set_num_threads(args.threads)
@@ -283,11 +291,15 @@ def main():
     T, Hs = (32, (64,)) if args.quick else (256, (64, 256))
     rows: list[dict] = []
     sgemm = sgemm_gflops(mrt)
-    bench_layers(rows, T, 32, Hs, rounds, mrt, sgemm)
-    bench_ort(rows, T, (1, 32), Hs, args.threads, rounds, mrt)
-    bench_padding(rows, 64 if args.quick else 512, 32, 64, rounds, mrt)
-    bench_cell_steps(rows, Hs, rounds, mrt)
-    if not args.quick:
+    if "layers" in only:
+        bench_layers(rows, T, 32, Hs, rounds, mrt, sgemm)
+    if "ort" in only:
+        bench_ort(rows, T, (1, 32), Hs, args.threads, rounds, mrt)
+    if "padding" in only:
+        bench_padding(rows, 64 if args.quick else 512, 32, 64, rounds, mrt)
+    if "cells" in only:
+        bench_cell_steps(rows, Hs, rounds, mrt)
+    if "memory" in only and not args.quick:
         bench_memory(rows)
     title = machine()
     md = table(rows, title, sgemm)
