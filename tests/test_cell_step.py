@@ -40,6 +40,31 @@ def test_cell_step_every_isa(monkeypatch, isa, mode, dtype, B, I, H):
     _check_against_torch_nn(mode, dtype, B, I, H, True)
 
 
+# Weights of >= 512 KiB are split over the threads by units (multiples of 16, the last thread
+# taking the remainder): H = 200 (float32, 1 thread's share 112 + 88, G*H*(I+H) >= 128 Ki floats
+# for every cell at I = 500) and B in {1, 2} (the GEMV path). Every unit's sum is computed as on one
+# thread: the same bits on 1 and 2 threads, and torch.nn's result.
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B", [1, 2])
+def test_cell_step_split_over_threads(mode, B):
+    H, I = 200, 500
+    G = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    assert G * H * (I + H) * 4 >= 512 << 10  # csrc/cpu/cell_step.cpp kSplitBytes
+    _check_against_torch_nn(mode, torch.float32, B, I, H, True)
+    args = _step_args(mode, B=B, I=I, H=H)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(cpu.cell_step(*args))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*outs):
+        if a is not None:
+            assert torch.equal(a, b)
+
+
 def _check_against_torch_nn(mode, dtype, B, I, H, bias):
     torch.manual_seed(0)
     cls = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell}.get(mode, torch.nn.RNNCell)

@@ -31,6 +31,8 @@ namespace {
 // Batches up to this size run the fused GEMV, which re-reads the weights for every row; above it
 // one GEMM per product reads them once.
 constexpr int64_t kGemvMaxRows = 2;
+// Weights (W_ih and W_hh) from this size up are split over the threads by units (see run()).
+constexpr int64_t kSplitBytes = int64_t(512) << 10;
 
 template <typename T>
 struct StepArgs {
@@ -38,8 +40,9 @@ struct StepArgs {
   T *h_new, *c_new;                                 // c_new null unless LSTM
   T *gx, *gh;                                       // scratch: [rows, G*H] pre-activations
   int64_t B, I, H;
-  bool gemv;  // false: gx, gh already hold the projections (BLAS path)
-  bool rev;   // walk the weights backwards (see run())
+  bool gemv;       // false: gx, gh already hold the projections (BLAS path)
+  bool rev;        // walk the weights backwards (see run())
+  int64_t j0, j1;  // the units this call computes (all: 0, H; a thread's share: see run())
 };
 
 // GCC vectors of one register of the instruction set the function is compiled for: VB = 64 bytes
@@ -139,12 +142,18 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
   for (int64_t b = 0; b < a.B; ++b) {
     T* gx = a.gemv ? a.gx : a.gx + b * GH;
     T* gh = a.gemv ? a.gh : a.gh + b * GH;
+    // the rows of gate g for units [j0, j1): g * H + j0 ...
+    const int64_t j0 = a.j0, nj = a.j1 - a.j0;
+    auto project = [&](const T* w, int64_t K, const T* v, const T* bias, T* out, int64_t g) {
+      const int64_t r0 = g * H + j0;
+      gemv<VB>(w + r0 * K, nj, K, v, bias ? bias + r0 : nullptr, out + r0, a.rev);
+    };
     if (a.gemv && !a.rev) {
-      gemv<VB>(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, false);
-      gemv<VB>(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, false);
+      for (int64_t g = 0; g < G; ++g) project(a.w_ih, a.I, a.x + b * a.I, a.b_ih, gx, g);
+      for (int64_t g = 0; g < G; ++g) project(a.w_hh, H, a.h + b * H, a.b_hh, gh, g);
     } else if (a.gemv) {
-      gemv<VB>(a.w_hh, GH, H, a.h + b * H, a.b_hh, gh, true);
-      gemv<VB>(a.w_ih, GH, a.I, a.x + b * a.I, a.b_ih, gx, true);
+      for (int64_t g = G - 1; g >= 0; --g) project(a.w_hh, H, a.h + b * H, a.b_hh, gh, g);
+      for (int64_t g = G - 1; g >= 0; --g) project(a.w_ih, a.I, a.x + b * a.I, a.b_ih, gx, g);
     }
     const T* hp = a.h + b * H;
     const T* cp = Ops::kHasC ? a.c + b * H : nullptr;
@@ -154,7 +163,7 @@ inline __attribute__((always_inline)) void step_impl(const StepArgs<T>& a) {
     // registers and vectorises the unit loop (an x[k] = gx[k * H + j] loop stayed scalar)
     const int64_t o1 = G > 1 ? H : 0, o2 = G > 2 ? 2 * H : 0, o3 = G > 3 ? 3 * H : 0;
 #pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = a.j0; j < a.j1; ++j) {
       T x[G], g[G], saved[Ops::S > 0 ? Ops::S : 1];
       load_gates<G>(gx, gx + o1, gx + o2, gx + o3, j, x);
       load_gates<G>(gh, gh + o1, gh + o2, gh + o3, j, g);
@@ -241,7 +250,7 @@ void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
   StepArgs<T> a{x.data_ptr<T>(), w_ih.data_ptr<T>(), ptr_or_null<T>(b_ih), w_hh.data_ptr<T>(),
                 ptr_or_null<T>(b_hh), h.data_ptr<T>(), ptr_or_null<T>(c), h_new.data_ptr<T>(),
                 c_new.defined() ? c_new.data_ptr<T>() : nullptr, scratch.data(),
-                scratch.data() + need / 2, B, I, H, gemv, false};
+                scratch.data() + need / 2, B, I, H, gemv, false, 0, H};
   // Streaming reads the same weights every step. When they are about the size of L2 (LSTM,
   // H = 256, float32: 2 MiB) a fixed order evicts each line just before it is needed again and
   // every step streams from L3; alternating the direction step by step starts each step with the
@@ -257,6 +266,25 @@ void run(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
     };
     project(a.gx, a.x, a.w_ih, a.b_ih, I);  // [B, G*H]
     project(a.gh, a.h, a.w_hh, a.b_hh, H);  // [B, G*H]
+  }
+  // Weights larger than a core's L2 (LSTM H = 256: 2 MiB) stream from L3 every step on one
+  // thread. Split by units, each thread reads only its units' rows of every gate (its share
+  // stays in its own L2 from step to step) and runs the cell on them; each row's sum is computed
+  // as on one thread (bitwise equal results). Units in multiples of 16 (a row group of gemv, a
+  // vector of the unit loop).
+  const int64_t wbytes = GH * (I + H) * int64_t(sizeof(T));
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), H / 16);
+  if (gemv && threads >= 2 && wbytes >= kSplitBytes && !at::in_parallel_region()) {
+    const int64_t per = (H / 16 + threads - 1) / threads * 16;
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        StepArgs<T> mine = a;
+        mine.j0 = std::min(H, t * per);
+        mine.j1 = t + 1 == threads ? H : std::min(H, (t + 1) * per);
+        if (mine.j0 < mine.j1) step_dispatch<T>(cell, mine);
+      }
+    });
+    return;
   }
   step_dispatch<T>(cell, a);
 }
