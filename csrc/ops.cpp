@@ -92,7 +92,38 @@ PyObject* ws_units(PyObject*, PyObject* args) {
   }
 }
 
+// The CPU buffer cache (csrc/cpu/pool.cpp): _cpu_pool_stats() -> dict, _cpu_pool_empty(),
+// _cpu_pool_set_limit(bytes).
+PyObject* cpu_pool_stats(PyObject*, PyObject*) {
+  const auto s = fusedrnn::cpu::pool_stats();
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L}", "cached_bytes", (long long)s.cached_bytes,
+                       "cached_blocks", (long long)s.cached_blocks, "limit_bytes",
+                       (long long)s.limit_bytes, "hits", (long long)s.hits, "misses",
+                       (long long)s.misses);
+}
+
+PyObject* cpu_pool_empty(PyObject*, PyObject*) {
+  fusedrnn::cpu::pool_empty();
+  Py_RETURN_NONE;
+}
+
+PyObject* cpu_pool_set_limit(PyObject*, PyObject* arg) {
+  const long long b = PyLong_AsLongLong(arg);
+  if (b == -1 && PyErr_Occurred()) return nullptr;
+  if (b < 0) {
+    PyErr_SetString(PyExc_ValueError, "_cpu_pool_set_limit: bytes must be >= 0");
+    return nullptr;
+  }
+  fusedrnn::cpu::pool_set_limit(b);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kMethods[] = {
+    {"_cpu_pool_stats", cpu_pool_stats, METH_NOARGS,
+     "The CPU buffer cache: cached_bytes, cached_blocks, limit_bytes, hits, misses."},
+    {"_cpu_pool_empty", cpu_pool_empty, METH_NOARGS, "Free every block the CPU cache holds."},
+    {"_cpu_pool_set_limit", cpu_pool_set_limit, METH_O,
+     "Most bytes the CPU cache keeps while unused (0: none)."},
     {"_set_debug_poison", set_debug_poison, METH_O,
      "Fill every buffer the CPU ops allocate with NaN (tests only)."},
     {"_debug_poison", get_debug_poison, METH_NOARGS, "Whether the NaN-poison hook is on."},

@@ -4,10 +4,6 @@
 #include <limits>
 #include <numeric>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "fusedrnn/cell_dispatch.h"
 #include "recurrence.h"
 
@@ -29,18 +25,9 @@ void set_debug_poison(bool on) { g_poison.store(on); }
 bool debug_poison() { return g_poison.load(std::memory_order_relaxed); }
 
 Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  Tensor t = at::empty(sizes, opts);
-#ifdef __linux__
-  // A large buffer is fresh pages from the kernel on every call (the CPU allocator returns big
-  // blocks to the system): one page fault per 4 KiB on first touch cost 20 ms of a 55 ms LSTM
-  // forward (T=256, B=32, H=256, saving 42 MB for backward). Asking for transparent huge pages
-  // on its 2 MiB-aligned interior makes that a fault per 2 MiB; advisory, changes no result.
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t hi = lo + t.nbytes();
-  const uintptr_t a = (lo + kHuge - 1) & ~(kHuge - 1), b = hi & ~(kHuge - 1);
-  if (b > a + kHuge) madvise(reinterpret_cast<void*>(a), b - a, MADV_HUGEPAGE);
-#endif
+  // large blocks come from pool.cpp's cache (2 MiB-aligned, transparent huge pages): a fresh
+  // buffer per call is fresh pages, one fault per page on first touch
+  Tensor t = opts.device().is_cpu() ? pooled_empty(sizes, opts) : at::empty(sizes, opts);
   if (debug_poison()) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }

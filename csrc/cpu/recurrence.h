@@ -86,6 +86,16 @@ void set_debug_poison(bool on);
 bool debug_poison();
 Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
+// pool.cpp: an empty CPU tensor whose storage (when >= 1 MiB) comes from a cache of large
+// blocks that outlives the tensor, so repeated calls reuse warm pages. `alloc` uses it.
+Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts);
+struct PoolStats {
+  int64_t cached_bytes, cached_blocks, limit_bytes, hits, misses;
+};
+PoolStats pool_stats();
+void pool_empty();                   // free every cached block
+void pool_set_limit(int64_t bytes);  // 0: cache nothing
+
 // Lengths of the rows, clamped to [0, T] (T for every row when none were given).
 struct Lengths {
   bool given = false;
