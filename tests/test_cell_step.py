@@ -40,16 +40,16 @@ def test_cell_step_every_isa(monkeypatch, isa, mode, dtype, B, I, H):
     _check_against_torch_nn(mode, dtype, B, I, H, True)
 
 
-# Weights of >= 512 KiB are split over the threads by units (multiples of 16, the last thread
-# taking the remainder): H = 200 (float32, 1 thread's share 112 + 88, G*H*(I+H) >= 128 Ki floats
-# for every cell at I = 500) and B in {1, 2} (the GEMV path). Every unit's sum is computed as on one
+# Weights of >= 1 MiB are split over the threads by units (multiples of 16, the last thread
+# taking the remainder): H = 200 (float32, shares 112 + 88, G*H*(I+H) >= 256 Ki floats for every
+# cell at I = 1200) and B in {1, 2} (the GEMV path). Every unit's sum is computed as on one
 # thread: the same bits on 1 and 2 threads, and torch.nn's result.
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("B", [1, 2])
 def test_cell_step_split_over_threads(mode, B):
-    H, I = 200, 500
+    H, I = 200, 1200
     G = {"LSTM": 4, "GRU": 3}.get(mode, 1)
-    assert G * H * (I + H) * 4 >= 512 << 10  # csrc/cpu/cell_step.cpp kSplitBytes
+    assert G * H * (I + H) * 4 >= 1 << 20  # csrc/cpu/cell_step.cpp kSplitBytes
     _check_against_torch_nn(mode, torch.float32, B, I, H, True)
     args = _step_args(mode, B=B, I=I, H=H)
     old = torch.get_num_threads()
