@@ -221,6 +221,7 @@ def _row_plan(mode: str, H: int, P: int, HP: int, PP: int, dtype: torch.dtype, f
     G = GATES[mode]
     fat = G == 4 and HP >= 64 and dtype == torch.float32
     BK = STREAM_BK if HP > 16 else 2 * STREAM_BK
+    # 8 warps (16 halve the register cap to 128 and spill far more: AOT report)
     pl = Plan("stream", HP, PP, HP, BLOCK_B, 1, NUM_WARPS if HP >= STREAM_WARPS8_UNITS else 4,
               True, BK, HP, 1 if fat else STREAM_STAGES)
     return _check_smem(pl, 4 * (G * HP + BLOCK_B) * BK * pl.stages * 2, smem, H, P, dtype)
