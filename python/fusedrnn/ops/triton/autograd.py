@@ -175,7 +175,10 @@ def _bwd_fake(mode, dy, dh_T, dc_T, saved, w_hh, lengths, reverse, w_hr, dtype, 
 def _setup_context(ctx, inputs, output):
     (mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, save, clip, tile_units, reset,
      zoneout, *rest) = inputs
-    cp = rest[0] if rest else None  # (a default argument)
+    cp = rest[0] if rest else None
+    # cp has a default (None), and autograd's view of the inputs omits it when it is None: the
+    # backward returns one gradient per input it sees
+    ctx.n_inputs = len(inputs) - (cp is None and len(rest) > 0)
     saved = output[3]
     ctx.mode, ctx.reverse, ctx.save, ctx.clip, ctx.tile_units = mode, reverse, save, clip, tile_units
     ctx.xw_dtype = xw.dtype
@@ -218,8 +221,9 @@ def _backward(ctx, dy, dh_T, dc_T, _d_saved):
         m = o * torch.tanh(f * cprev + i * g)  # [T, B, H] the projected cell output
         d_w_hr = (dhtot.reshape(T * B, P).t() @ m.reshape(T * B, H)).to(w_hr.dtype)
     d_c0 = None if c_dt is None else dc0.to(c_dt)
-    return (None, dxw.to(ctx.xw_dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(h_dt), d_c0, None,
-            None, d_w_hr, None, None, None, None, None, d_cp)
+    grads = (None, dxw.to(ctx.xw_dtype), d_w_hh.to(w_hh.dtype), d_b_hh, dh0.to(h_dt), d_c0, None,
+             None, d_w_hr, None, None, None, None, None, d_cp)
+    return grads[:ctx.n_inputs]  # the same structure as the inputs (cp may be absent)
 
 
 recurrence_fwd.register_autograd(_backward, setup_context=_setup_context)
