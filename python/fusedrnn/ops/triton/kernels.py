@@ -207,7 +207,7 @@ def rnn_fwd_kernel(
                 r2 = r2 * keep
                 r3 = r3 * keep
             if NORM:  # LN over the whole G*H row of W_hh h, then its gain (this program owns it)
-                r0, r1, r2, r3, rs = _ln_fwd(r0, r1, r2, r3, mx, GH, G)
+                r0, r1, r2, r3, rs = _ln_fwd(r0, r1, r2, r3, mu[:, None], GH, G)
                 if SAVE:
                     _st_gates(rnorm + t * B * GH, ox, mx, H, G, (r0, r1, r2, r3))
                     _st(stats + t * 2 * B, offs_b[None, :], mb[None, :], rs)
@@ -220,7 +220,7 @@ def rnn_fwd_kernel(
             r2 += b2
             r3 += b3
             out, c_new, e0, e1, e2, e3, e4, rsc = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3,
-                                                           c, h_own, p0, p1, mx, H)
+                                                           c, h_own, p0, p1, mu[:, None], H)
             if SAVE:
                 _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3, e4))
                 if NORM_C:
@@ -416,7 +416,7 @@ def rnn_bwd_kernel(
             if DIRECT:
                 hp = _ld(hprev + t * B * P, oh, mh)
             x0, x1, x2, x3, q0, q1, q2, q3, dcp_, dhd, k0, k1 = cell_bwd(
-                MODE, dm, dc_cell, e0, e1, e2, e3, e4, rsc, cpv, hp, p0, p1, mx, H)
+                MODE, dm, dc_cell, e0, e1, e2, e3, e4, rsc, cpv, hp, p0, p1, mu[:, None], H)
             if HAS_ZO and HAS_C:  # ... straight to c_{t-1} (the mask is re-read: a tile kept
                 # live across the cell's backward spills on sm_90)
                 dcp_ += _ld(zoc + t * B * H, oc, mx) * dc
@@ -447,7 +447,7 @@ def rnn_bwd_kernel(
                     _st(ct + G * H, ocp, sx, tl.where(live, k0, 0.0))
                     _st(ct + (G + 1) * H, ocp, sx, tl.where(live, k1, 0.0))
                 n0, n1, n2, n3 = _ln_bwd(q0 * lw0, q1 * lw1, q2 * lw2, q3 * lw3, y0, y1, y2, y3,
-                                         _ld_row(stats + t * 2 * B, offs_b, mb), mx, GH, G)
+                                         _ld_row(stats + t * 2 * B, offs_b, mb), mu[:, None], GH, G)
                 d0 = tl.where(live, n0, 0.0)
                 d1 = tl.where(live, n1, 0.0)
                 d2 = tl.where(live, n2, 0.0)
