@@ -1,4 +1,5 @@
-"""The Triton backend: fused persistent forward and BPTT kernels for RNN, LSTM and GRU.
+"""The Triton backend: fused persistent forward and BPTT kernels for RNN, LSTM and GRU, and
+the LayerNorm cells LN_LSTM / LN_GRU (up to H=128: one program per batch row).
 
 Entry points for ``fusedrnn.backends`` (see there): ``unavailable()``, ``supports(device)``,
 ``recurrence(...)``. Custom ops (``autograd.py``): ``torch.ops.fusedrnn.triton_recurrence_fwd``
