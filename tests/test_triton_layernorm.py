@@ -221,3 +221,24 @@ def test_dispatch_runs_ln_on_triton():
     with pytest.raises(ValueError, match="LN_GRU needs cell_params"):
         tri.recurrence("LN_GRU", *(None if v is None else v.float().to(DEV)
                                    for v in ins.values()))
+
+
+def test_too_wide_refused_by_name_auto_falls_back(monkeypatch):
+    """H=129 pads to 256 > ROW_UNITS_MAX: backend="triton" raises NotImplementedError naming
+    the cell (before any kernel runs); "auto" (made to resolve to triton here, as on a GPU)
+    warns and returns the reference's numbers."""
+    ins, cp = make("LN_GRU", 2, 1, 129)
+    args = [None if v is None else v.float().to(DEV) for v in ins.values()]
+    cpf = [p.float().to(DEV) for p in cp]
+    assert tri.unsupported("LN_GRU", args[0], args[1], args[3]) is not None
+    assert tri.unsupported("GRU", args[0], args[1], args[3]) is None
+    with pytest.raises(NotImplementedError, match=r"LayerNormGRU \(LN_GRU\) .*H=129"):
+        backends.recurrence("LN_GRU", *args, backend="triton", cell_params=cpf)
+    monkeypatch.setattr(backends, "resolve", lambda name, device: tri)
+    monkeypatch.setattr(backends.RECURRENCE, "_warned", set())
+    with pytest.warns(UserWarning, match=r"backend 'triton' does not run this layer "
+                      r"\(.*LayerNormGRU.*\); falling back to the reference"):
+        y, h, _ = backends.recurrence("LN_GRU", *args, backend="auto", cell_params=cpf)
+    ry, rh, _ = recurrence_ref("LN_GRU", *ins.values(), cell_params=cp)
+    torch.testing.assert_close(y.cpu().double(), ry, **F32)
+    torch.testing.assert_close(h.cpu().double(), rh, **F32)

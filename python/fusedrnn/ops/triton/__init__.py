@@ -27,9 +27,9 @@ if _IMPORT_ERROR is None:
 
     patch_interpreter()  # interpreter only: loop bounds under triton 3.6 + numpy >= 2.4
     from .autograd import recurrence_bwd, recurrence_fwd
-    from .launch import interpreting, plan, rnn_bwd, rnn_fwd
+    from .launch import interpreting, layer_plan, plan, rnn_bwd, rnn_fwd
 
-__all__ = ["unavailable", "supports", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
+__all__ = ["unavailable", "supports", "unsupported", "recurrence", "plan", "rnn_fwd", "rnn_bwd",
            "recurrence_fwd", "recurrence_bwd"]
 
 
@@ -46,6 +46,19 @@ def supports(device: torch.device) -> bool:
         return False
     device = torch.device(device)
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def unsupported(mode, xw, w_hh, h0, w_hr=None) -> str | None:
+    """Why ``recurrence`` would refuse this layer for its size (a row-wise cell wider than one
+    program, or a GPU whose shared memory cannot hold a tile), else None. ``backend="auto"``
+    asks before running a cell with ``cell_params`` here, and falls back visibly instead."""
+    T, B, GH = xw.shape
+    H = GH // CELLS[mode].gates
+    try:
+        layer_plan(mode, H, h0.shape[-1], B, xw.dtype, w_hr is not None, xw.device)
+    except NotImplementedError as e:
+        return str(e)
+    return None
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
