@@ -19,6 +19,8 @@ from fusedrnn import backends
 from conftest import TOL
 
 LN_BACKENDS = [b for b in ("reference", "cpu") if b in fusedrnn.available_backends()]
+# (triton runs the cells too, but not float64: tests/test_triton_layernorm.py, fp32 against the
+# float64 loop of this file)
 F64 = TOL[torch.float64]
 
 
@@ -307,7 +309,7 @@ def test_errors():
 
 
 def test_backends_without_ln_refuse_or_fall_back(monkeypatch):
-    """A backend whose op does not take ``cell_params`` (triton, cuda): chosen by name, a
+    """A backend whose op does not take ``cell_params`` (cuda): chosen by name, a
     NotImplementedError naming the cell and the backends that run it; with "auto", the
     reference's numbers and a warning naming the cell. It is never called with an LN mode."""
     import types
@@ -335,9 +337,10 @@ def test_backends_without_ln_refuse_or_fall_back(monkeypatch):
                 torch.testing.assert_close(a, b, **F64)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cuda"])
 def test_gpu_backends_refuse_ln(backend):
-    """The real GPU backends (where this machine has them), through the layers too."""
+    """The real GPU backend without the cells (where this machine has it), through the layers
+    too. (triton runs them: tests/test_triton_layernorm.py.)"""
     mod, why = backends.RECURRENCE.load(backend)
     if mod is None or not torch.cuda.is_available():
         pytest.skip(why or "no CUDA device")

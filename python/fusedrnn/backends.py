@@ -176,4 +176,19 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
                 f"that do: {', '.join(repr(b) for b in _fused_by(name))}"
             )
         kw[name] = val
+    if backend == "auto" and cell_params is not None and hasattr(mod, "unsupported"):
+        # a backend that runs the cell but not at this size (triton: LN rows wider than one
+        # program) says why before it is chosen: "auto" falls back instead of raising
+        why = mod.unsupported(mode, xw, w_hh, h0, w_hr)
+        if why is not None:
+            which = mod.__name__.rsplit(".", 1)[-1]
+            key = (mode, which, "size")
+            if key not in RECURRENCE._warned:
+                RECURRENCE._warned.add(key)
+                warnings.warn(f"fusedrnn: backend {which!r} does not run this layer ({why}); "
+                              f"falling back to the reference backend", stacklevel=3)
+            ref, _ = RECURRENCE.load("reference")
+            return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                  recurrent_grad_clip, reset=reset, zoneout=zoneout,
+                                  cell_params=cell_params)
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)

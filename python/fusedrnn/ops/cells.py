@@ -120,6 +120,11 @@ class Cell:
             (cells.h num_cell_params / cell_param_units). A backend runs such a cell only when
             its ``recurrence`` takes the keyword ``cell_params``.
         layer: the drop-in layer that runs the cell, for messages (default: its name).
+        norm_recurrent: the row of ``W_hh h`` (all G*H values) is layer-normalised and scaled by
+            ``cell_params[0]`` before ``b_hh`` is added (cells.h ``norm_recurrent``).
+        norm_state: the new cell state's row (H values) is layer-normalised, scaled and shifted
+            by ``cell_params[1:3]`` before the output nonlinearity (cells.h ``norm_state``).
+            Either trait makes the cell's step need whole batch rows in one place.
     """
 
     name: str
@@ -132,6 +137,13 @@ class Cell:
     projection: bool = False
     cell_params: tuple[tuple[str, int], ...] = ()
     layer: str = ""
+    norm_recurrent: bool = False
+    norm_state: bool = False
+
+    @property
+    def row_wise(self) -> bool:
+        """Whether a step reduces over a whole batch row (every unit): the LayerNorm cells."""
+        return self.norm_recurrent or self.norm_state
 
     @property
     def title(self) -> str:
@@ -146,9 +158,10 @@ CELLS = {c.name: c for c in (
     Cell("LSTM", 4, lstm_step, has_cell_state=True, saved=4, projection=True),
     Cell("GRU", 3, gru_step, recurrent_grad_differs=True, direct_h_grad=True, saved=4),
     Cell("LN_LSTM", 4, ln_lstm_step, has_cell_state=True, saved=5, layer="LayerNormLSTM",
-         cell_params=(("ln_hh_weight", 4), ("ln_c_weight", 1), ("ln_c_bias", 1))),
+         cell_params=(("ln_hh_weight", 4), ("ln_c_weight", 1), ("ln_c_bias", 1)),
+         norm_recurrent=True, norm_state=True),
     Cell("LN_GRU", 3, ln_gru_step, recurrent_grad_differs=True, direct_h_grad=True, saved=4,
-         layer="LayerNormGRU", cell_params=(("ln_hh_weight", 3),)),
+         layer="LayerNormGRU", cell_params=(("ln_hh_weight", 3),), norm_recurrent=True),
 )}
 #: views of CELLS by mode: G in the op contract, the step functions, the mode names
 GATES = {name: c.gates for name, c in CELLS.items()}

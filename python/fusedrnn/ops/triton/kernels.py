@@ -28,14 +28,27 @@ How the full previous state reaches every program (constexpr ``SPLIT``):
 
 Shapes (kernel view): xw [T, B, G*H], w [G*H, P], w_hr [P, H], states h [B, P], c [B, H];
 P = H without projection. HP/PP are H/P padded to powers of two; padded lanes load zeros.
+
+Row-wise normalisation (the LayerNorm cells, constexpr traits ``NORM`` = ``norm_recurrent`` and
+``NORM_C`` = ``norm_state``): the kernels reduce over the units of their tiles, so they run such
+a cell only where one program owns every unit of its batch columns (``launch.plan`` keeps
+``n_tiles == 1``). ``cp`` is the cell's ``cell_params`` concatenated (fp32 or the input dtype):
+with NORM its first G*H values scale the normalised ``W_hh h`` (``tiles._ln_fwd``) before
+``b_hh``; the cell's own parameters follow (LN_LSTM: ln_c_weight, ln_c_bias, read by
+``cells.cell_fwd``). Forward saves the normalised ``W_hh h`` (``rnorm`` [T, B, G*H]) and the
+rows' 1/std (``stats`` [T, 2, B]: the recurrent one, the cell state's). Backward writes the
+gradient of ``W_hh h`` before the normalisation (``dwh``, which the recurrence and d_w_hh use)
+and each element's contribution to the cell_params' gradients (``dcp`` [T, B, NCP*H], summed
+over T and B by the caller).
 """
 
 import triton
 import triton.language as tl
 
 from .cells import cell_bwd, cell_fwd
-from .tiles import (_gate_tiles, _gates_mm, _ld, _ld_gates, _ldx, _mm, _offs, _rec_grad,
-                    _rec_grad_global, _st, _st_gates, _step_barrier, _stream_mm, _wload)
+from .tiles import (_gate_tiles, _gates_mm, _ld, _ld_gates, _ld_row, _ldx, _ln_bwd, _ln_fwd, _mm,
+                    _offs, _rec_grad, _rec_grad_global, _st, _st_gates, _step_barrier,
+                    _stream_mm, _wload)
 
 
 @triton.jit
@@ -49,12 +62,41 @@ def _carry_keep(reset, bt, B, T, offs_b, mb, lens, on):
 
 
 @triton.jit
+def _norm_params(cp, offs_u, mu, H, G: tl.constexpr, BU: tl.constexpr, NORM: tl.constexpr,
+                 NORM_C: tl.constexpr):
+    """[BU, 1] fp32 tiles of the cell_params: the G gains of the normalised W_hh h (NORM; else
+    ones), then the cell's own two (NORM_C; else zeros)."""
+    z = tl.zeros([BU, 1], tl.float32)
+    lw0 = z + 1.0
+    lw1 = lw0
+    lw2 = lw0
+    lw3 = lw0
+    p0 = z
+    p1 = z
+    own = 0
+    if NORM:
+        lw0 = tl.load(cp + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 1:
+            lw1 = tl.load(cp + H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 2:
+            lw2 = tl.load(cp + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        if G > 3:
+            lw3 = tl.load(cp + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        own = G * H
+    if NORM_C:
+        p0 = tl.load(cp + own + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+        p1 = tl.load(cp + own + H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+    return lw0, lw1, lw2, lw3, p0, p1
+
+
+@triton.jit
 def rnn_fwd_kernel(
-    xw, w, b, w_hr, h0, c_in, lengths, reset, zoh, zoc,  # inputs (c_in may alias c_out);
+    xw, w, b, w_hr, h0, c_in, lengths, reset, zoh, zoc, cp,  # inputs (c_in may alias c_out);
     # reset [T, B]; zoneout's keep-old mask: h part zoh [T, B, P], c part zoc [T, B, H] (apart,
     # so that their tiles share the offsets of h and c: a stride of their own costs registers)
     y, h_out, c_out,  # y [T, B, P] in the input dtype; h_out [B, P], c_out [B, H] fp32
     act, hprev, cprev,  # saved for backward, fp32: [T, B, NA*H], [T, B, P], [T, B, H]
+    rnorm, stats,  # NORM, saved: normalised W_hh h [T, B, G*H], row 1/std [T, 2, B] fp32
     hbuf, mbuf, counter,  # SPLIT: h ping-pong [2, B, P] fp32; projected split: cell output
     # [B, H] fp32; SYNC: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs steps s0 .. s_end-1 of the sequence
@@ -64,7 +106,7 @@ def rnn_fwd_kernel(
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PROJ: tl.constexpr,
     HAS_LEN: tl.constexpr, HAS_C: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
     DOT_T: tl.constexpr, PREC: tl.constexpr, X3: tl.constexpr, SPIN: tl.constexpr,
-    HAS_RESET: tl.constexpr, HAS_ZO: tl.constexpr,
+    HAS_RESET: tl.constexpr, HAS_ZO: tl.constexpr, NORM: tl.constexpr, NORM_C: tl.constexpr,
 ):
     # A projected split layer exchanges twice per step: h (all programs' outputs) before the
     # gates, the cell output m before the projection h = W_hr m. PHASE 1 / 2 run only the first
@@ -101,6 +143,7 @@ def rnn_fwd_kernel(
             b2 = tl.load(b + 2 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
         if G > 3:
             b3 = tl.load(b + 3 * H + offs_u, mask=mu, other=0.0).to(tl.float32)[:, None]
+    lw0, lw1, lw2, lw3, p0, p1 = _norm_params(cp, offs_u, mu, H, G, BU, NORM, NORM_C)
     if HAS_PROJ and not STREAM:
         offs_hk = tl.arange(0, HP)
         whr, vhr = _wload(w_hr, offs_o, offs_hk, mo, offs_hk < H, H, 1, DOT_T, X3)  # [PP, HP]
@@ -163,13 +206,25 @@ def rnn_fwd_kernel(
                 r1 = r1 * keep
                 r2 = r2 * keep
                 r3 = r3 * keep
+            if NORM:  # LN over the whole G*H row of W_hh h, then its gain (this program owns it)
+                r0, r1, r2, r3, rs = _ln_fwd(r0, r1, r2, r3, mu[:, None], GH, G)
+                if SAVE:
+                    _st_gates(rnorm + t * B * GH, ox, mx, H, G, (r0, r1, r2, r3))
+                    _st(stats + t * 2 * B, offs_b[None, :], mb[None, :], rs)
+                r0 = r0 * lw0
+                r1 = r1 * lw1
+                r2 = r2 * lw2
+                r3 = r3 * lw3
             r0 += b0
             r1 += b1  # (unused gate slots are dead code)
             r2 += b2
             r3 += b3
-            out, c_new, e0, e1, e2, e3 = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3, c, h_own)
+            out, c_new, e0, e1, e2, e3, e4, rsc = cell_fwd(MODE, a0, a1, a2, a3, r0, r1, r2, r3,
+                                                           c, h_own, p0, p1, mu[:, None], H)
             if SAVE:
-                _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3))
+                _st_gates(act + t * B * (NA * H), oa, mx, H, NA, (e0, e1, e2, e3, e4))
+                if NORM_C:
+                    _st(stats + t * 2 * B + B, offs_b[None, :], mb[None, :], rsc)
                 if HAS_C:
                     _st(cprev + t * B * H, oc, mx, c)
             if HAS_ZO and HAS_C:  # zoneout: the carried c keeps its old value with weight m
@@ -209,7 +264,9 @@ def rnn_fwd_kernel(
 def rnn_bwd_kernel(
     w, w_hr, dy, act, hprev, cprev, lengths, reset, zoh, zoc,  # dy [T, B, P]; saved,
     # reset [T, B] and zoneout's masks zoh [T, B, P], zoc [T, B, H] as in the forward
+    cp, rnorm, stats,  # NORM: cell_params, saved normalised W_hh h and row 1/std (forward's)
     dxw, drec, dhtot,  # fp32 out: [T, B, G*H] grads of xw and (GRU only) of W_hh h + b_hh; [T, B, P]
+    dwh, dcp,  # NORM, fp32 out: grad of W_hh h before LN [T, B, G*H]; cp's terms [T, B, NCP*H]
     r_state, dc_state, dh0, dc0,  # fp32: carried dh part and dc [B, P], [B, H]; results [B, P], [B, H]
     counter,  # SPLIT+SYNC only: barrier counters [n_bblocks] i32 (SPIN: polls before giving up)
     T, B, H, P, s0, s_end,  # runs backward steps s0 .. s_end-1; step T only finishes dh0
@@ -221,7 +278,7 @@ def rnn_bwd_kernel(
     BK: tl.constexpr, PHASE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LEN: tl.constexpr,
     HAS_C: tl.constexpr, REVERSE: tl.constexpr, DOT_T: tl.constexpr, PREC: tl.constexpr,
     X3: tl.constexpr, CLIP: tl.constexpr, SPIN: tl.constexpr, HAS_RESET: tl.constexpr,
-    HAS_ZO: tl.constexpr,
+    HAS_ZO: tl.constexpr, NORM: tl.constexpr, NORM_C: tl.constexpr, NCP: tl.constexpr,
 ):
     # Backward step s handles forward time t. dh_t = W_hh^T drec_next + R, where drec_next was
     # written by step s-1 (by every program, hence the exchange in SPLIT mode) and R is this
@@ -256,6 +313,9 @@ def rnn_bwd_kernel(
     oc, _ = _offs(offs_u, offs_b, mu, mb, H)  # cell state
     oh, mh = _offs(offs_o, offs_b, mo, mb, P)  # [BO, BB] own part of dh
     ok, mkb = _offs(offs_k, offs_b, mk, mb, GH)  # [HP, BB] every unit's gate grads
+    lw0, lw1, lw2, lw3, p0, p1 = _norm_params(cp, offs_u, mu, H, G, BU, NORM, NORM_C)
+    if NORM:
+        ocp, _ = _offs(offs_u, offs_b, mu, mb, NCP * H)  # cell_params' gradient terms
     R = _ld(r_state, oh, mh)  # [BO, BB]
     dc = tl.zeros([BU, BB], tl.float32)
     if HAS_C:
@@ -271,6 +331,8 @@ def rnn_bwd_kernel(
     dsrc = dxw
     if REC:
         dsrc = drec
+    if NORM:  # the recurrence goes through the normalisation: its input's gradient
+        dsrc = dwh
 
     # Step T has no forward step left: it only completes dh0 = W_hh^T drec_first + R. It runs
     # the same body with every lane dead and its stores masked, so no weight tile is used after
@@ -336,22 +398,28 @@ def rnn_bwd_kernel(
             else:
                 dm = dh_cell
             e0, e1, e2, e3 = _ld_gates(act + t * B * (NA * H), oa, mx, H, NA)  # [BU, BB] each
+            e4 = e0
+            if NA > 4:
+                e4 = _ld(act + t * B * (NA * H) + 4 * H, oa, mx)
+            rsc = tl.zeros([1, BB], tl.float32)
+            if NORM_C:
+                rsc = _ld_row(stats + t * 2 * B + B, offs_b, mb)
             if HAS_RESET:
                 dc = tl.where(cut, 0.0, dc)
             dc_cell = dc
             if HAS_ZO and HAS_C:  # zoneout: the mask's share of dc goes into the cell, the rest
                 dc_cell = (1.0 - _ld(zoc + t * B * H, oc, mx)) * dc
-            cp = dc
+            cpv = dc
             if HAS_C:
-                cp = _ld(cprev + t * B * H, oc, mx)
+                cpv = _ld(cprev + t * B * H, oc, mx)
             hp = dm
             if DIRECT:
                 hp = _ld(hprev + t * B * P, oh, mh)
-            x0, x1, x2, x3, q0, q1, q2, q3, dcp, dhd = cell_bwd(MODE, dm, dc_cell, e0, e1, e2, e3,
-                                                                cp, hp)
+            x0, x1, x2, x3, q0, q1, q2, q3, dcp_, dhd, k0, k1 = cell_bwd(
+                MODE, dm, dc_cell, e0, e1, e2, e3, e4, rsc, cpv, hp, p0, p1, mu[:, None], H)
             if HAS_ZO and HAS_C:  # ... straight to c_{t-1} (the mask is re-read: a tile kept
                 # live across the cell's backward spills on sm_90)
-                dcp += _ld(zoc + t * B * H, oc, mx) * dc
+                dcp_ += _ld(zoc + t * B * H, oc, mx) * dc
             # gate g's gradients, each stored as soon as it is made (slots past G stay
             # loop-invariant zeros)
             xt = dxw + t * B * GH
@@ -368,13 +436,30 @@ def rnn_bwd_kernel(
                 _st(xt + 3 * H, ox, sx, tl.where(live, x3, 0.0))
             if REC:
                 _st_gates(drec + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
+            if NORM:  # through hh = LN(W_hh h) * gain + b_hh: q is the gradient of hh
+                y0, y1, y2, y3 = _ld_gates(rnorm + t * B * GH, ox, mx, H, G)
+                ct = dcp + t * B * (NCP * H)
+                _st_gates(ct, ocp, sx, H, G, (tl.where(live, q0 * y0, 0.0),
+                                              tl.where(live, q1 * y1, 0.0),
+                                              tl.where(live, q2 * y2, 0.0),
+                                              tl.where(live, q3 * y3, 0.0)))
+                if NORM_C:
+                    _st(ct + G * H, ocp, sx, tl.where(live, k0, 0.0))
+                    _st(ct + (G + 1) * H, ocp, sx, tl.where(live, k1, 0.0))
+                n0, n1, n2, n3 = _ln_bwd(q0 * lw0, q1 * lw1, q2 * lw2, q3 * lw3, y0, y1, y2, y3,
+                                         _ld_row(stats + t * 2 * B, offs_b, mb), mu[:, None], GH, G)
+                d0 = tl.where(live, n0, 0.0)
+                d1 = tl.where(live, n1, 0.0)
+                d2 = tl.where(live, n2, 0.0)
+                d3 = tl.where(live, n3, 0.0)
+                _st_gates(dwh + t * B * GH, ox, sx, H, G, (d0, d1, d2, d3))
             if DIRECT:
                 if HAS_ZO:
                     dhd += dh_keep
                 R = tl.where(live, dhd, dh_tot)
             if CLIP:
-                dcp = tl.minimum(tl.maximum(dcp, -clip), clip)
-            dc = tl.where(live, dcp, dc)
+                dcp_ = tl.minimum(tl.maximum(dcp_, -clip), clip)
+            dc = tl.where(live, dcp_, dc)
 
     if s_end > T:
         _st(dh0, oh, mh, R)

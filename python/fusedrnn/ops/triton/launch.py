@@ -18,6 +18,11 @@ Path per (mode, H, P, B, dtype), chosen by ``plan`` (table and reasons: docs/tri
   spin barrier needs every program resident), in the Triton interpreter, and on every device
   whose (device, torch, triton) combination has not been validated on hardware
   (``validated.py``: the grid barrier is opt-in until then).
+
+A cell that normalises whole rows (``Cell.row_wise``: the LayerNorm cells) runs only where one
+program owns every unit of its batch columns: resident, else the streamed path with one program
+per batch block up to ``ROW_UNITS_MAX`` units; beyond, ``plan`` refuses (NotImplementedError)
+rather than split a row over programs.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ STREAM_L1_BYTES = 128 * 1024
 #: streamed tiles of at least this many units run 8 warps, narrower ones 4
 STREAM_WARPS8_UNITS = 32
 NUM_WARPS = 8
+#: the widest (padded) layer a row-wise cell (LayerNorm) runs: one program per batch block holds
+#: every unit of its rows on the streamed path; wider rows would need a cross-program reduction
+ROW_UNITS_MAX = 128
 #: batch columns per program: the minimum N of tl.dot
 BLOCK_B = 16
 #: no software pipelining of the on-chip paths' time loop (their innermost loop): the prefetch
@@ -138,6 +146,8 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
     elt = 8 if dtype == torch.float32 else (4 if interpreting() else 2)
     budget = TILE_BYTES_FP32 if dtype == torch.float32 else TILE_BYTES
     resident = G * HP * PP * elt + (PP * HP * elt if proj else 0)
+    if CELLS[mode].row_wise:
+        return _row_plan(mode, H, P, HP, PP, dtype, resident <= budget, smem, tile_units)
     if tile_units is None and resident <= budget:
         pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS, BO=PP, stages=NUM_STAGES)
         return _check_smem(pl, resident + 4 * BLOCK_B * (PP + HP), smem, H, P, dtype)
@@ -184,6 +194,37 @@ def plan(mode: str, H: int, P: int, B: int, dtype: torch.dtype, proj: bool, n_sm
               NUM_WARPS, BO=BU, stages=NUM_STAGES)
     # the full previous state [PP, BB] is staged next to the weights as the other dot operand
     return _check_smem(pl, G * BU * PP * elt + 4 * BLOCK_B * PP, smem, H, P, dtype)
+
+
+def _row_plan(mode: str, H: int, P: int, HP: int, PP: int, dtype: torch.dtype, fits: bool,
+              smem: int | None, tile_units: int | None) -> Plan:
+    """The plan of a row-wise cell: one program holds every unit of its batch columns, so the
+    normalisation needs no exchange. Resident when its weights fit on chip, else streamed with
+    one program per batch block (``tile_units=HP`` forces that path, for tests); a split of the
+    units is refused."""
+    cell = CELLS[mode]
+    if tile_units is not None and tile_units != HP:
+        raise ValueError(f"triton backend: {cell.title} normalises whole rows, so its units "
+                         f"cannot be split over programs: tile_units must be None or {HP}, got "
+                         f"{tile_units}")
+    elt = 8 if dtype == torch.float32 else (4 if interpreting() else 2)
+    if tile_units is None and fits:
+        pl = Plan("resident", HP, PP, HP, BLOCK_B, 1, NUM_WARPS, BO=PP, stages=NUM_STAGES)
+        return _check_smem(pl, GATES[mode] * HP * PP * elt + 4 * BLOCK_B * (PP + HP), smem, H,
+                           P, dtype)
+    if HP > ROW_UNITS_MAX:
+        raise NotImplementedError(
+            f"triton backend: {cell.title} layer-normalises whole rows of G*H values, which one "
+            f"Triton program holds only up to H={ROW_UNITS_MAX} (got H={H}); wider layers would "
+            f"split a row over programs, which this backend does not do. Use backend='reference' "
+            f"for CUDA tensors (or 'cpu' for CPU tensors)")
+    G = GATES[mode]
+    fat = G == 4 and HP >= 64 and dtype == torch.float32
+    BK = STREAM_BK if HP > 16 else 2 * STREAM_BK
+    # 8 warps (16 halve the register cap to 128 and spill far more: AOT report)
+    pl = Plan("stream", HP, PP, HP, BLOCK_B, 1, NUM_WARPS if HP >= STREAM_WARPS8_UNITS else 4,
+              True, BK, HP, 1 if fat else STREAM_STAGES)
+    return _check_smem(pl, 4 * (G * HP + BLOCK_B) * BK * pl.stages * 2, smem, H, P, dtype)
 
 
 def _stream_units(G: int, H: int, P: int, dtype: torch.dtype, n_bblocks: int, n_sm: int) -> int:
@@ -281,7 +322,8 @@ def _consts(mode, pl: Plan, dtype, proj, lengths, reverse, reset=None, zoneout=N
         BK=max(pl.BK, 16), SPIN=BARRIER_SPIN_MAX,
         HAS_PROJ=proj, HAS_LEN=lengths is not None, HAS_C=CELL_STATE[mode], REVERSE=bool(reverse),
         DOT_T=dot_t, PREC=prec, X3=x3, HAS_RESET=reset is not None,
-        HAS_ZO=zoneout is not None,
+        HAS_ZO=zoneout is not None, NORM=CELLS[mode].norm_recurrent,
+        NORM_C=CELLS[mode].norm_state,
     )
 
 
@@ -289,7 +331,13 @@ def bwd_traits(mode) -> dict:
     """The cell's traits the backward kernel reads (constexprs): ``REC``, the recurrent-side gate
     gradients differ from the input-side ones (written to ``drec``); ``DIRECT``, h_new depends
     on h_prev outside W_hh (backward reads ``hprev`` and carries the cell's direct dh_prev)."""
-    return dict(REC=CELLS[mode].recurrent_grad_differs, DIRECT=CELLS[mode].direct_h_grad)
+    return dict(REC=CELLS[mode].recurrent_grad_differs, DIRECT=CELLS[mode].direct_h_grad,
+                NCP=max(1, cp_units(mode)))
+
+
+def cp_units(mode) -> int:
+    """The cell_params' total size in units of H (0 for torch.nn's cells)."""
+    return sum(k for _, k in CELLS[mode].cell_params)
 
 
 def _on(device: torch.device):
@@ -326,15 +374,17 @@ def _zoneout_parts(zoneout, P, device):
 
 
 def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-            save=True, tile_units=None, reset=None, zoneout=None):
+            save=True, tile_units=None, reset=None, zoneout=None, cp=None):
     """Run the fused forward kernel(s) of one layer and direction.
 
     Args: the op contract of ``fusedrnn.ops.reference`` (inputs already validated and
     contiguous); ``save`` keeps what backward needs; ``tile_units`` forces the split path.
     Returns ``(y [T, B, P], h_T [B, P], c_T [B, H] | None, saved)`` with ``saved`` a dict of
-    fp32 tensors ``act [T, B, NA*H]``, ``hprev [T, B, P]``, ``cprev [T, B, H]`` (LSTM) and the
-    ``plan`` used, or None when ``save`` is False. ``reset`` [T, B] and ``zoneout`` [T, B, Z]
-    or None: see the op contract.
+    fp32 tensors ``act [T, B, NA*H]``, ``hprev [T, B, P]``, ``cprev [T, B, H]`` (LSTM),
+    ``rnorm [T, B, G*H]`` and ``stats [T, 2, B]`` (row-normalised cells) and the ``plan`` used,
+    or None when ``save`` is False. ``reset`` [T, B] and ``zoneout`` [T, B, Z] or None: see the
+    op contract. ``cp``: the cell_params concatenated into one contiguous vector (the
+    LayerNorm cells), else None.
     """
     T, B, GH = xw.shape
     G = GATES[mode]
@@ -353,6 +403,9 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     act = torch.empty(T, B, SAVED[mode] * H, device=dev, dtype=f32) if nb else None
     hprev = torch.empty(T, B, P, device=dev, dtype=f32) if nb else None
     cprev = torch.empty(T, B, H, device=dev, dtype=f32) if nb and k["HAS_C"] else None
+    norm = k["NORM"] or k["NORM_C"]
+    rnorm = torch.empty(T, B, G * H, device=dev, dtype=f32) if nb and norm else None
+    stats = torch.empty(T, 2, B, device=dev, dtype=f32) if nb and norm else None
     if T == 0:
         return y, h0.clone(), None if c0 is None else c0.clone(), None
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
@@ -364,7 +417,7 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
         if w_hr is not None:
             mbuf = torch.empty(B, H, device=dev, dtype=f32)
     args = (xw, w_hh, b_hh, w_hr, h0)
-    tail = (y, h_out, c_out, act, hprev, cprev, hbuf, mbuf, counter)
+    tail = (y, h_out, c_out, act, hprev, cprev, rnorm, stats, hbuf, mbuf, counter)
     run = dict(HAS_BIAS=b_hh is not None, SAVE=nb, num_warps=pl.num_warps,
                num_stages=pl.stages, **k)
     if pl.path == "per_step":
@@ -376,16 +429,17 @@ def rnn_fwd(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr
     with _on(dev):
         for c_in, s0, s1, phase in launches:
             run["PHASE"] = phase
-            rnn_fwd_kernel[grid](*args, c_in, lengths, reset, zoh, zoc, *tail, T, B, H, P, s0,
-                                 s1, **run)
+            rnn_fwd_kernel[grid](*args, c_in, lengths, reset, zoh, zoc, cp, *tail, T, B, H, P,
+                                 s0, s1, **run)
     _check_barrier(counter, k, "forward")
-    saved = dict(act=act, hprev=hprev, cprev=cprev, plan=pl) if nb else None
+    saved = dict(act=act, hprev=hprev, cprev=cprev, rnorm=rnorm, stats=stats,
+                 plan=pl) if nb else None
     c_T = None if c_out is None else c_out.to(xw.dtype)
     return y, h_out.to(xw.dtype), c_T, saved
 
 
 def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr=None,
-            recurrent_grad_clip=None, reset=None, zoneout=None):
+            recurrent_grad_clip=None, reset=None, zoneout=None, cp=None):
     """Run the fused backward kernel(s) of one layer and direction.
 
     Args: ``saved`` from ``rnn_fwd``; ``dy [T, B, P]``, ``dh_T [B, P]``, ``dc_T [B, H] | None``
@@ -394,6 +448,10 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     dc0 [B, H] | None, dh_tot [T, B, P] | None)``: ``d_rec`` is the gradient of
     ``W_hh h + b_hh`` (the same tensor as ``d_xw`` except for GRU), ``dh_tot`` the gradient of
     each step's projected output (projection only), for the weight GEMMs after the loop.
+    Row-normalised cells (``cp``, the forward's cell_params vector) return two more:
+    ``d_wh [T, B, G*H]``, the gradient of ``W_hh h`` before its normalisation (for d_w_hh), and
+    ``d_cp_terms [T, B, NCP*H]``, whose sum over T and B is the gradient of ``cp``; (None, None)
+    for the other cells.
     """
     pl: Plan = saved["plan"]
     T, B, P = dy.shape
@@ -411,6 +469,9 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     dxw = torch.empty(T, B, G * H, device=dev, dtype=f32)
     drec = torch.empty_like(dxw) if CELLS[mode].recurrent_grad_differs else dxw
     dhtot = torch.empty(T, B, P, device=dev, dtype=f32) if proj else None
+    norm = k["NORM"] or k["NORM_C"]
+    dwh = torch.empty_like(dxw) if norm else None
+    dcp = torch.empty(T, B, k["NCP"] * H, device=dev, dtype=f32) if norm else None
     r_state = dh_T.to(f32).contiguous().clone()
     dc_state = dc_T.to(f32).contiguous().clone() if k["HAS_C"] else None
     dh0 = torch.empty(B, P, device=dev, dtype=f32)
@@ -418,7 +479,8 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
     grid = (triton.cdiv(B, pl.BB), pl.n_tiles)
     counter = _counter(grid[0], dev) if k["SYNC"] else None
     args = (w_hh, w_hr, dy, saved["act"], saved["hprev"], saved["cprev"], lengths, reset,
-            zoh, zoc, dxw, drec, dhtot, r_state, dc_state, dh0, dc0, counter, T, B, H, P)
+            zoh, zoc, cp, saved.get("rnorm"), saved.get("stats"), dxw, drec, dhtot, dwh, dcp,
+            r_state, dc_state, dh0, dc0, counter, T, B, H, P)
     if pl.path == "per_step":
         steps = [(s, s + 1, phase) for s in range(T + 1) for phase in _phases(k)]
     else:
@@ -429,4 +491,4 @@ def rnn_bwd(mode, saved, w_hh, dy, dh_T, dc_T, lengths=None, reverse=False, w_hr
             rnn_bwd_kernel[grid](*args, s0, s1, clip, num_warps=pl.num_warps,
                                  num_stages=pl.stages, **k)
     _check_barrier(counter, k, "backward")
-    return dxw, drec, dh0, dc0, dhtot
+    return dxw, drec, dh0, dc0, dhtot, dwh, dcp

@@ -6,6 +6,10 @@
 import triton
 import triton.language as tl
 
+from ..cells import LN_EPS
+
+_LN_EPS = tl.constexpr(LN_EPS)
+
 
 @triton.jit
 def _grid_barrier(counter, target, SPIN_MAX: tl.constexpr):
@@ -238,3 +242,74 @@ def _step_barrier(counter, target, SOLO: tl.constexpr, SPIN_MAX: tl.constexpr):
         tl.debug_barrier()
     else:
         _grid_barrier(counter, target, SPIN_MAX)
+
+
+@triton.jit
+def _ln_fwd(v0, v1, v2, v3, mask, N, G: tl.constexpr):
+    """Layer-normalise each batch column of the row made of the first ``G`` [units, batch]
+    tiles (``N`` valid values: the units under ``mask`` times G; biased variance, eps LN_EPS).
+
+    Returns the normalised tiles (zero where masked; slots past G repeat gate 0's) and the
+    column's 1/std [1, batch]. The program must hold every unit of its batch columns.
+    """
+    s = tl.sum(tl.where(mask, v0, 0.0), axis=0)
+    if G > 1:
+        s += tl.sum(tl.where(mask, v1, 0.0), axis=0)
+    if G > 2:
+        s += tl.sum(tl.where(mask, v2, 0.0), axis=0)
+    if G > 3:
+        s += tl.sum(tl.where(mask, v3, 0.0), axis=0)
+    mean = (s / N)[None, :]
+    d0 = tl.where(mask, v0 - mean, 0.0)
+    q = tl.sum(d0 * d0, axis=0)
+    d1 = d0
+    d2 = d0
+    d3 = d0
+    if G > 1:
+        d1 = tl.where(mask, v1 - mean, 0.0)
+        q += tl.sum(d1 * d1, axis=0)
+    if G > 2:
+        d2 = tl.where(mask, v2 - mean, 0.0)
+        q += tl.sum(d2 * d2, axis=0)
+    if G > 3:
+        d3 = tl.where(mask, v3 - mean, 0.0)
+        q += tl.sum(d3 * d3, axis=0)
+    rstd = (1.0 / tl.sqrt(q / N + _LN_EPS))[None, :]
+    return d0 * rstd, d1 * rstd, d2 * rstd, d3 * rstd, rstd
+
+
+@triton.jit
+def _ln_bwd(g0, g1, g2, g3, y0, y1, y2, y3, rstd, mask, N, G: tl.constexpr):
+    """The backward of ``_ln_fwd``: from the gradients ``g`` of the normalised tiles ``y`` (and
+    the column's 1/std), the gradients of its input, rstd * (g - mean(g) - y * mean(g * y))
+    with the means over the row's ``N`` valid values."""
+    m1 = tl.sum(tl.where(mask, g0, 0.0), axis=0)
+    m2 = tl.sum(tl.where(mask, g0 * y0, 0.0), axis=0)
+    if G > 1:
+        m1 += tl.sum(tl.where(mask, g1, 0.0), axis=0)
+        m2 += tl.sum(tl.where(mask, g1 * y1, 0.0), axis=0)
+    if G > 2:
+        m1 += tl.sum(tl.where(mask, g2, 0.0), axis=0)
+        m2 += tl.sum(tl.where(mask, g2 * y2, 0.0), axis=0)
+    if G > 3:
+        m1 += tl.sum(tl.where(mask, g3, 0.0), axis=0)
+        m2 += tl.sum(tl.where(mask, g3 * y3, 0.0), axis=0)
+    m1 = (m1 / N)[None, :]
+    m2 = (m2 / N)[None, :]
+    d0 = tl.where(mask, rstd * (g0 - m1 - y0 * m2), 0.0)
+    d1 = d0
+    d2 = d0
+    d3 = d0
+    if G > 1:
+        d1 = tl.where(mask, rstd * (g1 - m1 - y1 * m2), 0.0)
+    if G > 2:
+        d2 = tl.where(mask, rstd * (g2 - m1 - y2 * m2), 0.0)
+    if G > 3:
+        d3 = tl.where(mask, rstd * (g3 - m1 - y3 * m2), 0.0)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _ld_row(ptr, offs_b, mb):
+    """A per-row scalar ``ptr[b]`` as a [1, batch] fp32 tile."""
+    return tl.load(ptr + offs_b, mask=mb, other=0.0).to(tl.float32)[None, :]
