@@ -660,6 +660,44 @@ def test_zoneout_keep_rate(p):
         assert abs(part.mean().item() - q) < 3 * sigma
 
 
+@pytest.mark.skipif("cpu" not in fusedrnn.available_backends(), reason="no CPU extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_keep_mask_op(dtype):
+    """fusedrnn::keep_mask (csrc/cpu/bernoulli.cpp): each lane's keep rate within 3 sigma of its
+    p, a function of the seed alone (same bits on 1 and 2 threads, other seeds other masks),
+    0/1 values, opcheck; and the layers draw it from torch's generator (manual_seed repeats)."""
+    p = torch.tensor([0.0, 0.05, 0.5, 0.9, 1.0], dtype=dtype)
+    shape = (3, 4001, 5)
+    seed = torch.tensor(12345)
+    masks = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            masks.append(torch.ops.fusedrnn.keep_mask(list(shape), p, seed))
+    finally:
+        torch.set_num_threads(old)
+    m = masks[0]
+    assert m.dtype == dtype and m.shape == shape and torch.equal(m, masks[1])
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    for z, q in enumerate(p.tolist()):
+        lane = m[..., z]
+        sigma = math.sqrt(q * (1 - q) / lane.numel())
+        assert abs(lane.mean().item() - q) <= 3 * sigma
+    other = torch.ops.fusedrnn.keep_mask(list(shape), p, torch.tensor(12346))
+    assert not torch.equal(other, m)
+    torch.library.opcheck(torch.ops.fusedrnn.keep_mask.default, ([2, 3, 5], p, seed))
+    layer = fusedrnn.LSTM(3, 16, zoneout=(0.3, 0.6), dtype=dtype)
+    torch.manual_seed(5)
+    a = layer.zoneout_mask(7, 2)
+    torch.manual_seed(5)
+    assert torch.equal(a, layer.zoneout_mask(7, 2))
+    with pytest.raises(RuntimeError, match="p must be 1-D with the last size of shape"):
+        torch.ops.fusedrnn.keep_mask([2, 3], p, seed)
+    with pytest.raises(RuntimeError, match="seed must be one int64"):
+        torch.ops.fusedrnn.keep_mask([2, 5], p, torch.tensor([1.0]))
+
+
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("cls", CLASSES)
 def test_zoneout_zero_equals_plain_layer_exactly(cls, backend):

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends
 from . import _amp, _onnx, _regularisers
+from ..ops import cpu as cpu_ops
 from ..ops.cells import CELL_STATE
 from ..ops.reference import check_clip
 
@@ -50,9 +51,11 @@ class _FusedRNNMixin:
         the LSTM's cell state: the op's layout, ``fusedrnn.ops.reference``), or None when
         zoneout is off.
 
-        Training: one ``torch.rand`` draw of the whole tensor, kept where below p (p_h on the
-        h part, p_c on the c part; half the time of ``torch.bernoulli`` with a tensor of
-        probabilities on CPU), taken by ``forward`` before anything else random in the call
+        Training: one draw of the whole tensor, 1 with probability p_h on the h part and p_c
+        on the c part: on CPU (float32/float64, the extension built) by the op
+        ``fusedrnn::keep_mask`` (a counter-based generator on every thread, seeded from torch's
+        generator), else ``torch.rand(...) < p``; taken by ``forward`` before anything else
+        random in the call
         (dropout between layers comes after), so that under ``torch.manual_seed(s)`` this
         method called with the same seed returns the mask that the forward uses. Eval: the
         expectation, p itself (an expanded view, nothing drawn)."""
@@ -68,6 +71,9 @@ class _FusedRNNMixin:
         shape = (self.num_layers * (2 if self.bidirectional else 1), seq_len, batch, p.numel())
         if not self.training:
             return p.expand(shape)
+        if (p.device.type == "cpu" and dtype in (torch.float32, torch.float64)
+                and cpu_ops.unavailable() is None):
+            return cpu_ops.keep_mask(shape, p)  # every thread, counter-based
         return torch.rand(shape, dtype=dtype, device=device).lt_(p)  # 1.0 where kept
 
     def _set_regularisers(self, weight_drop=0.0, dropout_mode="standard") -> None:

@@ -192,6 +192,8 @@ if _ext.extension_error() is None:
     torch.library.register_fake("fusedrnn::recurrence_bwd")(_bwd_fake)
     torch.library.register_fake("fusedrnn::cell_step")(_step_fake)
     torch.library.register_fake("fusedrnn::rows_linear")(_linear_fake)
+    torch.library.register_fake("fusedrnn::keep_mask")(
+        lambda shape, p, seed: p.new_empty(shape))
     torch.library.register_autograd(
         "fusedrnn::rows_linear", _linear_backward, setup_context=_linear_setup
     )
@@ -313,3 +315,13 @@ def cell_step_ops():
     kernel (``csrc/cpu/cell_step_py.cpp``: ~1 us less per step; it returns NotImplemented for
     whatever the dispatcher must see: tensor subclasses, modes, the profiler)."""
     return getattr(_ext._C, "_cell_step", None), torch.ops.fusedrnn.cell_step.default
+
+
+def keep_mask(shape, p: Tensor) -> Tensor:
+    """A 0/1 mask of ``shape`` (last size ``p.numel()``), 1 with probability ``p[z]`` in lane
+    z, drawn by the op ``fusedrnn::keep_mask`` (csrc/cpu/bernoulli.cpp: a counter-based
+    generator on every thread) from a seed taken from torch's default generator, so
+    ``torch.manual_seed`` reproduces it. float32/float64 CPU ``p``."""
+    seed = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), dtype=torch.int64)
+    return torch.ops.fusedrnn.keep_mask(list(shape), p, seed)
+
