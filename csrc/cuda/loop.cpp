@@ -158,7 +158,7 @@ Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
 }
 
 template <typename S>
-Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
+Tensors9 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
                       const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                       const OptTensor& w_hr, const OptTensor& reset_in, const OptTensor& zo_in,
                       const std::vector<Tensor>& cp_in, cudaStream_t stream) {
@@ -265,7 +265,7 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
 }
 
 template <typename A>
-Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
+BwdResult backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                        const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                        const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                        const OptTensor& w_hr, double clip, const OptTensor& reset_in,
