@@ -26,7 +26,7 @@ from torch.utils import cpp_extension
 import fusedrnn
 from cuda_utils import CUDA_HOME, CUDA_SRC, EMU_BUILD, NVCC, ROOT, emu, make_inputs  # noqa: F401
 from fusedrnn.ops import cuda as cuda_backend
-from fusedrnn.ops.cells import GATES
+from fusedrnn.ops.cells import CELLS, GATES
 
 # ---------------------------------------------------------------------------------------------
 # The kernels are thin wrappers around cells.h
@@ -71,7 +71,9 @@ def test_each_kernel_file_includes_cells_h_and_calls_it_once():
     # one call of the cell's forward and one of its backward, shared by every cell and dtype
     assert body.count("Ops::fwd(") == 1 and body.count("Ops::bwd(") == 1
     kernels = _strip_comments((CUDA_SRC / "kernels.cuh").read_text())
-    assert kernels.count("__global__") == 5  # fwd, bwd, projection x2, clamp: no per-cell body
+    # fwd, bwd, projection x2, clamp, and the 4 row kernels of the LayerNorm cells (recurrent
+    # product and cell state, forward and backward): no per-cell body
+    assert kernels.count("__global__") == 9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +139,11 @@ def test_kernels_compile_without_spills(arch, cu_objects):
     pointwise = [k for k in kernels if "pointwise_" in k]
     # every cell x (forward in 4 storage dtypes + backward in 2 compute dtypes)
     assert len(pointwise) == len(GATES) * 6, sorted(kernels)
+    # the row kernels: the recurrent product's (A in float, double) x (fwd, bwd) and the cell
+    # state's for each norm_state cell (fwd in 4 storage dtypes + bwd in 2)
+    n_state = sum(1 for c in CELLS.values() if len(c.cell_params) >= 2)
+    rows = [k for k in kernels if "norm_rec_" in k or "norm_state_" in k]
+    assert len(rows) == 4 + 6 * n_state, sorted(rows)
     for k, info in kernels.items():
         assert set(info) == {"regs", "spill_stores", "spill_loads"}, (k, info)
         assert info["spill_stores"] == 0 and info["spill_loads"] == 0, (arch, k, info)

@@ -309,7 +309,8 @@ def test_errors():
 
 
 def test_backends_without_ln_refuse_or_fall_back(monkeypatch):
-    """A backend whose op does not take ``cell_params`` (cuda): chosen by name, a
+    """A backend whose op does not take ``cell_params`` (a stand-in: every backend of ours runs
+    the cells now): chosen by name, a
     NotImplementedError naming the cell and the backends that run it; with "auto", the
     reference's numbers and a warning naming the cell. It is never called with an LN mode."""
     import types
@@ -335,28 +336,6 @@ def test_backends_without_ln_refuse_or_fall_back(monkeypatch):
         for a, b in zip(got, recurrence_ref(*args, cell_params=cp)):
             if b is not None:
                 torch.testing.assert_close(a, b, **F64)
-
-
-@pytest.mark.parametrize("backend", ["cuda"])
-def test_gpu_backends_refuse_ln(backend):
-    """The real GPU backend without the cells (where this machine has it), through the layers
-    too. (triton runs them: tests/test_triton_layernorm.py.)"""
-    mod, why = backends.RECURRENCE.load(backend)
-    if mod is None or not torch.cuda.is_available():
-        pytest.skip(why or "no CUDA device")
-    dev = torch.device("cuda")
-    xw, w_hh, b_hh, h0, c0, cp = (None if a is None else
-                                  [p.detach().to(dev) for p in a] if isinstance(a, list)
-                                  else a.detach().to(dev) for a in _op_args("LN_LSTM"))
-    with pytest.raises(NotImplementedError, match=rf"backend '{backend}' does not implement "
-                       r"LayerNormLSTM \(LN_LSTM\)"):
-        backends.recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0, backend=backend, cell_params=cp)
-    m = fusedrnn.LayerNormGRU(3, 4, backend=backend, device=dev)
-    with pytest.raises(NotImplementedError, match=rf"'{backend}' does not implement LayerNormGRU"):
-        m(torch.randn(2, 1, 3, device=dev))
-    with pytest.raises(ValueError, match="LN_GRU needs cell_params"):  # the op alone, no params
-        mod.recurrence("LN_GRU", torch.randn(2, 1, 12, device=dev), torch.randn(12, 4, device=dev),
-                       None, torch.zeros(1, 4, device=dev))
 
 
 def test_auto_runs_the_cells_on_cpu_without_fallback():

@@ -12,26 +12,29 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
-Tensors8 cuda_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors9 cuda_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                   const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                   const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
-                  double grad_clip, const OptTensor& reset, const OptTensor& zoneout) {
+                  double grad_clip, const OptTensor& reset, const OptTensor& zoneout,
+                  const OptTensorList& cell_params) {
   TORCH_CHECK(xw.is_cuda(), "fusedrnn (cuda): xw must be a CUDA tensor, got ", xw.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(xw.get_device()).stream();
   return recurrence_fwd(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset,
-                        zoneout, stream);
+                        zoneout, cell_params, stream);
 }
 
-Tensors6 cuda_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
-                  const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
-                  const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
-                  const OptTensor& w_hr, double grad_clip, const OptTensor& reset,
-                  const OptTensor& zoneout, const Tensor& y, const Tensor& saved,
-                  const Tensor& cs, const Tensor& hr, const Tensor& hs, const Tensor& cr) {
+BwdResult cuda_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
+                   const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
+                   const Tensor& h0, const OptTensor& c0, const OptTensor& lengths, bool reverse,
+                   const OptTensor& w_hr, double grad_clip, const OptTensor& reset,
+                   const OptTensor& zoneout, const Tensor& y, const Tensor& saved,
+                   const Tensor& cs, const Tensor& hr, const Tensor& hs, const Tensor& cr,
+                   const OptTensor& ln, const OptTensorList& cell_params) {
   TORCH_CHECK(y.is_cuda(), "fusedrnn (cuda): y must be a CUDA tensor, got ", y.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(y.get_device()).stream();
   return recurrence_bwd(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                        grad_clip, reset, zoneout, y, saved, cs, hr, hs, cr, stream);
+                        grad_clip, reset, zoneout, y, saved, cs, hr, hs, cr, ln, cell_params,
+                        stream);
 }
 
 }  // namespace

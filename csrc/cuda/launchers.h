@@ -65,6 +65,9 @@ struct FwdStep {
   A* cr = nullptr;                     // [T, B, H] the cell's own c (before zoneout), LSTM
                                        // with zoneout, else nullptr
   A* hs = nullptr;                     // [T, B, H] y in A when S is 16-bit (backward reads it)
+  A* c_new = nullptr;                  // [B, H] norm_state cells only: the kernel leaves the
+                                       // cell's new c here and commits nothing (h needs the
+                                       // row's LN(c): NormStateFwdStep commits the step)
 };
 
 // After the projection GEMM hp = hr[t] @ W_hr^T: live rows take hp as state and output, dead
@@ -106,6 +109,70 @@ struct BwdStep {
   A* dgh = nullptr;                    // [T, B, G*H] recurrent side (recurrent_grad_differs
                                        // cells); == dxw for the others
   A* dg_first = nullptr;               // [B, G*H] dgh of each row's first processed step
+  const A* dc_ln = nullptr;            // [B, H] norm_state cells only: dL/dc through the
+                                       // state LN of this step (NormStateBwdStep), added to
+                                       // the cell's share of dc
+};
+
+// Row-wise normalisation (cells.h norm_recurrent / norm_state: the LayerNorm cells). These
+// kernels run one block per batch row (a block reduction for the row's mean and variance,
+// biased, kLnEps); the loop launches them where the cell's traits say so. What backward reads
+// of the forward's normalisation is kept per (t, b) row in `ln` [T, B, ld]: with norm_recurrent
+// the normalised recurrent product (G*H values) and its 1/std at columns [0, G*H]; with
+// norm_state the normalised cell state (H values) and its 1/std at [off, off + H].
+
+// Forward, norm_recurrent, after the GEMM hh = W_hh h_prev (no bias): row b of hh becomes
+// LN(hh[b]) * gain + bias in place.
+template <typename A>
+struct NormRecFwdStep {
+  int64_t B = 0, N = 0, t = 0;         // N = G*H
+  A* hh = nullptr;                     // [B, N]
+  const A* gain = nullptr;             // [N] cell_params[0]
+  const A* bias = nullptr;             // [N] b_hh or nullptr
+  A* ln = nullptr;                     // [T, B, ld]
+  int64_t ld = 0;
+};
+
+// Backward, norm_recurrent, after the pointwise kernel: dgn[t, b] (the gradient w.r.t. hh, after
+// the LN) goes through the LN backward into dgh[t, b] (w.r.t. W_hh h_prev; the GEMMs read it),
+// and into dg_first[b] where the row's h_prev was h0.
+template <typename A>
+struct NormRecBwdStep {
+  int64_t B = 0, N = 0, t = 0;
+  StateCarry<A> k;
+  const int64_t* lengths = nullptr;
+  const A* gain = nullptr;             // [N]
+  const A* ln = nullptr;               // [T, B, ld]
+  int64_t ld = 0;
+  const A* dgn = nullptr;              // [T, B, N]
+  A* dgh = nullptr;                    // [T, B, N]
+  A* dg_first = nullptr;               // [B, N]
+};
+
+// Forward, norm_state, after the pointwise kernel left the new c in a.c_new: row b's
+// n = LN(c_new[b]) * gain + bias gives h = out(saved, n) per unit; then the step commits (state,
+// y, cs, zoneout, resets) as the pointwise kernel does for the other cells.
+template <typename S>
+struct NormStateFwdStep {
+  using A = acc_t<S>;
+  FwdStep<S> a;
+  const A* gain = nullptr;             // [H] cell_params[1]
+  const A* bias = nullptr;             // [H] cell_params[2]
+  A* ln = nullptr;                     // [T, B, ld]
+  int64_t ld = 0, off = 0;
+};
+
+// Backward, norm_state, before the pointwise kernel: dn = out_bwd(dh, saved) per unit of row b
+// (dh: the cell's share of dL/dh), then the LN backward into a.dc_ln; dn is kept in dn[t] for
+// the gain and bias gradients, which the loop sums after the time loop.
+template <typename A>
+struct NormStateBwdStep {
+  BwdStep<A> a;
+  const A* gain = nullptr;             // [H]
+  const A* ln = nullptr;               // [T, B, ld]
+  int64_t ld = 0, off = 0;
+  A* dc_ln = nullptr;                  // [B, H] (== a.dc_ln)
+  A* dn = nullptr;                     // [T, B, H]
 };
 
 // Projection, backward, before the pointwise step: dhp[t] = dh + dy[t] on live rows (0 on dead
@@ -137,6 +204,12 @@ template <Cell C, typename S>
 cudaError_t fwd_pointwise(const FwdStep<S>& a, cudaStream_t stream);
 template <Cell C, typename A>
 cudaError_t bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream);
+// The norm_state row launchers of cell C; cudaErrorNotSupported for a cell without norm_state
+// (no kernel is instantiated for those).
+template <Cell C, typename S>
+cudaError_t norm_state_fwd(const NormStateFwdStep<S>& a, cudaStream_t stream);
+template <Cell C, typename A>
+cudaError_t norm_state_bwd(const NormStateBwdStep<A>& a, cudaStream_t stream);
 
 // Explicit instantiations of the two launchers for one cell and every dtype (pointwise.cu, and
 // the host emulation of tests/cuda_emu), expanded with FUSEDRNN_CELLS.
@@ -149,7 +222,19 @@ cudaError_t bwd_pointwise(const BwdStep<A>& a, cudaStream_t stream);
   template cudaError_t fwd_pointwise<Cell::CELL, __half>(const FwdStep<__half>&,             \
                                                           cudaStream_t);                     \
   template cudaError_t bwd_pointwise<Cell::CELL, float>(const BwdStep<float>&, cudaStream_t); \
-  template cudaError_t bwd_pointwise<Cell::CELL, double>(const BwdStep<double>&, cudaStream_t);
+  template cudaError_t bwd_pointwise<Cell::CELL, double>(const BwdStep<double>&, cudaStream_t); \
+  template cudaError_t norm_state_fwd<Cell::CELL, float>(const NormStateFwdStep<float>&,     \
+                                                         cudaStream_t);                     \
+  template cudaError_t norm_state_fwd<Cell::CELL, double>(const NormStateFwdStep<double>&,   \
+                                                          cudaStream_t);                    \
+  template cudaError_t norm_state_fwd<Cell::CELL, __nv_bfloat16>(                             \
+      const NormStateFwdStep<__nv_bfloat16>&, cudaStream_t);                                  \
+  template cudaError_t norm_state_fwd<Cell::CELL, __half>(const NormStateFwdStep<__half>&,   \
+                                                          cudaStream_t);                    \
+  template cudaError_t norm_state_bwd<Cell::CELL, float>(const NormStateBwdStep<float>&,     \
+                                                         cudaStream_t);                     \
+  template cudaError_t norm_state_bwd<Cell::CELL, double>(const NormStateBwdStep<double>&,   \
+                                                          cudaStream_t);
 
 // Cell-independent launchers (common.cu).
 template <typename S>
@@ -158,6 +243,10 @@ template <typename A>
 cudaError_t proj_bwd_prepare(const ProjBwdStep<A>& a, cudaStream_t stream);
 template <typename A>
 cudaError_t clamp_live_rows(const ClampStep<A>& a, cudaStream_t stream);
+template <typename A>
+cudaError_t norm_rec_fwd(const NormRecFwdStep<A>& a, cudaStream_t stream);
+template <typename A>
+cudaError_t norm_rec_bwd(const NormRecBwdStep<A>& a, cudaStream_t stream);
 
 // cudaGetErrorString, behind this interface so that the glue needs no CUDA runtime symbol of
 // its own (the host emulation supplies its own definition).

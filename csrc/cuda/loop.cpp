@@ -7,6 +7,7 @@
 #include <atomic>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "fusedrnn/cell_dispatch.h"
 #include "launchers.h"
@@ -34,13 +35,9 @@ Cell parse_mode(c10::string_view mode) {
   TORCH_CHECK(cell_from_name(mode.data(), mode.size(), &cell),
               "fusedrnn (cuda): mode must be one of ", cell_name_list(), ", got '",
               std::string(mode), "'");
-  // the row-normalised cells (cells.h norm_recurrent / norm_state) need a per-row reduction this
-  // loop does not have: refuse them rather than run the plain cell without its LayerNorm
-  TORCH_CHECK(num_cell_params(cell) == 0, "fusedrnn (cuda): mode '", std::string(mode),
-              "' (a LayerNorm cell) is not implemented by the cuda backend; use the cpu or "
-              "reference backend");
   return cell;
 }
+
 
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "fusedrnn (cuda): launching ", what, " failed: ",
@@ -62,6 +59,20 @@ void run_bwd_pointwise(Cell cell, const BwdStep<A>& a, cudaStream_t s) {
 }
 
 template <typename S>
+void run_norm_state_fwd(Cell cell, const NormStateFwdStep<S>& a, cudaStream_t s) {
+  const cudaError_t err =
+      with_cell(cell, [&](auto c) { return norm_state_fwd<decltype(c)::value, S>(a, s); });
+  check_launch(err, "the cell-state normalisation kernel");
+}
+
+template <typename A>
+void run_norm_state_bwd(Cell cell, const NormStateBwdStep<A>& a, cudaStream_t s) {
+  const cudaError_t err =
+      with_cell(cell, [&](auto c) { return norm_state_bwd<decltype(c)::value, A>(a, s); });
+  check_launch(err, "the cell-state normalisation gradient kernel");
+}
+
+template <typename S>
 S* ptr(const Tensor& t) {
   return t.defined() && t.numel() ? reinterpret_cast<S*>(t.data_ptr()) : nullptr;
 }
@@ -75,6 +86,32 @@ void check_tensor(const char* name, const Tensor& t, const Tensor& xw, at::IntAr
               " must have dtype ", xw.scalar_type(), " like xw, got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, "fusedrnn (cuda): ", name, " must have shape ", shape,
               ", got ", t.sizes());
+}
+
+// The op's cell_params checked against the cell (cells.h num_cell_params, cell_param_units):
+// count, shape [units * H], xw's device and dtype.
+std::vector<Tensor> cell_params_of(Cell cell, const OptTensorList& cell_params, const Tensor& like,
+                                   int64_t H) {
+  const int n = num_cell_params(cell);
+  const int64_t got = cell_params.has_value() ? int64_t(cell_params->size()) : 0;
+  TORCH_CHECK(got == n, "fusedrnn (cuda): mode ", kCellNames[int(cell)], " takes ", n,
+              " cell_params, got ", got);
+  std::vector<Tensor> out;
+  for (int k = 0; k < n; ++k) {
+    const std::string name = "cell_params[" + std::to_string(k) + "]";
+    check_tensor(name.c_str(), (*cell_params)[k], like, {cell_param_units(cell, k) * H});
+    out.push_back((*cell_params)[k]);
+  }
+  return out;
+}
+
+// Columns of a (t, b) row of the saved `ln` (launchers.h): the recurrent product's x^ and
+// 1/std, then the cell state's.
+int64_t ln_width(Cell cell, int64_t H) {
+  return (norm_recurrent(cell) ? num_gates(cell) * H + 1 : 0) + (norm_state(cell) ? H + 1 : 0);
+}
+int64_t ln_state_offset(Cell cell, int64_t H) {
+  return norm_recurrent(cell) ? num_gates(cell) * H + 1 : 0;
 }
 
 // The reset and zoneout arguments in the arithmetic dtype, or undefined tensors.
@@ -121,13 +158,14 @@ Tensor device_lengths(const OptTensor& lengths, const Tensor& like, int64_t B) {
 }
 
 template <typename S>
-Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
+Tensors9 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const OptTensor& b_hh,
                       const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                       const OptTensor& w_hr, const OptTensor& reset_in, const OptTensor& zo_in,
-                      cudaStream_t stream) {
+                      const std::vector<Tensor>& cp_in, cudaStream_t stream) {
   using A = acc_t<S>;
   const int G = num_gates(cell), NS = num_saved(cell);
   const bool lstm = has_cell_state(cell), proj = given(w_hr);
+  const bool nrec = norm_recurrent(cell), nstate = norm_state(cell);
   const int64_t T = xw_in.size(0), B = xw_in.size(1), GH = xw_in.size(2), H = GH / G;
   const int64_t Ho = h0.size(1);
   const auto acc = acc_type(xw_in.scalar_type());
@@ -140,6 +178,8 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   const Tensor reset = acc_or_undefined(reset_in, acc);           // [T, B]
   const Tensor zo = acc_or_undefined(zo_in, acc);                 // [T, B, Z]
   const bool zoned = zo.defined();
+  std::vector<Tensor> cp;                                         // cell_params in A
+  for (const Tensor& p : cp_in) cp.push_back(p.to(acc).contiguous());
   Tensor h = h0.to(acc, false, /*copy=*/true).contiguous();       // [B, H_out] state
   Tensor c = lstm ? (given(c0) ? c0->to(acc, false, true).contiguous() : at::zeros({B, H}, opts))
                   : at::empty({0}, opts);                         // [B, H]
@@ -158,6 +198,9 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   Tensor hs = alloc({kKeepHs ? T : 0, B, Ho}, opts);
   Tensor hh = alloc({B, GH}, opts);                               // W_hh h + b_hh of the step
   Tensor hp = proj ? alloc({B, Ho}, opts) : Tensor();             // projected h of the step
+  const int64_t ld = ln_width(cell, H);
+  Tensor ln = alloc({ld ? T : 0, B, ld}, opts);                   // LN statistics per row
+  Tensor c_new = nstate ? alloc({B, H}, opts) : Tensor();         // the cell's c before its LN
 
   FwdStep<S> a;
   a.B = B; a.H = H; a.Ho = Ho; a.proj = proj;
@@ -173,6 +216,19 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
   a.hr = ptr<A>(hr);
   a.cr = ptr<A>(cr);
   a.hs = proj ? nullptr : ptr<A>(hs);
+  a.c_new = nstate ? ptr<A>(c_new) : nullptr;
+  NormRecFwdStep<A> nr;
+  nr.B = B; nr.N = GH; nr.ld = ld;
+  nr.hh = ptr<A>(hh);
+  nr.gain = nrec ? ptr<const A>(cp[0]) : nullptr;
+  nr.bias = ptr<const A>(bias);
+  nr.ln = ptr<A>(ln);
+  NormStateFwdStep<S> ns;
+  ns.gain = nstate ? ptr<const A>(cp[nrec ? 1 : 0]) : nullptr;
+  ns.bias = nstate ? ptr<const A>(cp[nrec ? 2 : 1]) : nullptr;
+  ns.ln = ptr<A>(ln);
+  ns.ld = ld;
+  ns.off = ln_state_offset(cell, H);
   ProjFwdStep<S> p;
   p.B = B; p.P = Ho; p.lengths = a.lengths; p.k = a.k;
   p.hp = proj ? ptr<const A>(hp) : nullptr;
@@ -182,12 +238,21 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    if (bias.defined())
+    // norm_recurrent: b_hh comes after the LN (the row kernel adds it)
+    if (bias.defined() && !nrec)
       at::addmm_out(hh, bias, h, w_hh_t);
     else
       at::mm_out(hh, h, w_hh_t);
+    if (nrec) {
+      nr.t = t;
+      check_launch(norm_rec_fwd<A>(nr, stream), "the recurrent normalisation kernel");
+    }
     a.t = t;
     run_fwd_pointwise<S>(cell, a, stream);
+    if (nstate) {  // h = out(LN(c)), then the step's commit
+      ns.a = a;
+      run_norm_state_fwd<S>(cell, ns, stream);
+    }
     if (proj) {
       at::mm_out(hp, hr[t], w_hr_t);
       p.t = t;
@@ -195,19 +260,22 @@ Tensors8 forward_loop(Cell cell, const Tensor& xw_in, const Tensor& w_hh, const 
     }
   }
   const auto dt = xw.scalar_type();
-  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr, hs, cr};
+  return {y, h.to(dt), lstm ? c.to(dt) : at::empty({0}, xw.options()), saved, cs, hr, hs, cr,
+          ln};
 }
 
 template <typename A>
-Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
+BwdResult backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
                        const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
                        const Tensor& h0, const OptTensor& c0, const Tensor& len, bool reverse,
                        const OptTensor& w_hr, double clip, const OptTensor& reset_in,
                        const OptTensor& zo_in, const Tensor& y_in, const Tensor& saved,
                        const Tensor& cs, const Tensor& hr, const Tensor& hs, const Tensor& cr,
+                       const Tensor& ln_in, const std::vector<Tensor>& cp_in,
                        cudaStream_t stream) {
   const int G = num_gates(cell);
   const bool lstm = has_cell_state(cell), proj = given(w_hr);
+  const bool nrec = norm_recurrent(cell), nstate = norm_state(cell);
   const int64_t T = y_in.size(0), B = y_in.size(1), Ho = y_in.size(2), GH = w_hh.size(0);
   const int64_t H = GH / G;
   const auto dt = y_in.scalar_type();
@@ -223,12 +291,21 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   const Tensor w_hr_a = proj ? prep(*w_hr) : Tensor();            // [P, H]
   const Tensor reset = acc_or_undefined(reset_in, acc);           // [T, B]
   const Tensor zo = acc_or_undefined(zo_in, acc);                 // [T, B, Z]
+  std::vector<Tensor> cp;                                         // cell_params in A
+  for (const Tensor& p : cp_in) cp.push_back(prep(p));
+  const Tensor ln = ln_in.defined() ? ln_in.contiguous() : Tensor();  // [T, B, ld]
+  const int64_t ld = ln_width(cell, H);
   Tensor dh = given(dh_T) ? dh_T->to(acc, false, true).contiguous() : at::zeros({B, Ho}, opts);
   Tensor dc = lstm ? (given(dc_T) ? dc_T->to(acc, false, true).contiguous()
                                   : at::zeros({B, H}, opts))
                    : Tensor();
   Tensor dxw = alloc({T, B, GH}, opts);
-  Tensor dgh = recurrent_grad_differs(cell) ? alloc({T, B, GH}, opts) : dxw;  // recurrent side
+  // the gradient w.r.t. hh (recurrent side) and, with norm_recurrent, w.r.t. W_hh h_prev (through
+  // the LN): the GEMMs read dgh
+  Tensor dgn = recurrent_grad_differs(cell) ? alloc({T, B, GH}, opts) : dxw;
+  Tensor dgh = nrec ? alloc({T, B, GH}, opts) : dgn;
+  Tensor dc_ln = nstate ? alloc({B, H}, opts) : Tensor();         // dL/dc through the state LN
+  Tensor dn = nstate ? alloc({T, B, H}, opts) : Tensor();         // dL/dn (state LN output)
   Tensor dg_first = at::zeros({B, GH}, opts);                     // rows whose h_prev is h0
   Tensor dhp = proj ? alloc({T, B, Ho}, opts) : Tensor();         // dL/dh (projected) per step
   Tensor dr = proj ? alloc({B, H}, opts) : Tensor();              // dL/d(o * tanh c) of a step
@@ -249,8 +326,23 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   a.hr = zo.defined() && !proj ? ptr<const A>(hr) : nullptr;
   a.cr = zo.defined() && lstm ? ptr<const A>(cr) : nullptr;
   a.dxw = ptr<A>(dxw);
-  a.dgh = ptr<A>(dgh);
+  a.dgh = ptr<A>(dgn);
   a.dg_first = ptr<A>(dg_first);
+  a.dc_ln = nstate ? ptr<const A>(dc_ln) : nullptr;
+  NormRecBwdStep<A> nr;
+  nr.B = B; nr.N = GH; nr.k = a.k; nr.lengths = a.lengths; nr.ld = ld;
+  nr.gain = nrec ? ptr<const A>(cp[0]) : nullptr;
+  nr.ln = ptr<const A>(ln);
+  nr.dgn = ptr<const A>(dgn);
+  nr.dgh = ptr<A>(dgh);
+  nr.dg_first = ptr<A>(dg_first);
+  NormStateBwdStep<A> ns;
+  ns.gain = nstate ? ptr<const A>(cp[nrec ? 1 : 0]) : nullptr;
+  ns.ln = ptr<const A>(ln);
+  ns.ld = ld;
+  ns.off = ln_state_offset(cell, H);
+  ns.dc_ln = nstate ? ptr<A>(dc_ln) : nullptr;
+  ns.dn = nstate ? ptr<A>(dn) : nullptr;
   ProjBwdStep<A> p;
   p.B = B; p.P = Ho; p.lengths = a.lengths; p.k = a.k;
   p.dy = ptr<const A>(dy);
@@ -267,7 +359,15 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
       at::mm_out(dr, dhp[t], w_hr_a);                             // [B, H]
     }
     a.t = t;
+    if (nstate) {  // dL/dc through n = LN(c) * gain + bias, before the cell's backward
+      ns.a = a;
+      run_norm_state_bwd<A>(cell, ns, stream);
+    }
     run_bwd_pointwise<A>(cell, a, stream);
+    if (nrec) {  // dgn[t] (w.r.t. hh) through the LN into dgh[t] (w.r.t. W_hh h_prev)
+      nr.t = t;
+      check_launch(norm_rec_bwd<A>(nr, stream), "the recurrent normalisation gradient kernel");
+    }
     dh.addmm_(dgh[t], w);                                         // dh_prev += dgh W_hh
     if (clip > 0) {
       q.t = t;
@@ -296,22 +396,31 @@ Tensors6 backward_loop(Cell cell, const OptTensor& dy_in, const OptTensor& dh_T,
   }
   d_w_hh.addmm_(dg_first.t(), h0a);
   const auto out_opts = y_in.options();
-  Tensor d_b_hh = given(b_hh) ? dgh.sum({0, 1}).to(dt) : at::empty({0}, out_opts);
+  // b_hh sits after the LN: its gradient is the one w.r.t. hh
+  Tensor d_b_hh = given(b_hh) ? dgn.sum({0, 1}).to(dt) : at::empty({0}, out_opts);
+  // the gains' and the state bias's gradients, summed over (t, b) after the loop
+  std::vector<Tensor> d_cp;
+  if (nrec) d_cp.push_back((dgn * ln.narrow(2, 0, GH)).sum({0, 1}).to(dt));
+  if (nstate) {
+    const Tensor chat = ln.narrow(2, ln_state_offset(cell, H), H);
+    d_cp.push_back((dn * chat).sum({0, 1}).to(dt));
+    d_cp.push_back(dn.sum({0, 1}).to(dt));
+  }
   Tensor d_w_hr = proj ? at::mm(dhp.reshape({T * B, Ho}).t(), hr.reshape({T * B, H})).to(dt)
                        : at::empty({0}, out_opts);
   Tensor dc0 = given(c0) ? dc.to(dt) : at::empty({0}, out_opts);
-  return {dxw.to(dt), d_w_hh.to(dt), d_b_hh, dh.to(dt), dc0, d_w_hr};
+  return {dxw.to(dt), d_w_hh.to(dt), d_b_hh, dh.to(dt), dc0, d_w_hr, d_cp};
 }
 
 }  // namespace
 
 void set_debug_poison(bool on) { g_poison.store(on); }
 
-Tensors8 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
+Tensors9 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w_hh,
                         const OptTensor& b_hh, const Tensor& h0, const OptTensor& c0,
                         const OptTensor& lengths, bool reverse, const OptTensor& w_hr,
                         double grad_clip, const OptTensor& reset, const OptTensor& zoneout,
-                        cudaStream_t stream) {
+                        const OptTensorList& cell_params, cudaStream_t stream) {
   (void)grad_clip;  // a backward-only option; in the schema so that autograd sees it
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell);
@@ -340,31 +449,33 @@ Tensors8 recurrence_fwd(c10::string_view mode, const Tensor& xw, const Tensor& w
     check_tensor("c0", *c0, xw, {B, H});
   }
   check_reset_zoneout(cell, reset, zoneout, xw, xw.size(0), B, H, Ho);
+  const std::vector<Tensor> cp = cell_params_of(cell, cell_params, xw, H);
   const c10::DeviceGuard guard(xw.device());
   const Tensor len = device_lengths(lengths, xw, B);
   switch (dt) {
     case at::kFloat:
       return forward_loop<float>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
-                                 zoneout, stream);
+                                 zoneout, cp, stream);
     case at::kDouble:
       return forward_loop<double>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
-                                  zoneout, stream);
+                                  zoneout, cp, stream);
     case at::kBFloat16:
       return forward_loop<__nv_bfloat16>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr,
-                                         reset, zoneout, stream);
+                                         reset, zoneout, cp, stream);
     default:
       return forward_loop<__half>(cell, xw, w_hh, b_hh, h0, c0, len, reverse, w_hr, reset,
-                                  zoneout, stream);
+                                  zoneout, cp, stream);
   }
 }
 
-Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
-                        const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
-                        const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
-                        bool reverse, const OptTensor& w_hr, double grad_clip,
-                        const OptTensor& reset, const OptTensor& zoneout, const Tensor& y,
-                        const Tensor& saved, const Tensor& cs, const Tensor& hr,
-                        const Tensor& hs, const Tensor& cr, cudaStream_t stream) {
+BwdResult recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTensor& dh_T,
+                         const OptTensor& dc_T, const Tensor& w_hh, const OptTensor& b_hh,
+                         const Tensor& h0, const OptTensor& c0, const OptTensor& lengths,
+                         bool reverse, const OptTensor& w_hr, double grad_clip,
+                         const OptTensor& reset, const OptTensor& zoneout, const Tensor& y,
+                         const Tensor& saved, const Tensor& cs, const Tensor& hr,
+                         const Tensor& hs, const Tensor& cr, const OptTensor& ln,
+                         const OptTensorList& cell_params, cudaStream_t stream) {
   const Cell cell = parse_mode(mode);
   const int64_t G = num_gates(cell), NS = num_saved(cell);
   TORCH_CHECK(y.dim() == 3, "fusedrnn (cuda): y must be 3-D [T, B, H_out], got ", y.sizes());
@@ -391,6 +502,14 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
               "fusedrnn (cuda): cr must be ", acc, " [T, B, ", H, "], got ", cr.sizes());
   TORCH_CHECK(hs.numel() == 0 || (hs.scalar_type() == acc && hs.sizes() == y.sizes()),
               "fusedrnn (cuda): hs must be empty or ", acc, " ", y.sizes(), ", got ", hs.sizes());
+  const std::vector<Tensor> cp = cell_params_of(cell, cell_params, y, H);
+  const int64_t ld = ln_width(cell, H);
+  const Tensor ln_t = given(ln) ? *ln : Tensor();
+  TORCH_CHECK(ld == 0 || (ln_t.defined() && ln_t.scalar_type() == acc &&
+                          ln_t.device() == y.device() &&
+                          ln_t.sizes() == at::IntArrayRef({T, B, ld})),
+              "fusedrnn (cuda): ln must be ", acc, " [", T, ", ", B, ", ", ld, "] for mode ",
+              std::string(mode), ", got ", ln_t.defined() ? ln_t.sizes() : at::IntArrayRef{});
   const c10::DeviceGuard guard(y.device());
   const Tensor len = device_lengths(lengths, y, B);
   const OptTensor dc_lstm = has_cell_state(cell) ? dc_T : OptTensor();
@@ -398,10 +517,11 @@ Tensors6 recurrence_bwd(c10::string_view mode, const OptTensor& dy, const OptTen
     return backward_loop<double>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
                                  grad_clip, reset, zoneout, y, saved.contiguous(),
                                  cs.contiguous(), hr.contiguous(), hs.contiguous(),
-                                 cr.contiguous(), stream);
+                                 cr.contiguous(), ln_t, cp, stream);
   return backward_loop<float>(cell, dy, dh_T, dc_lstm, w_hh, b_hh, h0, c0, len, reverse, w_hr,
                               grad_clip, reset, zoneout, y, saved.contiguous(), cs.contiguous(),
-                              hr.contiguous(), hs.contiguous(), cr.contiguous(), stream);
+                              hr.contiguous(), hs.contiguous(), cr.contiguous(), ln_t, cp,
+                              stream);
 }
 
 }  // namespace cuda

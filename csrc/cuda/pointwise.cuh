@@ -78,30 +78,19 @@ HOST_DEVICE inline const A* zoneout_row(const StateCarry<A>& k, int64_t B, int64
   return k.zo != nullptr ? k.zo + (t * B + b) * k.Z : nullptr;
 }
 
-// Forward, unit j of row b at step a.t.
+// The rest of a forward step at unit j of row b once the cell's new h and c are known:
+// zoneout, resets, the state, y and what backward reads (cs, cr, hr, hs).
 template <Cell C, typename S>
-HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
+HOST_DEVICE inline void fwd_commit(const FwdStep<S>& a, int64_t b, int64_t j, acc_t<S> h_new,
+                                   acc_t<S> c_new) {
   using A = acc_t<S>;
-  using Ops = CellOps<C>;
-  constexpr int G = Ops::G, NS = Ops::S;
-  constexpr bool kHasC = Ops::kHasC;
-  const int64_t H = a.H, GH = G * a.H;
-  const int64_t row = a.t * a.B + b;  // row of the [T, B, ...] tensors
+  constexpr bool kHasC = CellOps<C>::kHasC;
+  const int64_t H = a.H;
+  const int64_t row = a.t * a.B + b;
   const bool live = is_live(a.lengths, a.t, b);
   const bool proj = a.proj;
-
-  A x[G], g[G], out[NS > 0 ? NS : 1];
-  for (int k = 0; k < G; ++k) {
-    x[k] = to_acc(a.xw[row * GH + k * H + j]);
-    g[k] = a.hh[b * GH + k * H + j];
-  }
-  // the carried state (already zero where a segment starts at this step)
   const A h_prev = proj ? A(0) : a.h[b * H + j];
   const A c_prev = kHasC ? a.c[b * H + j] : A(0);
-  A h_new, c_new = c_prev;
-  Ops::fwd(x, g, h_prev, c_prev, &h_new, &c_new, out);
-  // saved is written on dead rows too: finite values, never read, no uninitialized memory
-  for (int k = 0; k < NS; ++k) a.saved[row * NS * H + k * H + j] = out[k];
   // zoneout: the state keeps the old value with weight m (the projection mixes its own h)
   A h_st = h_new, c_st = c_new;
   if (const A* m = zoneout_row(a.k, a.B, a.t, b)) {
@@ -124,6 +113,35 @@ HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
   }
 }
 
+// Forward, unit j of row b at step a.t.
+template <Cell C, typename S>
+HOST_DEVICE inline void fwd_element(const FwdStep<S>& a, int64_t b, int64_t j) {
+  using A = acc_t<S>;
+  using Ops = CellOps<C>;
+  constexpr int G = Ops::G, NS = Ops::S;
+  constexpr bool kHasC = Ops::kHasC;
+  const int64_t H = a.H, GH = G * a.H;
+  const int64_t row = a.t * a.B + b;  // row of the [T, B, ...] tensors
+
+  A x[G], g[G], out[NS > 0 ? NS : 1];
+  for (int k = 0; k < G; ++k) {
+    x[k] = to_acc(a.xw[row * GH + k * H + j]);
+    g[k] = a.hh[b * GH + k * H + j];
+  }
+  // the carried state (already zero where a segment starts at this step)
+  const A h_prev = a.proj ? A(0) : a.h[b * H + j];
+  const A c_prev = kHasC ? a.c[b * H + j] : A(0);
+  A h_new, c_new = c_prev;
+  Ops::fwd(x, g, h_prev, c_prev, &h_new, &c_new, out);
+  // saved is written on dead rows too: finite values, never read, no uninitialized memory
+  for (int k = 0; k < NS; ++k) a.saved[row * NS * H + k * H + j] = out[k];
+  if (Ops::kNormState) {
+    a.c_new[b * H + j] = c_new;  // h needs the row's LN(c): norm_state_fwd_row commits
+    return;
+  }
+  fwd_commit<C, S>(a, b, j, h_new, c_new);
+}
+
 // Projection commit, element k of row b.
 template <typename S>
 HOST_DEVICE inline void proj_fwd_element(const ProjFwdStep<S>& a, int64_t b, int64_t k) {
@@ -136,6 +154,27 @@ HOST_DEVICE inline void proj_fwd_element(const ProjFwdStep<S>& a, int64_t b, int
   if (live) a.h[b * a.P + k] = reset_after(a.k, a.lengths, a.B, b, a.t) ? A(0) : v;
   a.y[i] = from_acc<S>(v);
   if (a.hs != nullptr) a.hs[i] = v;
+}
+
+// The cell's share of dL/dh at unit j of a live row b at step a.t: the carried gradient (none
+// where the state leaving t was reset: drop) plus dy, or the projection's dr; with zoneout the
+// mask's kept share goes to h_prev directly (*dh_keep; with a projection the h part was split
+// by proj_bwd_element).
+template <typename A>
+HOST_DEVICE inline A bwd_dh_in(const BwdStep<A>& a, int64_t b, int64_t j, bool drop, A* dh_keep) {
+  const int64_t row = a.t * a.B + b;
+  const bool proj = a.dr != nullptr;
+  const A dh_carry = proj || drop ? A(0) : a.dh[b * a.Ho + j];
+  A dh_in = proj ? a.dr[b * a.H + j]
+                 : dh_carry + (a.dy != nullptr ? a.dy[row * a.Ho + j] : A(0));
+  *dh_keep = A(0);
+  if (const A* m = zoneout_row(a.k, a.B, a.t, b)) {
+    if (!proj) {
+      *dh_keep = m[j] * dh_in;
+      dh_in = (A(1) - m[j]) * dh_in;
+    }
+  }
+  return dh_in;
 }
 
 // Backward, unit j of row b at step a.t.
@@ -171,22 +210,19 @@ HOST_DEVICE inline void bwd_element(const BwdStep<A>& a, int64_t b, int64_t j) {
     c = a.cr != nullptr ? a.cr[row * H + j] : a.cs[row * H + j];
     dc = drop ? A(0) : a.dc[b * H + j];
   }
-  const A dh_carry = proj || drop ? A(0) : a.dh[b * Ho + j];
-  A dh_in = proj ? a.dr[b * H + j] : dh_carry + (a.dy != nullptr ? a.dy[row * Ho + j] : A(0));
+  A dh_keep;
+  A dh_in = bwd_dh_in(a, b, j, drop, &dh_keep);
   const A h = proj ? A(0) : (a.hr != nullptr ? a.hr[row * H + j] : a.y[row * Ho + j]);
-  // zoneout: the mask's kept share of dL/dh (dL/dc) goes to h_prev (c_prev) directly, the rest
-  // into the cell (with a projection the h part was split by proj_bwd_element)
-  A dh_keep = A(0), dc_keep = A(0);
+  // zoneout: the mask's kept share of dL/dc goes to c_prev directly, the rest into the cell
+  A dc_keep = A(0);
   if (const A* m = zoneout_row(a.k, a.B, t, b)) {
-    if (!proj) {
-      dh_keep = m[j] * dh_in;
-      dh_in = (A(1) - m[j]) * dh_in;
-    }
     if (kHasC) {
       dc_keep = m[Ho + j] * dc;
       dc = (A(1) - m[Ho + j]) * dc;
     }
   }
+  // norm_state: what reaches c through the state LN joins the cell's share
+  if (Ops::kNormState) dc += a.dc_ln[b * H + j];
 
   A saved[NS > 0 ? NS : 1], dx[G], dhh_last, dh_direct = A(0), dc_prev = A(0);
   for (int k = 0; k < NS; ++k) saved[k] = a.saved[row * NS * H + k * H + j];
@@ -230,6 +266,140 @@ HOST_DEVICE inline void proj_bwd_element(const ProjBwdStep<A>& a, int64_t b, int
 template <typename A>
 HOST_DEVICE inline void clamp_element(const ClampStep<A>& a, int64_t b, int64_t k) {
   if (is_live(a.lengths, a.t, b)) a.dh[b * a.N + k] = clamp_abs(a.dh[b * a.N + k], a.clip);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Row bodies of the normalisation kernels (launchers.h NormRec* / NormState*): ONE batch row b,
+// run by the cooperating threads of one block. `r` is the block: r.first() / r.stride() give
+// this thread's columns (j = first, first + stride, ...), r.sum(v) is the sum of v over the
+// block's threads (a barrier: every thread of the block calls it, in the same order). On the GPU
+// it is a shuffle + shared-memory reduction (kernels.cuh), in the host emulation a group of host
+// threads with a barrier. Each thread reads and writes only its own columns, so no other
+// synchronisation is needed.
+
+HOST_DEVICE inline float row_sqrt(float v) { return ::sqrtf(v); }
+HOST_DEVICE inline double row_sqrt(double v) { return ::sqrt(v); }
+
+// The mean and 1/std (biased variance + kLnEps) of v[0, n), two-pass (centred squares).
+template <typename A, typename R>
+HOST_DEVICE inline void row_moments(const A* v, int64_t n, R& r, A* mean, A* rstd) {
+  A s = A(0);
+  for (int64_t j = r.first(); j < n; j += r.stride()) s += v[j];
+  const A mu = r.sum(s) / A(n);
+  A q = A(0);
+  for (int64_t j = r.first(); j < n; j += r.stride()) {
+    const A d = v[j] - mu;
+    q += d * d;
+  }
+  *mean = mu;
+  *rstd = A(1) / row_sqrt(r.sum(q) / A(n) + A(kLnEps));
+}
+
+// LN backward of one row with x^ = ln[0, n), 1/std = rstd, dy = dxh[j] * gain[j]:
+// dv = rstd * (dy - mean(dy) - x^ * mean(dy * x^)). Returns the two means.
+template <typename A, typename R>
+HOST_DEVICE inline void row_ln_bwd_means(const A* dxh, const A* gain, const A* ln, int64_t n, R& r,
+                                         A* m1, A* m2) {
+  A s1 = A(0), s2 = A(0);
+  for (int64_t j = r.first(); j < n; j += r.stride()) {
+    const A d = dxh[j] * gain[j];
+    s1 += d;
+    s2 += d * ln[j];
+  }
+  *m1 = r.sum(s1) / A(n);
+  *m2 = r.sum(s2) / A(n);
+}
+
+// norm_recurrent, forward: hh[b] = LN(hh[b]) * gain + bias; keeps x^ and 1/std in ln[t, b].
+template <typename A, typename R>
+HOST_DEVICE inline void norm_rec_fwd_row(const NormRecFwdStep<A>& a, int64_t b, R& r) {
+  A* v = a.hh + b * a.N;
+  A mean, rstd;
+  row_moments(v, a.N, r, &mean, &rstd);
+  A* ln = a.ln + (a.t * a.B + b) * a.ld;
+  for (int64_t j = r.first(); j < a.N; j += r.stride()) {
+    const A xh = (v[j] - mean) * rstd;
+    ln[j] = xh;
+    v[j] = xh * a.gain[j] + (a.bias != nullptr ? a.bias[j] : A(0));
+  }
+  if (r.first() == 0) ln[a.N] = rstd;
+}
+
+// norm_recurrent, backward: dgh[t, b] = LN backward of dgn[t, b] (0 on a dead row, whose dgn is
+// 0), also into dg_first[b] where the row's h_prev was h0 (not reset).
+template <typename A, typename R>
+HOST_DEVICE inline void norm_rec_bwd_row(const NormRecBwdStep<A>& a, int64_t b, R& r) {
+  const int64_t row = a.t * a.B + b;
+  const A* dg = a.dgn + row * a.N;
+  const A* ln = a.ln + row * a.ld;
+  const A rstd = ln[a.N];
+  A m1, m2;
+  row_ln_bwd_means(dg, a.gain, ln, a.N, r, &m1, &m2);
+  const int64_t tp = prev_step(a.lengths, a.k.T, a.k.reverse, a.t, b);
+  const bool first = is_live(a.lengths, a.t, b) && tp < 0 && !carry_reset(a.k, a.B, b, a.t, tp);
+  A* out = a.dgh + row * a.N;
+  for (int64_t j = r.first(); j < a.N; j += r.stride()) {
+    const A d = rstd * (dg[j] * a.gain[j] - m1 - ln[j] * m2);
+    out[j] = d;
+    if (first) a.dg_first[b * a.N + j] = d;
+  }
+}
+
+// norm_state, forward: n = LN(c_new[b]) * gain + bias, h = out(saved, n), then the commit.
+template <Cell C, typename S, typename R>
+HOST_DEVICE inline void norm_state_fwd_row(const NormStateFwdStep<S>& s, int64_t b, R& r) {
+  using A = acc_t<S>;
+  using Ops = CellOps<C>;
+  constexpr int NS = Ops::S;
+  const FwdStep<S>& a = s.a;
+  const int64_t H = a.H, row = a.t * a.B + b;
+  const A* c = a.c_new + b * H;
+  A mean, rstd;
+  row_moments(c, H, r, &mean, &rstd);
+  A* ln = s.ln + row * s.ld + s.off;
+  for (int64_t j = r.first(); j < H; j += r.stride()) {
+    const A ch = (c[j] - mean) * rstd;
+    ln[j] = ch;
+    A sv[NS > 0 ? NS : 1];
+    A* sp = a.saved + row * NS * H + j;
+    for (int k = 0; k < NS; ++k) sv[k] = sp[k * H];
+    const A h_new = Ops::out(sv, ch * s.gain[j] + s.bias[j]);
+    for (int k = 0; k < NS; ++k) sp[k * H] = sv[k];
+    fwd_commit<C, S>(a, b, j, h_new, c[j]);
+  }
+  if (r.first() == 0) ln[H] = rstd;
+}
+
+// norm_state, backward (before the pointwise kernel): dn = out_bwd(dh, saved) per unit (kept in
+// dn[t, b]; 0 on a dead row), then dc_ln[b] = the LN backward of dn * gain.
+template <Cell C, typename A, typename R>
+HOST_DEVICE inline void norm_state_bwd_row(const NormStateBwdStep<A>& s, int64_t b, R& r) {
+  using Ops = CellOps<C>;
+  constexpr int NS = Ops::S;
+  const BwdStep<A>& a = s.a;
+  const int64_t H = a.H, row = a.t * a.B + b;
+  A* dn = s.dn + row * H;
+  const A* ln = s.ln + row * s.ld + s.off;
+  if (!is_live(a.lengths, a.t, b)) {  // the whole block takes this branch
+    for (int64_t j = r.first(); j < H; j += r.stride()) {
+      dn[j] = A(0);
+      s.dc_ln[b * H + j] = A(0);
+    }
+    return;
+  }
+  const bool drop = reset_after(a.k, a.lengths, a.B, b, a.t);
+  for (int64_t j = r.first(); j < H; j += r.stride()) {
+    A dh_keep, sv[NS > 0 ? NS : 1];
+    const A dh = bwd_dh_in(a, b, j, drop, &dh_keep);
+    for (int k = 0; k < NS; ++k) sv[k] = a.saved[row * NS * H + k * H + j];
+    dn[j] = Ops::out_bwd(dh, sv);
+  }
+  A m1, m2;
+  row_ln_bwd_means(dn, s.gain, ln, H, r, &m1, &m2);
+  const A rstd = ln[H];
+  for (int64_t j = r.first(); j < H; j += r.stride())
+    s.dc_ln[b * H + j] = rstd * (dn[j] * s.gain[j] - m1 - ln[j] * m2);
 }
 
 }  // namespace cuda

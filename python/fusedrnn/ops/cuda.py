@@ -46,7 +46,7 @@ def supports(device: torch.device) -> bool:
 
 
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
-               recurrent_grad_clip=None, *, reset=None, zoneout=None):
+               recurrent_grad_clip=None, *, reset=None, zoneout=None, cell_params=None):
     """The op contract of ``fusedrnn.ops.reference.recurrence_ref`` on the CUDA C++ kernels.
 
     Args:
@@ -62,9 +62,13 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             [T, B, H_out (+ H for LSTM)] keep-old mask (xw's dtype) or None. Both are fused
             into the forward and backward kernels (see ``recurrence_ref`` and docs/rl.md); no
             gradient w.r.t. either.
+        cell_params: the extra per-layer parameters of the cells that have some (the LayerNorm
+            cells: ``fusedrnn.ops.cells.CELLS[mode].cell_params``, xw's dtype), else None;
+            differentiable. Their LayerNorms run as per-row block-reduction kernels
+            (docs/cuda_backend.md, "LayerNorm cells").
     Returns:
         (y [T, B, H_out], h_T [B, H_out], c_T [B, H] | None), differentiable in every tensor
-        input.
+        input (cell_params included).
 
     Example:
         >>> y, h_T, c_T = recurrence("LSTM", xw.cuda(), w_hh.cuda(), b_hh.cuda(), h0.cuda())
@@ -75,27 +79,30 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     if why is not None:
         raise RuntimeError(f"cuda backend is not available: {why}")
     return _recurrence("fusedrnn", mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                       recurrent_grad_clip, reset=reset, zoneout=zoneout)
+                       recurrent_grad_clip, reset=reset, zoneout=zoneout, cell_params=cell_params)
 
 
 def _recurrence(namespace, mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, clip, *,
-                reset=None, zoneout=None):
+                reset=None, zoneout=None, cell_params=None):
     """``recurrence`` on the ops of ``namespace`` (the host emulation's in the CPU tests)."""
-    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr)
+    check_contract(mode, xw, w_hh, b_hh, h0, c0, lengths, w_hr, cell_params)
+    cp = list(cell_params) if cell_params else []
     check_reset_zoneout(mode, xw, w_hh, reset, zoneout)
     check_clip(clip)
     if xw.dtype not in _DTYPES:
         raise TypeError(f"cuda backend: xw dtype must be one of {_DTYPES}, got {xw.dtype}")
     for name, t in (("w_hh", w_hh), ("b_hh", b_hh), ("h0", h0), ("c0", c0), ("w_hr", w_hr),
-                    ("reset", reset), ("zoneout", zoneout)):
+                    ("reset", reset), ("zoneout", zoneout),
+                    *((f"cell_params[{k}]", p) for k, p in enumerate(cp))):
         if t is not None and t.device != xw.device:
             raise ValueError(f"cuda backend: {name} must be on {xw.device} like xw, got {t.device}")
     register(namespace)
     if lengths is not None:
         lengths = lengths.to(xw.device)
     op = getattr(torch.ops, namespace).cuda_recurrence_fwd
-    y, h_T, c_T, *_ = op(mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr,
-                         float(clip or 0.0), _contig(reset), _contig(zoneout))
+    args = (mode, xw, w_hh, b_hh, h0, c0, lengths, bool(reverse), w_hr, float(clip or 0.0),
+            _contig(reset), _contig(zoneout))
+    y, h_T, c_T, *_ = op(*args, cp) if cp else op(*args)
     return y, h_T, (c_T if CELL_STATE[mode] else None)
 
 
@@ -103,13 +110,23 @@ def _contig(t):
     return None if t is None else t.contiguous()
 
 
-def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout):
+def _ln_width(mode, H):
+    """Columns per (t, b) row of the op's ``ln`` output (csrc/cuda/loop.cpp ln_width): the
+    recurrent product's x^ and 1/std (norm_recurrent), then the cell state's (norm_state).
+    cells.h: num_cell_params = (norm_recurrent ? 1 : 0) + (norm_state ? 2 : 0)."""
+    n = len(CELLS[mode].cell_params)
+    return (GATES[mode] * H + 1 if n % 2 == 1 else 0) + (H + 1 if n >= 2 else 0)
+
+
+def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout,
+              cell_params=None):
     T, B, GH = xw.shape
     H = GH // GATES[mode]
     H_out = h0.shape[1]
     acc = compute_dtype(xw.dtype)
     S = CELLS[mode].saved
     lstm, proj, zoned = CELL_STATE[mode], w_hr is not None, zoneout is not None
+    ld = _ln_width(mode, H)
     return (
         xw.new_empty(T, B, H_out),
         xw.new_empty(B, H_out),
@@ -119,11 +136,12 @@ def _fwd_fake(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, r
         xw.new_empty(T if proj or zoned else 0, B, H, dtype=acc),
         xw.new_empty(T if xw.dtype in (torch.bfloat16, torch.float16) else 0, B, H_out, dtype=acc),
         xw.new_empty(T if lstm and zoned else 0, B, H, dtype=acc),
+        xw.new_empty(T if ld else 0, B, ld, dtype=acc),
     )
 
 
 def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset,
-              zoneout, y, saved, cs, hr, hs, cr):
+              zoneout, y, saved, cs, hr, hs, cr, ln=None, cell_params=None):
     T, B, _ = y.shape
     GH = w_hh.shape[0]
     empty = y.new_empty(0)
@@ -134,28 +152,36 @@ def _bwd_fake(mode, dy, dh_T, dc_T, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, 
         torch.empty_like(h0),
         empty if c0 is None else torch.empty_like(c0),
         empty if w_hr is None else torch.empty_like(w_hr),
+        [torch.empty_like(p) for p in cell_params or ()],
     )
 
 
 def _setup_context(ctx, inputs, output):
-    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout = inputs
-    y, _, _, saved, cs, hr, hs, cr = output
+    mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, grad_clip, reset, zoneout, *rest = \
+        inputs
+    cell_params = list(rest[0]) if rest and rest[0] is not None else []
+    # one gradient per argument the dispatcher passed (it drops a trailing cell_params=None; with
+    # a Tensor[] in the schema autograd checks the count)
+    ctx.n_inputs = 12 + (1 if rest and rest[0] is not None else 0)
+    y, _, _, saved, cs, hr, hs, cr, ln = output
     ctx.mode, ctx.reverse, ctx.grad_clip = mode, reverse, grad_clip
     ctx.save_for_backward(w_hh, b_hh, h0, c0, lengths, w_hr, reset, zoneout, y, saved, cs, hr, hs,
-                          cr)
+                          cr, ln, *cell_params)
 
 
 def _backward_for(namespace):
     def backward(ctx, dy, dh_T, dc_T, *_internal):
-        w_hh, b_hh, h0, c0, lengths, w_hr, reset, zoneout, y, saved, cs, hr, hs, cr = \
+        w_hh, b_hh, h0, c0, lengths, w_hr, reset, zoneout, y, saved, cs, hr, hs, cr, ln, *cp = \
             ctx.saved_tensors
         op = getattr(torch.ops, namespace).cuda_recurrence_bwd
-        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr = op(
+        d_xw, d_w_hh, d_b_hh, dh0, dc0, d_w_hr, d_cp = op(
             ctx.mode, dy, dh_T, dc_T if CELL_STATE[ctx.mode] else None, w_hh, b_hh, h0, c0,
-            lengths, ctx.reverse, w_hr, ctx.grad_clip, reset, zoneout, y, saved, cs, hr, hs, cr)
-        return (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
-                None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None,
-                None, None)
+            lengths, ctx.reverse, w_hr, ctx.grad_clip, reset, zoneout, y, saved, cs, hr, hs, cr,
+            ln, cp or None)
+        out = (None, d_xw, d_w_hh, None if b_hh is None else d_b_hh, dh0,
+               None if c0 is None else dc0, None, None, None if w_hr is None else d_w_hr, None,
+               None, None, list(d_cp) or None)
+        return out[: ctx.n_inputs]
 
     return backward
 
