@@ -574,3 +574,43 @@ def test_cell_step_op_refuses_ln_cells():
     x, w, h = torch.randn(1, 3), torch.randn(16, 3), torch.zeros(1, 4)
     with pytest.raises(RuntimeError, match="cell_step does not implement mode LN_LSTM"):
         torch.ops.fusedrnn.cell_step("LN_LSTM", x, w, None, torch.randn(16, 4), None, h, h)
+
+
+def test_auto_falls_back_to_the_next_backend_that_runs_the_layer(monkeypatch):
+    """When "auto"'s backend calls a layer unsupported (triton: LN rows wider than one program),
+    the next of "auto"'s backends for the device that runs it is used (on a GPU: cuda after
+    triton), the reference only when none does. Here on CPU tensors with a stand-in first
+    backend and "auto" = (stand-in, cpu)."""
+    import types
+
+    if "cpu" not in fusedrnn.available_backends():
+        pytest.skip("the cpu backend is not built")
+    xw, w_hh, b_hh, h0, c0, cp = _op_args("LN_LSTM")
+    calls = []
+    wide = types.SimpleNamespace(
+        __name__="fusedrnn.ops.wide", unavailable=lambda: None, supports=lambda d: True,
+        unsupported=lambda *a: "rows too wide",
+        recurrence=lambda *a, **k: calls.append("wide"))
+    monkeypatch.setattr(backends, "resolve", lambda name, device: wide)
+    monkeypatch.setattr(backends, "_accepts", lambda mod, name: True)
+    monkeypatch.setitem(backends.RECURRENCE._loaded, "wide", (wide, None))
+    monkeypatch.setitem(backends.RECURRENCE.auto, "cpu", ("wide", "cpu"))
+    monkeypatch.setattr(backends.RECURRENCE, "_warned", set())
+    with pytest.warns(UserWarning, match=r"backend 'wide' does not run this layer \(rows too "
+                      r"wide\); falling back to the cpu backend"):
+        got = backends.recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0, backend="auto",
+                                  cell_params=cp)
+    assert calls == []
+    want = backends.RECURRENCE.load("cpu")[0].recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0,
+                                                         cell_params=cp)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    monkeypatch.setitem(backends.RECURRENCE.auto, "cpu", ("wide",))
+    monkeypatch.setattr(backends.RECURRENCE, "_warned", set())
+    with pytest.warns(UserWarning, match="falling back to the reference backend"):
+        got = backends.recurrence("LN_LSTM", xw, w_hh, b_hh, h0, c0, backend="auto",
+                                  cell_params=cp)
+    from fusedrnn.ops.reference import recurrence_ref
+    ref = recurrence_ref("LN_LSTM", xw, w_hh, b_hh, h0, c0, cell_params=cp)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, **F64)

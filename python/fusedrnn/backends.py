@@ -136,6 +136,24 @@ def _fused_by(name: str) -> list[str]:
     return out
 
 
+def _next_runner(after: str, mode, xw, w_hh, h0, w_hr, kw) -> tuple[ModuleType, str]:
+    """The first of "auto"'s backends for xw's device after ``after`` that loads, runs on the
+    device, takes every keyword of ``kw`` and does not call the layer unsupported; else the
+    reference: (module, name)."""
+    cands = RECURRENCE.auto.get(xw.device.type, ())
+    rest = cands[cands.index(after) + 1:] if after in cands else ()
+    for name in rest:
+        mod, why = RECURRENCE.load(name)
+        if why is not None or not mod.supports(xw.device):
+            continue
+        if not all(_accepts(mod, k) for k in kw):
+            continue
+        if hasattr(mod, "unsupported") and mod.unsupported(mode, xw, w_hh, h0, w_hr) is not None:
+            continue
+        return mod, name
+    return RECURRENCE.load("reference")[0], "reference"
+
+
 def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w_hr=None,
                backend: str = "auto", recurrent_grad_clip: float | None = None, *,
                reset=None, zoneout=None, cell_params=None):
@@ -182,13 +200,17 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
         why = mod.unsupported(mode, xw, w_hh, h0, w_hr)
         if why is not None:
             which = mod.__name__.rsplit(".", 1)[-1]
+            # the next of "auto"'s backends for this device that runs the call, else the
+            # reference (on a GPU: cuda after triton)
+            sub, sub_name = _next_runner(which, mode, xw, w_hh, h0, w_hr, kw)
             key = (mode, which, "size")
             if key not in RECURRENCE._warned:
                 RECURRENCE._warned.add(key)
                 warnings.warn(f"fusedrnn: backend {which!r} does not run this layer ({why}); "
-                              f"falling back to the reference backend", stacklevel=3)
-            ref, _ = RECURRENCE.load("reference")
-            return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                  recurrent_grad_clip, reset=reset, zoneout=zoneout,
-                                  cell_params=cell_params)
+                              f"falling back to the {sub_name} backend", stacklevel=3)
+            if sub_name == "reference":
+                return sub.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                                      recurrent_grad_clip, reset=reset, zoneout=zoneout,
+                                      cell_params=cell_params)
+            return sub.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)
