@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "fusedrnn/cells.h"
+#include "recurrence.h"  // pooled_empty: outputs from the CPU backend's buffer cache (pool.cpp)
 
 namespace fusedrnn {
 namespace minrnn {
@@ -170,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> minrnn_fwd(const at::Tensor& p_in,
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({G * g.H}, p.options());
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
-  at::Tensor h = at::empty({p.size(0), p.size(1), g.H}, p.options());
+  at::Tensor h = cpu::pooled_empty({p.size(0), p.size(1), g.H}, p.options());
   at::Tensor hn = h0.defined() ? h0.clone() : at::zeros({g.B, g.H}, p.options());
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   const at::Tensor rst = reset_in.has_value() ? reset_in->contiguous() : at::Tensor();
@@ -223,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> minrnn_bwd(
                                                 : at::Tensor();
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
   const at::Tensor len = len_in.has_value() ? len_in->contiguous() : at::Tensor();
-  at::Tensor dp = at::empty_like(p);
+  at::Tensor dp = cpu::pooled_empty(p.sizes(), p.options());
   at::Tensor dh0 = at::empty({g.B, g.H}, p.options());
   at::Tensor dbias_rows = at::zeros({g.B, G * g.H}, p.options());
   const at::Tensor zero = at::zeros({g.H}, p.options());

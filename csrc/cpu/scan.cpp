@@ -20,8 +20,11 @@
 #include <limits>
 #include <vector>
 
+#include "recurrence.h"  // pooled_empty: outputs from the CPU backend's buffer cache (pool.cpp)
+
 namespace fusedrnn {
 namespace scan {
+using cpu::pooled_empty;
 namespace {
 
 constexpr int64_t kMinBlock = 16;   // channels per task at least: one 64-byte line of float32
@@ -228,7 +231,7 @@ at::Tensor scan_fwd(const at::Tensor& a_in, const at::Tensor& b_in, const c10::o
   check_inputs(a_in, b_in, h0_in);
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
-  at::Tensor h = at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor h = pooled_empty(a.sizes(), a.options());
   const Geo g{a.size(0), a.size(1), a.size(2), reverse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "scan_fwd", [&] {
     const scalar_t* h0p = h0.defined() ? h0.data_ptr<scalar_t>() : nullptr;
@@ -251,8 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_bwd(
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous(), h = h_in.contiguous();
   const at::Tensor gh = grad_in.to(a.scalar_type()).contiguous();
   const at::Tensor h0 = h0_in.has_value() ? h0_in->contiguous() : at::Tensor();
-  at::Tensor da = at::empty_like(a, at::MemoryFormat::Contiguous);
-  at::Tensor db = at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor da = pooled_empty(a.sizes(), a.options());
+  at::Tensor db = pooled_empty(a.sizes(), a.options());
   at::Tensor dh0 = at::empty({a.size(0), a.size(2)}, a.options());
   const Geo g{a.size(0), a.size(1), a.size(2), !reverse};
   const at::Tensor none_row = at::full({a.size(2)}, log_space ? -INFINITY : 0.0, a.options());
