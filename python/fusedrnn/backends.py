@@ -136,6 +136,14 @@ def _fused_by(name: str) -> list[str]:
     return out
 
 
+def _warn_once(key, message: str) -> None:
+    """One warning per key per process (the fallbacks of ``recurrence``); stacklevel points at
+    the caller of ``recurrence``."""
+    if key not in RECURRENCE._warned:
+        RECURRENCE._warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
 def _next_runner(after: str, mode, xw, w_hh, h0, w_hr, kw) -> tuple[ModuleType, str]:
     """The first of "auto"'s backends for xw's device after ``after`` that loads, runs on the
     device, takes every keyword of ``kw`` and does not call the layer unsupported; else the
@@ -169,6 +177,13 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
     the reference the same way, naming the cell.
     """
     mod = resolve(backend, xw.device)
+
+    def reference_call():  # what "auto" falls back to when no fused backend runs the call
+        ref, _ = RECURRENCE.load("reference")
+        return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
+                              recurrent_grad_clip, reset=reset, zoneout=zoneout,
+                              cell_params=cell_params)
+
     kw = {}
     for name, val in (("recurrent_grad_clip", recurrent_grad_clip), ("reset", reset),
                       ("zoneout", zoneout), ("cell_params", cell_params)):
@@ -179,16 +194,10 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             # what is missing: an argument, or (cell_params) the cell itself
             cell = CELLS[mode].title if name == "cell_params" and mode in CELLS else None
             if backend == "auto" and name != "recurrent_grad_clip":
-                key = (cell or name, which)
-                if key not in RECURRENCE._warned:
-                    RECURRENCE._warned.add(key)
-                    what = f"implement {cell}" if cell else f"fuse {name}="
-                    warnings.warn(f"fusedrnn: backend {which!r} does not {what}; falling back "
-                                  f"to the reference backend", stacklevel=3)
-                ref, _ = RECURRENCE.load("reference")
-                return ref.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                      recurrent_grad_clip, reset=reset, zoneout=zoneout,
-                                      cell_params=cell_params)
+                what = f"implement {cell}" if cell else f"fuse {name}="
+                _warn_once((cell or name, which), f"fusedrnn: backend {which!r} does not {what}; "
+                           "falling back to the reference backend")
+                return reference_call()
             raise NotImplementedError(
                 f"backend {which!r} does not implement {cell or name}; use one of the backends "
                 f"that do: {', '.join(repr(b) for b in _fused_by(name))}"
@@ -203,14 +212,9 @@ def recurrence(mode, xw, w_hh, b_hh, h0, c0=None, lengths=None, reverse=False, w
             # the next of "auto"'s backends for this device that runs the call, else the
             # reference (on a GPU: cuda after triton)
             sub, sub_name = _next_runner(which, mode, xw, w_hh, h0, w_hr, kw)
-            key = (mode, which, "size")
-            if key not in RECURRENCE._warned:
-                RECURRENCE._warned.add(key)
-                warnings.warn(f"fusedrnn: backend {which!r} does not run this layer ({why}); "
-                              f"falling back to the {sub_name} backend", stacklevel=3)
+            _warn_once((mode, which, "size"), f"fusedrnn: backend {which!r} does not run this "
+                       f"layer ({why}); falling back to the {sub_name} backend")
             if sub_name == "reference":
-                return sub.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr,
-                                      recurrent_grad_clip, reset=reset, zoneout=zoneout,
-                                      cell_params=cell_params)
+                return reference_call()
             return sub.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)
     return mod.recurrence(mode, xw, w_hh, b_hh, h0, c0, lengths, reverse, w_hr, **kw)
