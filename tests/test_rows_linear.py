@@ -103,3 +103,100 @@ def test_bad_arguments():
         cpu.linear(torch.randn(3, 4), torch.randn(5, 4, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="b must be"):
         cpu.linear(torch.randn(3, 4), torch.randn(5, 4), torch.randn(4))
+
+
+# -- rows_linear_at: the same GEMM over chosen rows (a packed batch's projection) ----------------
+
+def _at_ref(a, w, b, src, dst, out_rows):
+    n = len(src) if src is not None else len(dst) if dst is not None else a.shape[0]
+    rows = _ref(a if src is None else a[src], w, b)
+    out = torch.zeros(out_rows if dst is not None else n, w.shape[0], dtype=torch.float64)
+    out[torch.arange(n) if dst is None else dst] = rows
+    return out
+
+
+def _indices(g, M, n, out_rows):
+    """Random distinct src rows of [0, M) and dst rows of [0, out_rows), with runs of
+    consecutive rows in both (as a packed batch has) and isolated rows."""
+    src = torch.sort(torch.randperm(M, generator=g)[:n]).values
+    dst = torch.sort(torch.randperm(out_rows, generator=g)[:n]).values
+    return src, dst
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES[1:])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("which", ["both", "src", "dst", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_at_matches_indexed_matmul(M, K, N, bias, which, dtype):
+    g = torch.Generator().manual_seed(M + 7 * K + N)
+    a = torch.randn(M, K, generator=g, dtype=dtype)
+    w = torch.randn(N, K, generator=g, dtype=dtype)
+    b = torch.randn(N, generator=g, dtype=dtype) if bias else None
+    n = max(1, M // 2) if which in ("both", "src") else M
+    out_rows = M + 3
+    src, dst = _indices(g, M, n, out_rows)
+    src = src if which in ("both", "src") else None
+    dst = dst if which in ("both", "dst") else None
+    y = cpu.linear_at(a, w, b, src, dst, out_rows if dst is not None else -1)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5 * (K ** 0.5)
+    torch.testing.assert_close(y.double(), _at_ref(a, w, b, src, dst, out_rows), rtol=tol, atol=tol)
+
+
+def test_at_rows_bitwise_equal_rows_linear():
+    """Each computed row is bitwise rows_linear's row (runs cut anywhere), and the rows no index
+    names are exact zeros."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(50, 33, generator=g)
+    w = torch.randn(70, 33, generator=g)
+    b = torch.randn(70, generator=g)
+    src, dst = _indices(g, 50, 31, 90)
+    y = cpu.linear_at(a, w, b, src, dst, 90)
+    full = cpu.linear(a, w, b)
+    assert torch.equal(y[dst], full[src])
+    others = torch.ones(90, dtype=torch.bool)
+    others[dst] = False
+    assert torch.equal(y[others], torch.zeros(int(others.sum()), 70))
+
+
+def test_at_thread_count_invariant():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(300, 64, generator=g)
+    w = torch.randn(256, 64, generator=g)
+    src, dst = _indices(g, 300, 200, 400)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.linear_at(a, w, None, src, dst, 400)
+        torch.set_num_threads(2)
+        two = cpu.linear_at(a, w, None, src, dst, 400)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one, two)
+
+
+def test_at_gradients_and_opcheck():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(12, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    src, dst = torch.tensor([4, 5, 6, 0, 11]), torch.tensor([9, 10, 11, 2, 0])
+    for s, d, rows in ((src, dst, 14), (None, torch.arange(12) + 1, 14), (src, None, -1)):
+        f = lambda a, w, b: cpu.linear_at(a, w, b, s, d, rows)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (a, w, b))
+        assert torch.autograd.gradgradcheck(f, (a, w, b))
+        torch.library.opcheck(torch.ops.fusedrnn.rows_linear_at.default, (a, w, b, s, d, rows))
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda a, w: (a, w, None, torch.tensor([8]), None, -1), "src\\[0\\] = 8 is out of range"),
+    (lambda a, w: (a, w, None, torch.tensor([0, 1]), torch.tensor([3, 3]), 5), "row 3 twice"),
+    (lambda a, w: (a, w, None, torch.tensor([0, 1]), torch.tensor([0, 5]), 5), "out of range"),
+    (lambda a, w: (a, w, None, torch.tensor([0, 1]), torch.tensor([0]), 5), "same length"),
+    (lambda a, w: (a, w, None, torch.tensor([0.0]), None, -1), "1-D int64"),
+    (lambda a, w: (a, w, None, None, None, 3), "out_rows"),
+    (lambda a, w: (a, w[:, :2], None, None, None, -1), "w must have shape"),
+])
+def test_at_bad_arguments(args, match):
+    a, w = torch.randn(8, 3), torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fusedrnn.rows_linear_at(*args(a, w))

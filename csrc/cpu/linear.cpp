@@ -6,6 +6,12 @@
 #include "kernel.h"
 #include "recurrence.h"
 
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
 namespace fusedrnn {
 namespace cpu {
 
@@ -31,12 +37,43 @@ Tensor as_operand(const Tensor& m, Operand* op) {
   return at::empty(m.sizes(), m.options()).copy_(m);
 }
 
+// Rows [a0, a0 + n) of A give rows [o0, o0 + n) of the output (rows_linear_at's indices,
+// cut into runs of consecutive rows: a packed batch's are one run per time step).
+struct Run {
+  int64_t a0, o0, n;
+};
+
+// The output rows [i0, i1) of the concatenated runs (`starts`: each run's first such row, and
+// the total at the end), split at run boundaries.
+template <typename F>
+void for_run_rows(const std::vector<Run>& runs, const std::vector<int64_t>& starts, int64_t i0,
+                  int64_t i1, F&& f) {
+  int64_t r = std::upper_bound(starts.begin(), starts.end(), i0) - starts.begin() - 1;
+  for (; i0 < i1; ++r) {
+    const int64_t s = i0 - starts[r], e = std::min(i1 - starts[r], runs[r].n);
+    f(runs[r], s, e);
+    i0 = starts[r] + e;
+  }
+}
+
 template <typename T>
 void matmul_rows_t(const IsaKernels<T>& K, const Tensor& a_in, const Tensor& w_in,
-                   const T* bias, bool accumulate, Tensor& out) {
+                   const T* bias, bool accumulate, Tensor& out,
+                   const std::vector<Run>* runs = nullptr) {
   Operand ao, wo;
   const Tensor a = as_operand(a_in, &ao), w = as_operand(w_in, &wo);
-  const int64_t M = a.size(0), Kd = a.size(1), N = w.size(0);
+  TORCH_INTERNAL_ASSERT(runs == nullptr || !ao.trans);
+  std::vector<int64_t> starts;
+  if (runs) {
+    starts.reserve(runs->size() + 1);
+    int64_t total = 0;
+    for (const Run& r : *runs) {
+      starts.push_back(total);
+      total += r.n;
+    }
+    starts.push_back(total);
+  }
+  const int64_t M = runs ? starts.back() : a.size(0), Kd = a.size(1), N = w.size(0);
   if (M == 0 || N == 0) return;
   const int64_t uw = int64_t(K.pack_size(1, 1, 1));  // units per panel
   const int64_t panels = (N + uw - 1) / uw;
@@ -67,8 +104,16 @@ void matmul_rows_t(const IsaKernels<T>& K, const Tensor& a_in, const Tensor& w_i
       }
     });
     const T* ak = ao.trans ? ap + k0 * ao.ld : ap + k0;
+    const bool add = accumulate || k0 > 0;
     at::parallel_for(0, M, grain, [&](int64_t i0, int64_t i1) {
-      K.rows_mm(ao.trans, ak, ao.ld, i0, i1, kc, pk, N, bias, accumulate || k0 > 0, op, ldo);
+      if (!runs) {
+        K.rows_mm(ao.trans, ak, ao.ld, i0, i1, kc, pk, N, bias, add, op, ldo);
+        return;
+      }
+      for_run_rows(*runs, starts, i0, i1, [&](const Run& r, int64_t s, int64_t e) {
+        K.rows_mm(false, ak + (r.a0 + s) * ao.ld, ao.ld, 0, e - s, kc, pk, N, bias, add,
+                  op + (r.o0 + s) * ldo, ldo);
+      });
     });
   }
 }
@@ -84,6 +129,87 @@ void matmul_rows(const Tensor& a, const Tensor& w, const Tensor& bias, bool accu
   else
     matmul_rows_t<float>(kernels_f32(), a, w, bias.defined() ? bias.data_ptr<float>() : nullptr,
                          accumulate, out);
+}
+
+namespace {
+
+// Rows given by an optional int64 index: `count` positions, position i is idx[i] (or i).
+std::vector<int64_t> index_rows(const OptTensor& idx, int64_t count, int64_t limit,
+                                const char* name) {
+  std::vector<int64_t> v(count);
+  if (!idx.has_value() || !idx->defined()) {
+    for (int64_t i = 0; i < count; ++i) v[i] = i;
+  } else {
+    const Tensor t = idx->to(at::kCPU).contiguous();
+    const int64_t* p = t.data_ptr<int64_t>();
+    for (int64_t i = 0; i < count; ++i) {
+      TORCH_CHECK(p[i] >= 0 && p[i] < limit, "fusedrnn::rows_linear_at: ", name, "[", i,
+                  "] = ", p[i], " is out of range [0, ", limit, ")");
+      v[i] = p[i];
+    }
+  }
+  return v;
+}
+
+void check_index(const OptTensor& idx, const char* name) {
+  if (!idx.has_value() || !idx->defined()) return;
+  TORCH_CHECK(idx->dim() == 1 && idx->scalar_type() == at::kLong,
+              "fusedrnn::rows_linear_at: ", name, " must be a 1-D int64 tensor, got ",
+              idx->scalar_type(), " of shape ", idx->sizes());
+}
+
+}  // namespace
+
+Tensor rows_linear_at(const Tensor& a, const Tensor& w, const OptTensor& b, const OptTensor& src,
+                      const OptTensor& dst, int64_t out_rows) {
+  TORCH_CHECK(a.dim() == 2, "fusedrnn::rows_linear_at: a must be 2-D [M, K], got shape ",
+              a.sizes());
+  check_index(src, "src");
+  check_index(dst, "dst");
+  const bool has_src = src.has_value() && src->defined(), has_dst = dst.has_value() && dst->defined();
+  const int64_t n = has_src ? src->numel() : has_dst ? dst->numel() : a.size(0);
+  TORCH_CHECK(!has_src || !has_dst || dst->numel() == n, "fusedrnn::rows_linear_at: src and dst ",
+              "must have the same length, got ", n, " and ", has_dst ? dst->numel() : 0);
+  TORCH_CHECK(has_src || n == a.size(0), "fusedrnn::rows_linear_at: without src, dst must have ",
+              "one entry per row of a (", a.size(0), "), got ", n);
+  if (out_rows < 0) out_rows = n;
+  TORCH_CHECK(has_dst || out_rows == n, "fusedrnn::rows_linear_at: without dst the output has ",
+              "one row per computed row (", n, "), got out_rows = ", out_rows);
+  const std::vector<int64_t> si = index_rows(src, n, a.size(0), "src");
+  const std::vector<int64_t> di = index_rows(dst, n, out_rows, "dst");
+  // the runs, and the output rows no run writes (zeros)
+  std::vector<Run> runs;
+  std::vector<uint8_t> covered(out_rows, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(!covered[di[i]], "fusedrnn::rows_linear_at: dst holds row ", di[i], " twice");
+    covered[di[i]] = 1;
+    if (!runs.empty() && runs.back().a0 + runs.back().n == si[i] &&
+        runs.back().o0 + runs.back().n == di[i])
+      ++runs.back().n;
+    else
+      runs.push_back({si[i], di[i], 1});
+  }
+  // the checks and casts of rows_linear, on a [n, K] stand-in of the same dtype
+  const Tensor probe = rows_linear(a.narrow(0, 0, 0), w, b);
+  const auto dt = a.scalar_type();
+  const auto acc = probe.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor a_c = a.to(acc).contiguous(), w_c = w.to(acc);
+  const Tensor b_c = b.has_value() && b->defined() ? b->to(acc).contiguous() : Tensor();
+  Tensor out = alloc({out_rows, w.size(0)}, a_c.options());
+  const int64_t N = w.size(0);
+  at::parallel_for(0, out_rows, 4096, [&](int64_t r0, int64_t r1) {
+    const size_t row_bytes = out.element_size() * N;
+    auto* base = static_cast<char*>(out.data_ptr());
+    for (int64_t r = r0; r < r1; ++r)
+      if (!covered[r]) std::memset(base + r * row_bytes, 0, row_bytes);
+  });
+  if (acc == at::kDouble)
+    matmul_rows_t<double>(kernels_f64(), a_c, w_c, b_c.defined() ? b_c.data_ptr<double>() : nullptr,
+                          false, out, &runs);
+  else
+    matmul_rows_t<float>(kernels_f32(), a_c, w_c, b_c.defined() ? b_c.data_ptr<float>() : nullptr,
+                         false, out, &runs);
+  return dt == at::kBFloat16 ? out.to(dt) : out;
 }
 
 Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b) {
@@ -111,3 +237,12 @@ Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b) {
 
 }  // namespace cpu
 }  // namespace fusedrnn
+
+// Defined here rather than in ops.cpp: the packed-batch projection of the layers
+// (python/fusedrnn/nn/rnn.py _project), differentiable through ops/cpu.py.
+TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
+  m.def("rows_linear_at(Tensor a, Tensor w, Tensor? b, Tensor? src, Tensor? dst, int out_rows) "
+        "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { m.impl("rows_linear_at", &fusedrnn::cpu::rows_linear_at); }

@@ -326,18 +326,46 @@ def _check_reset(reset, x: Tensor, is_batched: bool, batch_first: bool) -> Tenso
 _PACKED_PROJECTION_MAX_LIVE = 0.85
 
 
-def _unpack(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A PackedSequence's data [N, I] (time-major, sorted order) -> the padded batch x [T, B, I]
-    (zeros past each length), lengths [B] (descending) and the flat t * B + b position of every
-    packed row. One scatter instead of pad_packed_sequence's loop over steps (17 ms vs ~1 ms for
-    T=512, B=32, I=64 here)."""
+class _PackedRows:
+    """Layer 0's input from a PackedSequence: its data [N, I] (time-major, sorted order) and
+    the flat t * B + b position of each of its rows in the padded [T, B] batch. The input
+    projection reads the packed rows as they are and writes the padded layout the recurrence
+    reads; nothing builds a padded copy of the input. Has the few Tensor attributes the layer
+    stack reads of its input (shape, dtype, device, ``to``)."""
+
+    __slots__ = ("data", "rows", "T", "B")
+
+    def __init__(self, data: Tensor, rows: Tensor, T: int, B: int):
+        self.data, self.rows, self.T, self.B = data, rows, T, B
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.T, self.B, self.data.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def is_floating_point(self) -> bool:
+        return self.data.is_floating_point()
+
+    def to(self, dtype: torch.dtype) -> "_PackedRows":
+        return _PackedRows(self.data.to(dtype), self.rows, self.T, self.B)
+
+
+def _unpack(data: Tensor, batch_sizes: Tensor) -> tuple[_PackedRows, Tensor, Tensor]:
+    """A PackedSequence's data [N, I] and batch_sizes -> layer 0's input (:class:`_PackedRows`),
+    lengths [B] (descending) and the flat t * B + b position of every packed row."""
     T, B = len(batch_sizes), int(batch_sizes[0])
     slots = torch.arange(B)
     live = slots[None, :] < batch_sizes[:, None]  # [T, B], batch_sizes is a CPU tensor
     rows = live.reshape(-1).nonzero().squeeze(1).to(data.device)
     lengths = live.sum(0).to(data.device)
-    x = data.new_zeros(T * B, data.shape[1]).index_put_((rows,), data)
-    return x.view(T, B, -1), lengths, rows
+    return _PackedRows(data, rows, T, B), lengths, rows
 
 
 def _live_rows(x: Tensor, lengths: Tensor | None) -> Tensor | None:
@@ -376,21 +404,32 @@ def _inference_buffer(rows: int, cols: int, like: Tensor) -> Tensor | None:
 
 
 def _backend_linear(backend: str, x: Tensor):
-    """The chosen backend's own input projection (``linear``: the cpu backend's, whose rows are
-    batch- and thread-count invariant) for float32/float64, else None (F.linear)."""
+    """The chosen backend's module when it has its own input projection (``linear``: the cpu
+    backend's, whose rows are batch- and thread-count invariant, and ``linear_at``, the same
+    over chosen rows) for float32/float64, else None (F.linear)."""
     if x.dtype not in (torch.float32, torch.float64):
         return None
-    return getattr(backends.resolve(backend, x.device), "linear", None)
+    mod = backends.resolve(backend, x.device)
+    return mod if hasattr(mod, "linear") else None
 
 
-def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None, lin=None) -> Tensor:
-    """x [T, B, I] @ w^T (+ b) -> [T, B, N] by ``lin`` (default F.linear); with `live`, over
-    those rows only (padding positions get zeros: the op never reads them)."""
+def _project(x, w: Tensor, b: Tensor | None, live: Tensor | None, be=None) -> Tensor:
+    """x [T, B, I] (or layer 0's :class:`_PackedRows`) @ w^T (+ b) -> [T, B, N] on the backend
+    module ``be``'s ``linear`` / ``linear_at`` (default F.linear); with `live`, over those rows
+    only (padding positions get zeros: the op never reads them)."""
+    lin, at = getattr(be, "linear", None), getattr(be, "linear_at", None)
+    T, B = x.shape[0], x.shape[1]
+    if isinstance(x, _PackedRows):
+        if at is not None:
+            return at(x.data, w, b, None, x.rows, T * B).view(T, B, -1)
+        rows = (lin or F.linear)(x.data, w, b)  # [N, G*H]
+        return rows.new_zeros(T * B, rows.shape[1]).index_put_((x.rows,), rows).view(T, B, -1)
+    if live is not None and at is not None:
+        return at(x.reshape(T * B, -1), w, b, live, live, T * B).view(T, B, -1)
     if live is None and lin is not None:
         return lin(x, w, b)
     lin = lin or F.linear
     if live is None:
-        T, B = x.shape[0], x.shape[1]
         out = _inference_buffer(T * B, w.shape[0], x) if x.dtype == w.dtype else None
         if out is None:
             return F.linear(x, w, b)
@@ -400,7 +439,6 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None, live: Tensor | None, lin=No
         else:
             torch.addmm(b, x2, w.t(), out=out)
         return out.view(T, B, -1)
-    T, B = x.shape[0], x.shape[1]
     # advanced indexing and index_put_: index_select / index_copy measured 2-10x slower here
     rows = lin(x.reshape(T * B, -1)[live], w, b)  # [n, N]
     return rows.new_zeros(T * B, rows.shape[1]).index_put_((live,), rows).view(T, B, -1)

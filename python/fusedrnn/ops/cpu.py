@@ -183,6 +183,38 @@ def _linear_backward(ctx, dy):
     return da, dw, db
 
 
+def _at_rows(a, src, dst, out_rows):
+    """rows_linear_at's (computed rows n, output rows)."""
+    n = src.numel() if src is not None else dst.numel() if dst is not None else a.shape[0]
+    return n, (out_rows if out_rows >= 0 else n)
+
+
+def _linear_at_fake(a, w, b, src, dst, out_rows):
+    return a.new_empty(_at_rows(a, src, dst, out_rows)[1], w.shape[0])
+
+
+def _linear_at_setup(ctx, inputs, output):
+    a, w, b, src, dst, _ = inputs
+    ctx.save_for_backward(a, w, src, dst)
+    ctx.has_b = b is not None
+
+
+def _linear_at_backward(ctx, dy):
+    # out[dst[i]] = a[src[i]] @ w^T + b: the input gradient is the same op with the indices
+    # swapped; the weight gradient one rows_linear over the computed rows, gathered
+    a, w, src, dst = ctx.saved_tensors
+    da = dw = db = None
+    if ctx.needs_input_grad[0]:
+        da = torch.ops.fusedrnn.rows_linear_at(dy, w.t(), None, dst, src, a.shape[0])
+    if ctx.needs_input_grad[1] or (ctx.has_b and ctx.needs_input_grad[2]):
+        dy_n = dy if dst is None else dy[dst]
+        if ctx.needs_input_grad[1]:
+            dw = torch.ops.fusedrnn.rows_linear(dy_n.t(), (a if src is None else a[src]).t(), None)
+        if ctx.has_b and ctx.needs_input_grad[2]:
+            db = dy_n.sum(0)
+    return da, dw, db, None, None, None
+
+
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
     return h.new_empty(h.shape), h.new_empty(h.shape) if CELL_STATE[mode] else h.new_empty(0)
 
@@ -196,6 +228,10 @@ if _ext.extension_error() is None:
         lambda shape, p, seed: p.new_empty(shape))
     torch.library.register_autograd(
         "fusedrnn::rows_linear", _linear_backward, setup_context=_linear_setup
+    )
+    torch.library.register_fake("fusedrnn::rows_linear_at")(_linear_at_fake)
+    torch.library.register_autograd(
+        "fusedrnn::rows_linear_at", _linear_at_backward, setup_context=_linear_at_setup
     )
     torch.library.register_autograd(
         "fusedrnn::recurrence_fwd", _backward, setup_context=_setup_context
@@ -281,6 +317,16 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """
     y = torch.ops.fusedrnn.rows_linear(x.reshape(-1, x.shape[-1]), w, b)
     return y.view(*x.shape[:-1], w.shape[0])
+
+
+def linear_at(x: Tensor, w: Tensor, b: Tensor | None, src: Tensor | None, dst: Tensor | None,
+              out_rows: int) -> Tensor:
+    """:func:`linear` over chosen rows: ``out[dst[i]] = x[src[i]] @ w^T + b`` for every i, the
+    other ``out_rows`` rows zeros (x [M, K], src / dst int64 [n] or None for 0..n-1). A packed
+    batch's input projection: its live rows only, written straight into the padded layout the
+    recurrence reads (rows in runs, as a packed batch's steps are, cost one micro-kernel call
+    per run). Differentiable in x, w and b; each row bitwise as :func:`linear` computes it."""
+    return torch.ops.fusedrnn.rows_linear_at(x, w, b, src, dst, out_rows)
 
 
 def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
