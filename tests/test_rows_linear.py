@@ -200,3 +200,39 @@ def test_at_bad_arguments(args, match):
     a, w = torch.randn(8, 3), torch.randn(4, 3)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fusedrnn.rows_linear_at(*args(a, w))
+
+
+# -- move_rows: whole-row gathers and scatters (a packed batch's output and gradients) ---------
+
+@pytest.mark.parametrize("which", ["both", "src", "dst"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
+def test_move_rows_matches_indexing(which, dtype):
+    g = torch.Generator().manual_seed(6)
+    a = (torch.randn(40, 7, generator=g) * 100).to(dtype)
+    src, dst = _indices(g, 40, 40 if which == "dst" else 23, 57)
+    src = src if which in ("both", "src") else None
+    dst = dst if which in ("both", "dst") else None
+    rows = 57 if dst is not None else -1
+    ref = torch.zeros(57 if dst is not None else len(src), 7, dtype=dtype)
+    ref[torch.arange(len(ref)) if dst is None else dst] = a if src is None else a[src]
+    assert torch.equal(cpu.move_rows(a, src, dst, rows), ref)
+
+
+def test_move_rows_gradients_and_opcheck():
+    a = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    src, dst = torch.tensor([2, 3, 4, 9]), torch.tensor([5, 6, 7, 0])
+    for s, d, rows in ((src, dst, 8), (src, None, -1), (None, torch.arange(10) + 2, 13)):
+        f = lambda a: cpu.move_rows(a, s, d, rows)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (a,))
+        assert torch.autograd.gradgradcheck(f, (a,))
+        torch.library.opcheck(torch.ops.fusedrnn.move_rows.default, (a, s, d, rows))
+
+
+def test_move_rows_bad_arguments():
+    a = torch.randn(8, 3)
+    with pytest.raises(RuntimeError, match="move_rows: src\\[0\\] = 8 is out of range"):
+        cpu.move_rows(a, torch.tensor([8]), None, -1)
+    with pytest.raises(RuntimeError, match="move_rows: dst holds row 2 twice"):
+        cpu.move_rows(a, torch.tensor([0, 1]), torch.tensor([2, 2]), 4)
+    with pytest.raises(RuntimeError, match="must be 2-D"):
+        cpu.move_rows(torch.randn(8), None, None, -1)

@@ -134,8 +134,8 @@ void matmul_rows(const Tensor& a, const Tensor& w, const Tensor& bias, bool accu
 namespace {
 
 // Rows given by an optional int64 index: `count` positions, position i is idx[i] (or i).
-std::vector<int64_t> index_rows(const OptTensor& idx, int64_t count, int64_t limit,
-                                const char* name) {
+std::vector<int64_t> index_rows(const char* op, const OptTensor& idx, int64_t count,
+                                int64_t limit, const char* name) {
   std::vector<int64_t> v(count);
   if (!idx.has_value() || !idx->defined()) {
     for (int64_t i = 0; i < count; ++i) v[i] = i;
@@ -143,73 +143,103 @@ std::vector<int64_t> index_rows(const OptTensor& idx, int64_t count, int64_t lim
     const Tensor t = idx->to(at::kCPU).contiguous();
     const int64_t* p = t.data_ptr<int64_t>();
     for (int64_t i = 0; i < count; ++i) {
-      TORCH_CHECK(p[i] >= 0 && p[i] < limit, "fusedrnn::rows_linear_at: ", name, "[", i,
-                  "] = ", p[i], " is out of range [0, ", limit, ")");
+      TORCH_CHECK(p[i] >= 0 && p[i] < limit, op, ": ", name, "[", i, "] = ", p[i],
+                  " is out of range [0, ", limit, ")");
       v[i] = p[i];
     }
   }
   return v;
 }
 
-void check_index(const OptTensor& idx, const char* name) {
-  if (!idx.has_value() || !idx->defined()) return;
-  TORCH_CHECK(idx->dim() == 1 && idx->scalar_type() == at::kLong,
-              "fusedrnn::rows_linear_at: ", name, " must be a 1-D int64 tensor, got ",
-              idx->scalar_type(), " of shape ", idx->sizes());
-}
+// The (src, dst, out_rows) arguments of rows_linear_at and move_rows, checked: out[dst[i]] comes
+// from row src[i] of `a` (either index None: 0..n-1), as runs of consecutive rows, and which
+// output rows no run writes (zeros).
+struct RowMap {
+  std::vector<Run> runs;
+  std::vector<uint8_t> covered;
+  int64_t out_rows;
+
+  RowMap(const char* op, const Tensor& a, const OptTensor& src, const OptTensor& dst,
+         int64_t rows) {
+    TORCH_CHECK(a.dim() == 2, op, ": the input must be 2-D, got shape ", a.sizes());
+    for (const auto& [idx, name] : {std::pair{&src, "src"}, std::pair{&dst, "dst"}})
+      if (idx->has_value() && (*idx)->defined())
+        TORCH_CHECK((*idx)->dim() == 1 && (*idx)->scalar_type() == at::kLong, op, ": ", name,
+                    " must be a 1-D int64 tensor, got ", (*idx)->scalar_type(), " of shape ",
+                    (*idx)->sizes());
+    const bool has_src = src.has_value() && src->defined();
+    const bool has_dst = dst.has_value() && dst->defined();
+    const int64_t n = has_src ? src->numel() : has_dst ? dst->numel() : a.size(0);
+    TORCH_CHECK(!has_src || !has_dst || dst->numel() == n, op, ": src and dst must have the "
+                "same length, got ", n, " and ", has_dst ? dst->numel() : 0);
+    TORCH_CHECK(has_src || n == a.size(0), op, ": without src, dst must have one entry per row "
+                "of the input (", a.size(0), "), got ", n);
+    out_rows = rows < 0 ? n : rows;
+    TORCH_CHECK(has_dst || out_rows == n, op, ": without dst the output has one row per "
+                "computed row (", n, "), got out_rows = ", out_rows);
+    const std::vector<int64_t> si = index_rows(op, src, n, a.size(0), "src");
+    const std::vector<int64_t> di = index_rows(op, dst, n, out_rows, "dst");
+    covered.assign(out_rows, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(!covered[di[i]], op, ": dst holds row ", di[i], " twice");
+      covered[di[i]] = 1;
+      if (!runs.empty() && runs.back().a0 + runs.back().n == si[i] &&
+          runs.back().o0 + runs.back().n == di[i])
+        ++runs.back().n;
+      else
+        runs.push_back({si[i], di[i], 1});
+    }
+  }
+
+  // an output for these rows (the CPU buffer cache), the rows no run writes zero-filled
+  Tensor output(int64_t cols, const at::TensorOptions& opts) const {
+    Tensor out = alloc({out_rows, cols}, opts);
+    const size_t row_bytes = out.element_size() * cols;
+    auto* base = static_cast<char*>(out.data_ptr());
+    at::parallel_for(0, out_rows, 4096, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        if (!covered[r]) std::memset(base + r * row_bytes, 0, row_bytes);
+    });
+    return out;
+  }
+};
 
 }  // namespace
 
 Tensor rows_linear_at(const Tensor& a, const Tensor& w, const OptTensor& b, const OptTensor& src,
                       const OptTensor& dst, int64_t out_rows) {
-  TORCH_CHECK(a.dim() == 2, "fusedrnn::rows_linear_at: a must be 2-D [M, K], got shape ",
-              a.sizes());
-  check_index(src, "src");
-  check_index(dst, "dst");
-  const bool has_src = src.has_value() && src->defined(), has_dst = dst.has_value() && dst->defined();
-  const int64_t n = has_src ? src->numel() : has_dst ? dst->numel() : a.size(0);
-  TORCH_CHECK(!has_src || !has_dst || dst->numel() == n, "fusedrnn::rows_linear_at: src and dst ",
-              "must have the same length, got ", n, " and ", has_dst ? dst->numel() : 0);
-  TORCH_CHECK(has_src || n == a.size(0), "fusedrnn::rows_linear_at: without src, dst must have ",
-              "one entry per row of a (", a.size(0), "), got ", n);
-  if (out_rows < 0) out_rows = n;
-  TORCH_CHECK(has_dst || out_rows == n, "fusedrnn::rows_linear_at: without dst the output has ",
-              "one row per computed row (", n, "), got out_rows = ", out_rows);
-  const std::vector<int64_t> si = index_rows(src, n, a.size(0), "src");
-  const std::vector<int64_t> di = index_rows(dst, n, out_rows, "dst");
-  // the runs, and the output rows no run writes (zeros)
-  std::vector<Run> runs;
-  std::vector<uint8_t> covered(out_rows, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(!covered[di[i]], "fusedrnn::rows_linear_at: dst holds row ", di[i], " twice");
-    covered[di[i]] = 1;
-    if (!runs.empty() && runs.back().a0 + runs.back().n == si[i] &&
-        runs.back().o0 + runs.back().n == di[i])
-      ++runs.back().n;
-    else
-      runs.push_back({si[i], di[i], 1});
-  }
-  // the checks and casts of rows_linear, on a [n, K] stand-in of the same dtype
+  const RowMap map("fusedrnn::rows_linear_at", a, src, dst, out_rows);
+  // the checks and casts of rows_linear, on a [0, K] stand-in of the same dtype
   const Tensor probe = rows_linear(a.narrow(0, 0, 0), w, b);
   const auto dt = a.scalar_type();
   const auto acc = probe.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor a_c = a.to(acc).contiguous(), w_c = w.to(acc);
   const Tensor b_c = b.has_value() && b->defined() ? b->to(acc).contiguous() : Tensor();
-  Tensor out = alloc({out_rows, w.size(0)}, a_c.options());
-  const int64_t N = w.size(0);
-  at::parallel_for(0, out_rows, 4096, [&](int64_t r0, int64_t r1) {
-    const size_t row_bytes = out.element_size() * N;
-    auto* base = static_cast<char*>(out.data_ptr());
-    for (int64_t r = r0; r < r1; ++r)
-      if (!covered[r]) std::memset(base + r * row_bytes, 0, row_bytes);
-  });
+  Tensor out = map.output(w.size(0), a_c.options());
   if (acc == at::kDouble)
     matmul_rows_t<double>(kernels_f64(), a_c, w_c, b_c.defined() ? b_c.data_ptr<double>() : nullptr,
-                          false, out, &runs);
+                          false, out, &map.runs);
   else
     matmul_rows_t<float>(kernels_f32(), a_c, w_c, b_c.defined() ? b_c.data_ptr<float>() : nullptr,
-                         false, out, &runs);
+                         false, out, &map.runs);
   return dt == at::kBFloat16 ? out.to(dt) : out;
+}
+
+Tensor move_rows(const Tensor& a, const OptTensor& src, const OptTensor& dst, int64_t out_rows) {
+  const RowMap map("fusedrnn::move_rows", a, src, dst, out_rows);
+  TORCH_CHECK(a.device().is_cpu(), "fusedrnn::move_rows: the cpu backend needs CPU tensors");
+  const Tensor a_c = a.contiguous();
+  Tensor out = map.output(a.size(1), a_c.options());
+  const size_t row_bytes = a_c.element_size() * a.size(1);
+  const auto* in = static_cast<const char*>(a_c.data_ptr());
+  auto* o = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, int64_t(map.runs.size()), 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const Run& run = map.runs[r];
+      std::memcpy(o + run.o0 * row_bytes, in + run.a0 * row_bytes, run.n * row_bytes);
+    }
+  });
+  return out;
 }
 
 Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b) {
@@ -238,11 +268,15 @@ Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b) {
 }  // namespace cpu
 }  // namespace fusedrnn
 
-// Defined here rather than in ops.cpp: the packed-batch projection of the layers
-// (python/fusedrnn/nn/rnn.py _project), differentiable through ops/cpu.py.
+// Defined here rather than in ops.cpp: a packed batch's projection and row moves in the layers
+// (python/fusedrnn/nn/rnn.py _project, _PackedRows), differentiable through ops/cpu.py.
 TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
   m.def("rows_linear_at(Tensor a, Tensor w, Tensor? b, Tensor? src, Tensor? dst, int out_rows) "
         "-> Tensor");
+  m.def("move_rows(Tensor a, Tensor? src, Tensor? dst, int out_rows) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { m.impl("rows_linear_at", &fusedrnn::cpu::rows_linear_at); }
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("rows_linear_at", &fusedrnn::cpu::rows_linear_at);
+  m.impl("move_rows", &fusedrnn::cpu::move_rows);
+}

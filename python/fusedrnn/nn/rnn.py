@@ -247,7 +247,7 @@ class _FusedRNNMixin:
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if batch_sizes is not None:
-            data = y.reshape(-1, y.shape[2])[packed_rows]  # back to packed order
+            data = _rows_of(y, packed_rows, self.backend)  # back to packed order
             out = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
             return out, self.permute_hidden(hidden, unsorted_indices)
         if self.batch_first:
@@ -366,6 +366,14 @@ def _unpack(data: Tensor, batch_sizes: Tensor) -> tuple[_PackedRows, Tensor, Ten
     rows = live.reshape(-1).nonzero().squeeze(1).to(data.device)
     lengths = live.sum(0).to(data.device)
     return _PackedRows(data, rows, T, B), lengths, rows
+
+
+def _rows_of(y: Tensor, rows: Tensor, backend: str) -> Tensor:
+    """The rows ``rows`` (flat t * B + b) of y [T, B, C], as [len(rows), C]: the backend's
+    ``move_rows`` where it has one (one copy per run, no fresh pages), else indexing."""
+    y2 = y.reshape(-1, y.shape[2])
+    move = getattr(backends.resolve(backend, y.device), "move_rows", None)
+    return y2[rows] if move is None else move(y2, rows, None, -1)
 
 
 def _live_rows(x: Tensor, lengths: Tensor | None) -> Tensor | None:

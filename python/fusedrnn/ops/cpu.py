@@ -207,12 +207,28 @@ def _linear_at_backward(ctx, dy):
     if ctx.needs_input_grad[0]:
         da = torch.ops.fusedrnn.rows_linear_at(dy, w.t(), None, dst, src, a.shape[0])
     if ctx.needs_input_grad[1] or (ctx.has_b and ctx.needs_input_grad[2]):
-        dy_n = dy if dst is None else dy[dst]
+        dy_n = dy if dst is None else move_rows(dy, dst, None, -1)
         if ctx.needs_input_grad[1]:
-            dw = torch.ops.fusedrnn.rows_linear(dy_n.t(), (a if src is None else a[src]).t(), None)
+            a_n = a if src is None else move_rows(a, src, None, -1)
+            dw = torch.ops.fusedrnn.rows_linear(dy_n.t(), a_n.t(), None)
         if ctx.has_b and ctx.needs_input_grad[2]:
             db = dy_n.sum(0)
     return da, dw, db, None, None, None
+
+
+def _move_fake(a, src, dst, out_rows):
+    return a.new_empty(_at_rows(a, src, dst, out_rows)[1], a.shape[1])
+
+
+def _move_setup(ctx, inputs, output):
+    a, src, dst, _ = inputs
+    ctx.save_for_backward(src, dst)
+    ctx.rows = a.shape[0]
+
+
+def _move_backward(ctx, dy):
+    src, dst = ctx.saved_tensors
+    return move_rows(dy, dst, src, ctx.rows), None, None, None
 
 
 def _step_fake(mode, x, w_ih, b_ih, w_hh, b_hh, h, c):
@@ -229,6 +245,9 @@ if _ext.extension_error() is None:
     torch.library.register_autograd(
         "fusedrnn::rows_linear", _linear_backward, setup_context=_linear_setup
     )
+    torch.library.register_fake("fusedrnn::move_rows")(_move_fake)
+    torch.library.register_autograd("fusedrnn::move_rows", _move_backward,
+                                    setup_context=_move_setup)
     torch.library.register_fake("fusedrnn::rows_linear_at")(_linear_at_fake)
     torch.library.register_autograd(
         "fusedrnn::rows_linear_at", _linear_at_backward, setup_context=_linear_at_setup
@@ -327,6 +346,15 @@ def linear_at(x: Tensor, w: Tensor, b: Tensor | None, src: Tensor | None, dst: T
     recurrence reads (rows in runs, as a packed batch's steps are, cost one micro-kernel call
     per run). Differentiable in x, w and b; each row bitwise as :func:`linear` computes it."""
     return torch.ops.fusedrnn.rows_linear_at(x, w, b, src, dst, out_rows)
+
+
+def move_rows(x: Tensor, src: Tensor | None, dst: Tensor | None, out_rows: int) -> Tensor:
+    """``out[dst[i]] = x[src[i]]`` for every i, the other ``out_rows`` rows zeros (x [M, C];
+    src / dst int64 [n] or None for 0..n-1; ``out_rows`` -1: n). A gather (dst None) or a
+    scatter (src None) of whole rows in one pass, one copy per run of consecutive rows, into a
+    buffer of the CPU backend's cache (no fresh pages). Differentiable: its backward is the same
+    move with src and dst swapped."""
+    return torch.ops.fusedrnn.move_rows(x, src, dst, out_rows)
 
 
 def cell_step(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor,
