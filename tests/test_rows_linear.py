@@ -56,23 +56,31 @@ def test_row_alone_equals_row_in_batch():
     assert torch.equal(cpu.linear(a[7:40], w, b), full[7:40])
 
 
+def _on_1_and_2_threads(fn):
+    """fn() with torch on one thread, then on two."""
+    prev = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(fn())
+        return out
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_thread_count_invariant():
     g = torch.Generator().manual_seed(2)
     a = torch.randn(300, 64, generator=g, requires_grad=True)
     w = torch.randn(256, 64, generator=g, requires_grad=True)
     b = torch.randn(256, generator=g, requires_grad=True)
     dy = torch.randn(300, 256, generator=g)
-    prev = torch.get_num_threads()
-    res = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            y = cpu.linear(a, w, b)
-            grads = torch.autograd.grad(y, (a, w, b), dy)
-            res.append((y, *grads))
-    finally:
-        torch.set_num_threads(prev)
-    for x1, x2 in zip(*res):
+
+    def run():
+        y = cpu.linear(a, w, b)
+        return (y, *torch.autograd.grad(y, (a, w, b), dy))
+
+    for x1, x2 in zip(*_on_1_and_2_threads(run)):
         assert torch.equal(x1, x2)
 
 
@@ -163,14 +171,7 @@ def test_at_thread_count_invariant():
     a = torch.randn(300, 64, generator=g)
     w = torch.randn(256, 64, generator=g)
     src, dst = _indices(g, 300, 200, 400)
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cpu.linear_at(a, w, None, src, dst, 400)
-        torch.set_num_threads(2)
-        two = cpu.linear_at(a, w, None, src, dst, 400)
-    finally:
-        torch.set_num_threads(prev)
+    one, two = _on_1_and_2_threads(lambda: cpu.linear_at(a, w, None, src, dst, 400))
     assert torch.equal(one, two)
 
 

@@ -118,17 +118,23 @@ void matmul_rows_t(const IsaKernels<T>& K, const Tensor& a_in, const Tensor& w_i
   }
 }
 
+// matmul_rows_t in out's dtype (float64, else float32), over `runs` when given
+void matmul_rows_any(const Tensor& a, const Tensor& w, const Tensor& bias, bool accumulate,
+                     Tensor& out, const std::vector<Run>* runs) {
+  if (out.scalar_type() == at::kDouble)
+    matmul_rows_t<double>(kernels_f64(), a, w, bias.defined() ? bias.data_ptr<double>() : nullptr,
+                          accumulate, out, runs);
+  else
+    matmul_rows_t<float>(kernels_f32(), a, w, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                         accumulate, out, runs);
+}
+
 }  // namespace
 
 void matmul_rows(const Tensor& a, const Tensor& w, const Tensor& bias, bool accumulate,
                  Tensor& out) {
   TORCH_CHECK(out.stride(1) == 1, "fusedrnn: matmul_rows needs a row-major output");
-  if (out.scalar_type() == at::kDouble)
-    matmul_rows_t<double>(kernels_f64(), a, w, bias.defined() ? bias.data_ptr<double>() : nullptr,
-                          accumulate, out);
-  else
-    matmul_rows_t<float>(kernels_f32(), a, w, bias.defined() ? bias.data_ptr<float>() : nullptr,
-                         accumulate, out);
+  matmul_rows_any(a, w, bias, accumulate, out, nullptr);
 }
 
 namespace {
@@ -204,25 +210,38 @@ struct RowMap {
   }
 };
 
+// rows_linear's checks, casts and GEMM; with `map`, over its rows (rows_linear_at)
+Tensor linear_impl(const char* op, const Tensor& a, const Tensor& w, const OptTensor& b,
+                   const RowMap* map) {
+  TORCH_CHECK(a.dim() == 2, op, ": a must be 2-D [M, K], got shape ", a.sizes());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == a.size(1), op, ": w must have shape [N, ", a.size(1),
+              "], got ", w.sizes());
+  const auto dt = a.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, op,
+              ": float32, float64 or bfloat16, got ", dt);
+  TORCH_CHECK(w.scalar_type() == dt, op, ": w must have dtype ", dt, ", got ", w.scalar_type());
+  const bool has_b = b.has_value() && b->defined();
+  if (has_b)
+    TORCH_CHECK(b->scalar_type() == dt && b->dim() == 1 && b->size(0) == w.size(0), op,
+                ": b must be [", w.size(0), "] of dtype ", dt);
+  TORCH_CHECK(a.device().is_cpu() && w.device().is_cpu(), op,
+              ": the cpu backend needs CPU tensors");
+  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  // the runs read rows of A in place: it must be row-major
+  const Tensor a_c = map ? a.to(acc).contiguous() : a.to(acc), w_c = w.to(acc);
+  const Tensor b_c = has_b ? b->to(acc).contiguous() : Tensor();
+  Tensor out = map ? map->output(w.size(0), a_c.options())
+                   : alloc({a.size(0), w.size(0)}, a_c.options());
+  matmul_rows_any(a_c, w_c, b_c, false, out, map ? &map->runs : nullptr);
+  return dt == at::kBFloat16 ? out.to(dt) : out;
+}
+
 }  // namespace
 
 Tensor rows_linear_at(const Tensor& a, const Tensor& w, const OptTensor& b, const OptTensor& src,
                       const OptTensor& dst, int64_t out_rows) {
   const RowMap map("fusedrnn::rows_linear_at", a, src, dst, out_rows);
-  // the checks and casts of rows_linear, on a [0, K] stand-in of the same dtype
-  const Tensor probe = rows_linear(a.narrow(0, 0, 0), w, b);
-  const auto dt = a.scalar_type();
-  const auto acc = probe.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const Tensor a_c = a.to(acc).contiguous(), w_c = w.to(acc);
-  const Tensor b_c = b.has_value() && b->defined() ? b->to(acc).contiguous() : Tensor();
-  Tensor out = map.output(w.size(0), a_c.options());
-  if (acc == at::kDouble)
-    matmul_rows_t<double>(kernels_f64(), a_c, w_c, b_c.defined() ? b_c.data_ptr<double>() : nullptr,
-                          false, out, &map.runs);
-  else
-    matmul_rows_t<float>(kernels_f32(), a_c, w_c, b_c.defined() ? b_c.data_ptr<float>() : nullptr,
-                         false, out, &map.runs);
-  return dt == at::kBFloat16 ? out.to(dt) : out;
+  return linear_impl("fusedrnn::rows_linear_at", a, w, b, &map);
 }
 
 Tensor move_rows(const Tensor& a, const OptTensor& src, const OptTensor& dst, int64_t out_rows) {
@@ -243,26 +262,7 @@ Tensor move_rows(const Tensor& a, const OptTensor& src, const OptTensor& dst, in
 }
 
 Tensor rows_linear(const Tensor& a, const Tensor& w, const OptTensor& b) {
-  TORCH_CHECK(a.dim() == 2, "fusedrnn::rows_linear: a must be 2-D [M, K], got shape ", a.sizes());
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == a.size(1),
-              "fusedrnn::rows_linear: w must have shape [N, ", a.size(1), "], got ", w.sizes());
-  const auto dt = a.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
-              "fusedrnn::rows_linear: float32, float64 or bfloat16, got ", dt);
-  TORCH_CHECK(w.scalar_type() == dt, "fusedrnn::rows_linear: w must have dtype ", dt, ", got ",
-              w.scalar_type());
-  const bool has_b = b.has_value() && b->defined();
-  if (has_b)
-    TORCH_CHECK(b->scalar_type() == dt && b->dim() == 1 && b->size(0) == w.size(0),
-                "fusedrnn::rows_linear: b must be [", w.size(0), "] of dtype ", dt);
-  TORCH_CHECK(a.device().is_cpu() && w.device().is_cpu(),
-              "fusedrnn::rows_linear: the cpu backend needs CPU tensors");
-  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
-  const Tensor a_c = a.to(acc), w_c = w.to(acc);
-  const Tensor b_c = has_b ? b->to(acc).contiguous() : Tensor();
-  Tensor out = alloc({a.size(0), w.size(0)}, a_c.options());
-  matmul_rows(a_c, w_c, b_c, false, out);
-  return dt == at::kBFloat16 ? out.to(dt) : out;
+  return linear_impl("fusedrnn::rows_linear", a, w, b, nullptr);
 }
 
 }  // namespace cpu

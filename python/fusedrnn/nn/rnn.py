@@ -428,28 +428,26 @@ def _project(x, w: Tensor, b: Tensor | None, live: Tensor | None, be=None) -> Te
     lin, at = getattr(be, "linear", None), getattr(be, "linear_at", None)
     T, B = x.shape[0], x.shape[1]
     if isinstance(x, _PackedRows):
-        if at is not None:
-            return at(x.data, w, b, None, x.rows, T * B).view(T, B, -1)
-        rows = (lin or F.linear)(x.data, w, b)  # [N, G*H]
-        return rows.new_zeros(T * B, rows.shape[1]).index_put_((x.rows,), rows).view(T, B, -1)
+        x, live, src = x.data, x.rows, None  # every packed row is live, in order
+    else:
+        x, src = x.reshape(T * B, x.shape[2]), live
     if live is not None and at is not None:
-        return at(x.reshape(T * B, -1), w, b, live, live, T * B).view(T, B, -1)
+        return at(x, w, b, src, live, T * B).view(T, B, w.shape[0])
     if live is None and lin is not None:
-        return lin(x, w, b)
+        return lin(x, w, b).view(T, B, w.shape[0])
     lin = lin or F.linear
     if live is None:
         out = _inference_buffer(T * B, w.shape[0], x) if x.dtype == w.dtype else None
         if out is None:
-            return F.linear(x, w, b)
-        x2 = x.reshape(T * B, -1)
+            return F.linear(x, w, b).view(T, B, w.shape[0])
         if b is None:
-            torch.mm(x2, w.t(), out=out)
+            torch.mm(x, w.t(), out=out)
         else:
-            torch.addmm(b, x2, w.t(), out=out)
-        return out.view(T, B, -1)
+            torch.addmm(b, x, w.t(), out=out)
+        return out.view(T, B, w.shape[0])
     # advanced indexing and index_put_: index_select / index_copy measured 2-10x slower here
-    rows = lin(x.reshape(T * B, -1)[live], w, b)  # [n, N]
-    return rows.new_zeros(T * B, rows.shape[1]).index_put_((live,), rows).view(T, B, -1)
+    rows = lin(x if src is None else x[src], w, b)  # [n, N]
+    return rows.new_zeros(T * B, rows.shape[1]).index_put_((live,), rows).view(T, B, w.shape[0])
 
 
 class RNN(_FusedRNNMixin, nn.RNN):
